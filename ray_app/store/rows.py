@@ -1,0 +1,119 @@
+"""Row types written to and read from the store, with the validation shared by every writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_app.settings import EMBED_DIM
+
+
+class StoreInputError(ValueError):
+    """A row is malformed (wrong vector size, empty text, missing id); nothing was written."""
+
+
+def stable_id(*parts: str) -> str:
+    """Deterministic id from its parts (source + key), so re-ingesting upserts the same row."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def content_hash(*parts: str | None) -> str:
+    """Hash of a document's content; a change means its chunks are replaced."""
+    return hashlib.sha256("\x1f".join(p or "" for p in parts).encode()).hexdigest()
+
+
+@dataclass
+class DocumentRow:
+    id: str
+    source: str
+    title: str
+    content_hash: str
+    n_chunks: int
+    url: str | None = None
+    license: str | None = None
+    category: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkRow:
+    doc_id: str
+    ord: int
+    text: str
+    embedding: np.ndarray
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc_id}:{self.ord}"
+
+
+@dataclass
+class ImageRow:
+    id: str
+    doc_id: str | None
+    caption: str | None
+    path: str | None
+    embedding: np.ndarray | None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class SearchHit:
+    """One search result; ``kind`` is 'chunk' or 'image', ``text`` is the chunk text or image caption."""
+
+    kind: str
+    id: str
+    doc_id: str | None
+    title: str | None
+    text: str | None
+    score: float
+    source: str | None = None
+    category: str | None = None
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"kind": self.kind, "id": self.id, "doc_id": self.doc_id, "title": self.title, "score": self.score}
+        out["caption" if self.kind == "image" else "text"] = self.text
+        out.update(source=self.source, category=self.category)
+        if self.kind == "image":
+            out["path"] = self.path
+        return out
+
+
+def check_vector(vector: Any, what: str) -> np.ndarray:
+    """Return ``vector`` as float32 of EMBED_DIM finite values, or raise StoreInputError."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or arr.shape[0] != EMBED_DIM:
+        raise StoreInputError(f"{what}: embedding has shape {arr.shape}, expected ({EMBED_DIM},)")
+    if not np.isfinite(arr).all():
+        raise StoreInputError(f"{what}: embedding has NaN or infinite values")
+    return arr
+
+
+def validate_rows(documents: list[DocumentRow], chunks: list[ChunkRow], images: list[ImageRow]) -> None:
+    """Check every row before any is written, so a bad row aborts the batch and writes nothing."""
+    for doc in documents:
+        if not doc.id or not doc.source:
+            raise StoreInputError(f"document {doc.id!r}: id and source are required")
+        if not (doc.title or "").strip():
+            raise StoreInputError(f"document {doc.id!r}: title is empty")
+        if doc.n_chunks < 0:
+            raise StoreInputError(f"document {doc.id!r}: n_chunks is negative")
+        json.dumps(doc.metadata)  # must be JSON-serialisable
+    for chunk in chunks:
+        if not chunk.doc_id or chunk.ord < 0:
+            raise StoreInputError(f"chunk {chunk.id!r}: doc_id and a non-negative ord are required")
+        if not (chunk.text or "").strip():
+            raise StoreInputError(f"chunk {chunk.id!r}: text is empty")
+        chunk.embedding = check_vector(chunk.embedding, f"chunk {chunk.id!r}")
+    for image in images:
+        if not image.id:
+            raise StoreInputError("image: id is required")
+        if image.embedding is not None:
+            image.embedding = check_vector(image.embedding, f"image {image.id!r}")

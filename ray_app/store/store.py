@@ -1,0 +1,355 @@
+"""Prism's Postgres + pgvector store: a connection pool, idempotent bulk writes, and search.
+
+Writes go through binary ``COPY`` into per-transaction staging tables, then
+``INSERT ... ON CONFLICT`` on deterministic ids, all in one transaction per call: writing the
+same batch twice changes nothing, and a killed writer leaves no half-written batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+from ray_app.settings import Settings, get_settings
+from ray_app.store.migrations import apply_migrations
+from ray_app.store.rows import ChunkRow, DocumentRow, ImageRow, SearchHit, StoreInputError, check_vector, validate_rows
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The database could not be reached or configured."""
+
+
+@dataclass
+class WriteStats:
+    documents: int = 0
+    chunks: int = 0
+    images: int = 0
+    deleted_chunks: int = 0
+
+
+@dataclass
+class Filters:
+    """Restrict a search to documents from some sources and/or categories."""
+
+    sources: Sequence[str] | None = None
+    categories: Sequence[str] | None = None
+
+    def sql(self, alias: str = "d") -> tuple[str, list]:
+        clauses, params = [], []
+        if self.sources:
+            clauses.append(f"{alias}.source = ANY(%s)")
+            params.append(list(self.sources))
+        if self.categories:
+            clauses.append(f"{alias}.category = ANY(%s)")
+            params.append(list(self.categories))
+        return (" AND ".join(clauses) or "TRUE"), params
+
+
+def resolve_url(settings: Settings | None = None) -> str:
+    """Return DATABASE_URL, or the running embedded server's URL.
+
+    Raises:
+        StoreError: when neither is available (run `prism db up`).
+    """
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    from ray_app.store.embedded import embedded_url
+
+    url = embedded_url(settings.pg_dir)
+    if url is None:
+        raise StoreError(f"no database: the embedded server under {settings.pg_dir} is not running (run `prism db up`)")
+    return url
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+
+
+class Store:
+    """The store: owns a connection pool; safe to share between threads.
+
+    Args:
+        url: PostgreSQL URL; defaults to :func:`resolve_url`.
+        settings: settings to read index and pool parameters from.
+        migrate: apply pending migrations on open.
+    """
+
+    def __init__(self, url: str | None = None, settings: Settings | None = None, migrate: bool = True):
+        self.settings = settings or get_settings()
+        self.url = url or resolve_url(self.settings)
+        try:
+            with psycopg.connect(self.url, connect_timeout=10, autocommit=True) as conn:
+                if migrate:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    apply_migrations(conn, self.settings)
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}") from exc
+        self.pool = ConnectionPool(
+            self.url,
+            min_size=self.settings.pool_min_size,
+            max_size=self.settings.pool_max_size,
+            configure=_configure,
+            open=True,
+            kwargs={"autocommit": True},
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+    def write(
+        self,
+        documents: Sequence[DocumentRow] = (),
+        chunks: Sequence[ChunkRow] = (),
+        images: Sequence[ImageRow] = (),
+    ) -> WriteStats:
+        """Upsert documents, chunks and images in one transaction.
+
+        A document's chunks with ``ord >= n_chunks`` are deleted (a shorter new version replaces
+        the old one). Rows are validated first; a bad row raises before anything is written.
+
+        Returns:
+            Rows inserted or changed per table (0 when the same batch is written again).
+
+        Raises:
+            StoreInputError: a row is malformed.
+        """
+        documents, chunks, images = list(documents), list(chunks), list(images)
+        validate_rows(documents, chunks, images)
+        stats = WriteStats()
+        with self.pool.connection() as conn, conn.transaction():
+            if documents:
+                stats.documents = _upsert_documents(conn, documents)
+                stats.deleted_chunks = conn.execute(
+                    "DELETE FROM chunks c USING _stage_documents s WHERE c.doc_id = s.id AND c.ord >= s.n_chunks"
+                ).rowcount
+            if chunks:
+                stats.chunks = _upsert_chunks(conn, chunks)
+            if images:
+                stats.images = _upsert_images(conn, images)
+        return stats
+
+    def document_hashes(self, ids: Iterable[str]) -> dict[str, str]:
+        """Return ``{id: content_hash}`` for the given documents that are completely written."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.id, d.content_hash FROM documents d WHERE d.id = ANY(%s)"
+                " AND d.n_chunks = (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id)",
+                (list(ids),),
+            ).fetchall()
+        return dict(rows)
+
+    def counts(self) -> dict[str, int]:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks), (SELECT count(*) FROM images)"
+            ).fetchone()
+        return {"documents": row[0], "chunks": row[1], "images": row[2]}
+
+    def build_indexes(self, drop_first: bool = False) -> None:
+        """(Re)build the HNSW indexes with parallel maintenance workers (after bulk loads)."""
+        s = self.settings
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"SET maintenance_work_mem = '{_safe_setting(s.maintenance_work_mem)}'")
+            conn.execute(f"SET max_parallel_maintenance_workers = {int(s.max_parallel_maintenance_workers)}")
+            for table in ("chunks", "images"):
+                if drop_first:
+                    conn.execute(f"DROP INDEX IF EXISTS {table}_embedding_hnsw")
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {table}_embedding_hnsw ON {table} USING hnsw "
+                    f"(embedding vector_cosine_ops) WITH (m = {int(s.hnsw_m)}, ef_construction = {int(s.hnsw_ef_construction)})"
+                )
+
+    # ------------------------------------------------------------------ search
+    def search_vector(
+        self, embedding, k: int = 10, kind: str = "chunk", filters: Filters | None = None
+    ) -> list[SearchHit]:
+        """Nearest chunks (or images) by cosine distance through the HNSW index; score = 1 - distance."""
+        _check_k(k)
+        query = check_vector(embedding, "query")
+        table = {"chunk": "chunks", "image": "images"}.get(kind)
+        if table is None:
+            raise StoreInputError(f"kind must be 'chunk' or 'image', got {kind!r}")
+        where, params = (filters or Filters()).sql()
+        text_col = "x.text" if table == "chunks" else "x.caption"
+        path_col = "NULL" if table == "chunks" else "x.path"
+        sql = (
+            f"SELECT x.id, x.doc_id, d.title, {text_col}, 1 - (x.embedding <=> %s) AS score, d.source, d.category, {path_col}"
+            f" FROM {table} x LEFT JOIN documents d ON d.id = x.doc_id"
+            f" WHERE x.embedding IS NOT NULL AND {where}"
+            f" ORDER BY x.embedding <=> %s LIMIT %s"
+        )
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(self.settings.hnsw_ef_search, k))}")
+            rows = conn.execute(sql, [query, *params, query, k]).fetchall()
+        return [SearchHit(kind, r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def search_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[SearchHit]:
+        """Full-text search over chunks: any query word may match, ranked by ``ts_rank_cd``."""
+        _check_k(k)
+        if not (text or "").strip():
+            raise StoreInputError("query text is empty")
+        where, params = (filters or Filters()).sql()
+        sql = (
+            "SELECT c.id, c.doc_id, d.title, c.text, ts_rank_cd(c.tsv, q) AS score, d.source, d.category"
+            " FROM chunks c JOIN documents d ON d.id = c.doc_id,"
+            " (SELECT NULLIF(replace(plainto_tsquery('english', %s)::text, '&', '|'), '')::tsquery AS q) qq"
+            f" WHERE c.tsv @@ q AND {where} ORDER BY score DESC, c.id LIMIT %s"
+        )
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, [text, *params, k]).fetchall()
+        return [SearchHit("chunk", r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6]) for r in rows]
+
+    def search_hybrid(
+        self, text: str, embedding, k: int = 10, filters: Filters | None = None, depth: int | None = None
+    ) -> list[SearchHit]:
+        """Reciprocal-rank fusion of vector and full-text results: score = sum of 1 / (rrf_k + rank)."""
+        _check_k(k)
+        depth = depth or max(4 * k, 40)
+        vector_hits = self.search_vector(embedding, depth, "chunk", filters)
+        text_hits = self.search_text(text, depth, filters) if (text or "").strip() else []
+        return fuse_rrf([vector_hits, text_hits], k, self.settings.rrf_k)
+
+    def get_document(self, doc_id: str) -> dict | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT id, source, title, url, license, category, metadata, n_chunks FROM documents WHERE id = %s",
+                (doc_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            chunks = conn.execute("SELECT id, text FROM chunks WHERE doc_id = %s ORDER BY ord", (doc_id,)).fetchall()
+        keys = ("id", "source", "title", "url", "license", "category", "metadata", "n_chunks")
+        return dict(zip(keys, row, strict=True)) | {"chunks": [{"id": c[0], "text": c[1]} for c in chunks]}
+
+    def get_image(self, image_id: str) -> dict | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT id, doc_id, caption, path, sha256, width, height FROM images WHERE id = %s", (image_id,)
+            ).fetchone()
+        keys = ("id", "doc_id", "caption", "path", "sha256", "width", "height")
+        return None if row is None else dict(zip(keys, row, strict=True))
+
+
+def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60) -> list[SearchHit]:
+    """Merge ranked lists by reciprocal-rank fusion; keeps the first-seen hit per id."""
+    scores: dict[str, float] = {}
+    hits: dict[str, SearchHit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (rrf_k + rank)
+            hits.setdefault(hit.id, hit)
+    order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
+    return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or not 1 <= k <= 1000:
+        raise StoreInputError(f"k must be an integer in 1..1000, got {k!r}")
+
+
+def _safe_setting(value: str) -> str:
+    if not value.replace(" ", "").isalnum():
+        raise StoreInputError(f"invalid setting value {value!r}")
+    return value
+
+
+def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], types: Sequence[str], rows) -> None:
+    with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            copy.write_row(row)
+
+
+def _upsert_documents(conn: psycopg.Connection, documents: list[DocumentRow]) -> int:
+    conn.execute(
+        "CREATE TEMP TABLE _stage_documents (id text, source text, title text, url text, license text,"
+        " category text, content_hash text, n_chunks integer, metadata jsonb) ON COMMIT DROP"
+    )
+    cols = ("id", "source", "title", "url", "license", "category", "content_hash", "n_chunks", "metadata")
+    types = ("text",) * 7 + ("int4", "jsonb")
+    _copy_rows(
+        conn,
+        "_stage_documents",
+        cols,
+        types,
+        (
+            (d.id, d.source, d.title, d.url, d.license, d.category, d.content_hash, d.n_chunks, json.dumps(d.metadata))
+            for d in documents
+        ),
+    )
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[1:])
+    return conn.execute(
+        f"INSERT INTO documents ({', '.join(cols)}) SELECT DISTINCT ON (id) {', '.join(cols)} FROM _stage_documents"
+        f" ORDER BY id ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()"
+        " WHERE documents.content_hash IS DISTINCT FROM EXCLUDED.content_hash"
+        " OR documents.n_chunks IS DISTINCT FROM EXCLUDED.n_chunks"
+        " OR documents.title IS DISTINCT FROM EXCLUDED.title OR documents.metadata IS DISTINCT FROM EXCLUDED.metadata"
+    ).rowcount
+
+
+def _upsert_chunks(conn: psycopg.Connection, chunks: list[ChunkRow]) -> int:
+    conn.execute(
+        "CREATE TEMP TABLE _stage_chunks (id text, doc_id text, ord integer, text text, embedding vector(384))"
+        " ON COMMIT DROP"
+    )
+    _copy_rows(
+        conn,
+        "_stage_chunks",
+        ("id", "doc_id", "ord", "text", "embedding"),
+        ("text", "text", "int4", "text", "vector"),
+        ((c.id, c.doc_id, c.ord, c.text, c.embedding) for c in chunks),
+    )
+    return conn.execute(
+        "INSERT INTO chunks (id, doc_id, ord, text, embedding)"
+        " SELECT DISTINCT ON (id) id, doc_id, ord, text, embedding FROM _stage_chunks ORDER BY id"
+        " ON CONFLICT (id) DO UPDATE SET doc_id = EXCLUDED.doc_id, ord = EXCLUDED.ord, text = EXCLUDED.text,"
+        " embedding = EXCLUDED.embedding"
+        " WHERE chunks.text IS DISTINCT FROM EXCLUDED.text OR chunks.embedding IS DISTINCT FROM EXCLUDED.embedding"
+    ).rowcount
+
+
+def _upsert_images(conn: psycopg.Connection, images: list[ImageRow]) -> int:
+    conn.execute(
+        "CREATE TEMP TABLE _stage_images (id text, doc_id text, caption text, path text, sha256 text,"
+        " width integer, height integer, embedding vector(384)) ON COMMIT DROP"
+    )
+    cols = ("id", "doc_id", "caption", "path", "sha256", "width", "height", "embedding")
+    _copy_rows(
+        conn,
+        "_stage_images",
+        cols,
+        ("text", "text", "text", "text", "text", "int4", "int4", "vector"),
+        ((i.id, i.doc_id, i.caption, i.path, i.sha256, i.width, i.height, i.embedding) for i in images),
+    )
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[1:])
+    return conn.execute(
+        f"INSERT INTO images ({', '.join(cols)}) SELECT DISTINCT ON (id) {', '.join(cols)} FROM _stage_images"
+        f" ORDER BY id ON CONFLICT (id) DO UPDATE SET {updates}"
+        " WHERE images.caption IS DISTINCT FROM EXCLUDED.caption OR images.path IS DISTINCT FROM EXCLUDED.path"
+        " OR images.sha256 IS DISTINCT FROM EXCLUDED.sha256 OR images.embedding IS DISTINCT FROM EXCLUDED.embedding"
+    ).rowcount
+
+
+def exact_neighbours(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact cosine top-k indices (numpy), the ground truth for recall measurements."""
+    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = q @ c.T
+    return np.argsort(-sims, axis=1)[:, :k]
