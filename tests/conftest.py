@@ -1,0 +1,73 @@
+"""Shared fixtures: one real embedded PostgreSQL + pgvector per test session, a fresh database per
+test that asks for one, and a PRISM_HOME whose model caches (ONNX export, converted SmolLM2)
+persist across runs in ``.prism-test/`` so only the first run pays for conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_HOME = Path(os.environ.get("PRISM_TEST_HOME", REPO / ".prism-test"))
+os.environ["PRISM_HOME"] = str(TEST_HOME)
+os.environ.pop("DATABASE_URL", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def reset_settings() -> None:
+    """Forget cached settings and per-process singletons after changing the environment."""
+    from ray_app import retrieval
+    from ray_app.models import image_default, text
+    from ray_app.settings import get_settings
+
+    get_settings.cache_clear()
+    text._cache.clear()
+    image_default._encoder = None
+    if retrieval._store is not None:
+        retrieval._store.close()
+        retrieval._store = None
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """URL of the session's embedded server (started once; left running for the next session)."""
+    from ray_app.store.embedded import start_embedded
+
+    return start_embedded(TEST_HOME / "pg")
+
+
+@pytest.fixture()
+def database_url(pg_server_url: str, monkeypatch) -> str:
+    """A new, empty database on the session server, exported as DATABASE_URL for this test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_server_url.replace("/postgres?", f"/{name}?")
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_settings()
+    yield url
+    reset_settings()
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
+def store(database_url: str):
+    from ray_app.store import Store
+
+    with Store(database_url) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def text_embedder():
+    from ray_app.models.text import TextEmbedder
+
+    return TextEmbedder(backend="onnx")
