@@ -1,0 +1,1 @@
+"""Corpus sources: each adapter yields records in Prism's document schema (see ``schema.py``)."""
