@@ -1,0 +1,216 @@
+"""Vision: validate an uploaded image, then label it, read its text and find similar images.
+
+Validation happens before any decoder runs on the pixels: a byte limit, a format allow-list by
+magic bytes (PNG, JPEG, GIF, WebP), a pixel limit read from the header (decompression bombs),
+and a full decode that rejects truncated files. Labels are zero-shot: the image-encoder vector
+against MiniLM vectors of a label vocabulary (the encoder config's ``labels`` plus the corpus's
+document titles), since the image tower was aligned to MiniLM's text space. Used by the Serve
+``vision`` deployment and by ``prism ask --image``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ray_app.models.errors import ModelNotAvailable
+from ray_app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+MAGIC_BYTES: dict[bytes, str] = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+}
+MAX_TITLE_LABELS = 20_000
+
+
+class ImageRejected(ValueError):
+    """An uploaded image failed validation; ``code`` and ``status`` say how (for HTTP)."""
+
+    def __init__(self, code: str, message: str, status: int):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class VisionResult:
+    """What the vision step found in one image."""
+
+    image_sha256: str
+    width: int
+    height: int
+    labels: list[dict] = field(default_factory=list)
+    ocr_text: str = ""
+    similar_images: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    embedding: list[float] | None = None
+
+    def public(self) -> dict:
+        """The JSON the API returns (without the raw embedding)."""
+        out = asdict(self)
+        out.pop("embedding")
+        return out
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Image format from magic bytes, or None when not on the allow-list."""
+    for magic, name in MAGIC_BYTES.items():
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def load_image(data: bytes, settings: Settings | None = None):
+    """Validate and fully decode uploaded bytes into an RGB PIL image.
+
+    Raises:
+        ImageRejected: empty, too many bytes (413), not an allowed format (415), too many pixels
+            (413), or corrupt/truncated (422).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    settings = settings or get_settings()
+    if not data:
+        raise ImageRejected("empty_image", "the image is empty", 422)
+    if len(data) > settings.max_image_bytes:
+        raise ImageRejected(
+            "image_too_large", f"the image has {len(data):,} bytes; the limit is {settings.max_image_bytes:,}", 413
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageRejected("unsupported_media_type", "not an image: accepted formats are PNG, JPEG, GIF and WebP", 415)
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        pixels = image.width * image.height
+        if pixels > settings.max_image_pixels:
+            raise ImageRejected(
+                "image_too_many_pixels",
+                f"the image is {image.width}x{image.height} ({pixels:,} pixels); the limit is {settings.max_image_pixels:,}",
+                413,
+            )
+        image.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+        return image.convert("RGB")
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("image_too_many_pixels", str(exc).splitlines()[0], 413) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected("invalid_image", f"the {fmt} image is corrupt or truncated: {exc}", 422) from exc
+
+
+class LabelIndex:
+    """A label vocabulary embedded once with the text embedder; scores image vectors against it."""
+
+    def __init__(self, labels: list[str], embedder):
+        seen: dict[str, str] = {}
+        for label in labels:
+            label = " ".join(str(label).split())
+            if label:
+                seen.setdefault(label.lower(), label)
+        self.labels = list(seen.values())
+        self.vectors = embedder.embed(self.labels) if self.labels else np.zeros((0, 384), np.float32)
+
+    def top(self, vector: np.ndarray, k: int = 5, temperature: float = 0.05) -> list[dict]:
+        """The ``k`` best labels with softmax scores over the whole vocabulary."""
+        if not self.labels:
+            return []
+        sims = self.vectors @ np.asarray(vector, dtype=np.float32)
+        probs = np.exp((sims - sims.max()) / temperature)
+        probs /= probs.sum()
+        order = np.argsort(-sims)[:k]
+        return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "cosine": round(float(sims[i]), 4)}
+                for i in order]
+
+
+def corpus_titles(store, limit: int = MAX_TITLE_LABELS) -> list[str]:
+    """Distinct document titles from the corpus (the corpus half of the label vocabulary)."""
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT DISTINCT title FROM documents ORDER BY title LIMIT %s", (limit,)).fetchall()
+    return [r[0] for r in rows]
+
+
+class VisionAnalyzer:
+    """Loads the image encoder, label index, OCR and store once; :meth:`analyze` runs per image.
+
+    Args:
+        store: the :class:`ray_app.store.Store` for titles and similar images.
+        embedder: the MiniLM text embedder (label vectors).
+        encoder: an :class:`ray_app.models.image.ImageEncoder`; None loads the default one, and
+            when none is trained the analyzer still validates and OCRs, with a note.
+    """
+
+    def __init__(self, store, embedder, encoder=None, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.store = store
+        self.encoder = encoder if encoder is not None else _try_default_encoder()
+        labels = list(self.encoder.config.labels) if self.encoder else []
+        self.labels = LabelIndex(labels + corpus_titles(store), embedder) if self.encoder else None
+
+    @property
+    def encoder_version(self) -> str | None:
+        return None if self.encoder is None else encoder_version(self.encoder)
+
+    def analyze(self, data: bytes, k_labels: int = 5, k_similar: int = 4, ocr: bool = True) -> VisionResult:
+        """Validate ``data`` and describe the image.
+
+        Raises:
+            ImageRejected: the bytes are not an acceptable image.
+        """
+        image = load_image(data, self.settings)
+        result = VisionResult(hashlib.sha256(data).hexdigest(), image.width, image.height)
+        if self.encoder is not None:
+            vector = self.encoder.embed([image])[0]
+            result.embedding = vector.tolist()
+            result.labels = self.labels.top(vector, k_labels)
+            result.similar_images = [_similar(h) for h in self.store.search_vector(vector, k_similar, "image")]
+        else:
+            result.notes.append("no image encoder trained yet: labels and similar images are off")
+        if ocr:
+            result.ocr_text = _read_text(image, result.notes)
+        return result
+
+
+def _try_default_encoder():
+    from ray_app.models.image_default import get_image_encoder
+
+    try:
+        return get_image_encoder()
+    except ModelNotAvailable as exc:
+        log.warning("vision without an image encoder: %s", exc)
+        return None
+
+
+def encoder_version(encoder) -> str:
+    """``<folder name>@<sha256 of config + weights size>`` — enough to tell checkpoints apart."""
+    from ray_app.models.image import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = encoder.folder
+    digest = hashlib.sha256((folder / CONFIG_NAME).read_bytes())
+    digest.update(str((folder / WEIGHTS_NAME).stat().st_size).encode())
+    return f"{folder.parent.name}/{folder.name}@{digest.hexdigest()[:12]}"
+
+
+def _similar(hit) -> dict:
+    return {"id": hit.id, "doc_id": hit.doc_id, "caption": hit.text, "title": hit.title,
+            "score": round(hit.score, 4), "url": f"/v1/images/{hit.id}"}
+
+
+def _read_text(image, notes: list[str]) -> str:
+    from ray_app.models.ocr import ocr_image
+
+    try:
+        return ocr_image(image)
+    except ModelNotAvailable as exc:
+        notes.append(str(exc))
+    except RuntimeError as exc:  # pytesseract timeout
+        notes.append(f"OCR failed: {exc}")
+    return ""
