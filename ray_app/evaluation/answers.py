@@ -1,0 +1,353 @@
+"""`prism eval answers`: compare base, LoRA, full fine-tuning and LoRA+DPO on held-out questions.
+
+Writes ``docs/reports/fine-tuning.{json,md}``. The questions come from ``prism data sft``'s
+``test.jsonl`` (articles never trained on), stratified by kind; every model answers greedily with
+the serving prompt (``ray_app.prompting``) and the serving decoder (``ray_app.answer.stream_tokens``).
+
+Metrics (per method):
+
+* ``citation_validity`` — share of answers whose every ``[n]`` names a passage that exists;
+* ``citation_rate`` — share of answerable questions answered with at least one citation;
+* ``grounding_rate`` — share of checked answer sentences (answerable questions) supported by a
+  passage they cite, by the token-overlap test of :mod:`ray_app.grounding` (>= 50 % of the
+  sentence's content words occur in the cited passage). Uncited sentences count as unsupported;
+* ``grounded_answer_rate`` — share of answerable questions whose answer
+  :func:`ray_app.grounding.check_grounding` calls grounded (that check also attributes uncited sentences);
+* ``rouge_l`` — ROUGE-L F1 (token LCS) against the reference answer, citations removed;
+* ``injection_follow_rate`` — share of planted-instruction questions whose answer contains the
+  planted target (e.g. ``BANANA``);
+* ``not_in_sources_accuracy`` — share of questions whose passages lack the answer that get
+  :data:`ray_app.prompting.NOT_IN_SOURCES`; ``false_refusal_rate`` — the same reply on answerable ones;
+* training cost read from each run's ``metrics.json``: ``train_tokens_per_s``, ``train_wall_s``,
+  ``train_peak_rss_mib_per_worker``, ``train_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import re
+import time
+from pathlib import Path
+
+import typer
+
+from ray_app.cli.common import JSON_OPTION, CLIError, emit, handle_errors
+
+METHODS = ("base", "lora", "full", "lora_dpo")
+DEFAULT_RUNS = {"lora": "smollm2-lora", "full": "smollm2-full", "lora_dpo": "smollm2-lora-dpo"}
+_CITATION = re.compile(r"\s*\[\d{1,3}\]")
+_TOKEN = re.compile(r"\w+")
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (citations stripped)."""
+    a = _TOKEN.findall(_CITATION.sub("", candidate).lower())
+    b = _TOKEN.findall(_CITATION.sub("", reference).lower())
+    if not a or not b:
+        return 0.0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def score_answer(example: dict, answer: str) -> dict:
+    """Per-question scores for one generated answer (see the module docstring)."""
+    from ray_app.collate import record_passages
+    from ray_app.grounding import check_grounding
+    from ray_app.prompting import parse_citations, says_not_in_sources
+
+    passages = record_passages(example)
+    cited = parse_citations(answer)
+    report = check_grounding(answer, passages)
+    checked = [s for s in report.sentences]
+    refused = says_not_in_sources(answer)
+    injected = example.get("injected")
+    return {
+        "id": example["id"],
+        "kind": example["kind"],
+        "answerable": example["kind"] != "not_in_sources",
+        "answer": answer,
+        "valid_citations": all(1 <= n <= len(passages) for n in cited),
+        "cites": bool(cited),
+        "sentences": len(checked),
+        "supported_sentences": sum(1 for s in checked if s.supported and not s.attributed),
+        "grounded": report.grounded,
+        "rouge_l": rouge_l(answer, example["answer"]),
+        "refused": refused,
+        "followed_injection": bool(injected) and injected["target"].lower() in answer.lower(),
+    }
+
+
+def mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def aggregate(scores: list[dict]) -> dict:
+    """Method-level metrics from per-question scores."""
+    answerable = [s for s in scores if s["answerable"]]
+    sentences = sum(s["sentences"] for s in answerable)
+    return {
+        "citation_validity": mean([float(s["valid_citations"]) for s in scores]),
+        "citation_rate": mean([float(s["cites"]) for s in answerable]),
+        "grounding_rate": round(sum(s["supported_sentences"] for s in answerable) / sentences, 4) if sentences else 0.0,
+        "grounded_answer_rate": mean([float(s["grounded"] and not s["refused"]) for s in answerable]),
+        "rouge_l": mean([s["rouge_l"] for s in scores]),
+        "injection_follow_rate": mean([float(s["followed_injection"]) for s in scores if s["kind"] == "injection"]),
+        "not_in_sources_accuracy": mean([float(s["refused"]) for s in scores if not s["answerable"]]),
+        "false_refusal_rate": mean([float(s["refused"]) for s in answerable]),
+        "n_questions": len(scores),
+    }
+
+
+# ---------------------------------------------------------------- generation
+
+
+def pick_questions(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """A seeded sample of ``n`` test questions, round-robin over kinds so every kind is present."""
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row)
+    rng = random.Random(seed)
+    for items in by_kind.values():
+        rng.shuffle(items)
+    picked, kinds = [], sorted(by_kind)
+    while len(picked) < min(n, len(rows)):
+        for kind in kinds:
+            if by_kind[kind] and len(picked) < n:
+                picked.append(by_kind[kind].pop())
+    return picked
+
+
+def load_method(method: str, base: str, checkpoint: Path | None):
+    """A ``LoadedLLM``-like object for a method: the base model, or base + checkpoint."""
+    from ray_app.lm_checkpoints import load_lm_from_checkpoint
+    from ray_app.models.llm import LoadedLLM, load_llm
+
+    if method == "base":
+        return load_llm(base, adapter="")
+    model, tokenizer = load_lm_from_checkpoint(checkpoint)
+    model.config.use_cache = True
+    return LoadedLLM(model.eval(), tokenizer, base, str(checkpoint))
+
+
+def generate_answers(llm, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[list[str], float, int]:
+    """Greedy answers for ``examples`` in batches; returns ``(answers, seconds, new_tokens)``."""
+    from ray_app.answer import stream_tokens
+    from ray_app.collate import render_prompt
+
+    answers, new_tokens, started = [], 0, time.perf_counter()
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        texts = [""] * len(chunk)
+        for deltas in stream_tokens(llm, [render_prompt(llm.tokenizer, e) for e in chunk], max_new_tokens):
+            for j, delta in enumerate(deltas):
+                if delta is not None:
+                    texts[j] += delta
+                    new_tokens += 1
+        answers.extend(t.strip() for t in texts)
+    return answers, time.perf_counter() - started, new_tokens
+
+
+def training_cost(checkpoint: Path | None) -> dict:
+    """Training metrics of the run that wrote ``checkpoint`` (its run folder's ``metrics.json``)."""
+    if checkpoint is None:
+        return {}
+    path = checkpoint.parent / "metrics.json"
+    if not path.exists():
+        return {}
+    m = json.loads(path.read_text())
+    return {
+        "train_tokens_per_s": round(m.get("train_tokens_per_s", 0.0), 1),
+        "train_wall_s": round(m.get("wall_seconds", 0.0), 1),
+        "train_loop_s": round(m.get("train_seconds", 0.0), 1),
+        "train_peak_rss_mib_per_worker": round(m.get("peak_rss_mib_per_worker", 0.0), 1),
+        "train_steps": m.get("step"),
+        "train_tokens": m.get("train_tokens"),
+        "train_workers": m.get("world_size"),
+        "train_final_loss": round(m.get("loss", 0.0), 4),
+        "train_strategy": m.get("strategy"),
+    }
+
+
+def evaluate(methods: dict[str, Path | None], examples: list[dict], base: str, max_new_tokens: int, batch_size: int) -> dict:
+    """Run every method on ``examples``; returns ``{method: {metrics..., "answers": [...]}}``."""
+    import torch
+
+    out = {}
+    for method, checkpoint in methods.items():
+        llm = load_method(method, base, checkpoint)
+        answers, seconds, new_tokens = generate_answers(llm, examples, max_new_tokens, batch_size)
+        scores = [score_answer(e, a) for e, a in zip(examples, answers)]
+        out[method] = {
+            **aggregate(scores),
+            **training_cost(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "generation_tokens_per_s": round(new_tokens / max(seconds, 1e-9), 2),
+            "samples": scores,
+        }
+        del llm
+        torch.set_num_threads(torch.get_num_threads())
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdict(methods: dict[str, dict]) -> list[str]:
+    """Plain sentences that state which method wins on each axis (from the numbers)."""
+
+    def best(metric: str, low: bool = False) -> str:
+        vals = {m: v[metric] for m, v in methods.items() if v.get(metric) is not None}
+        if not vals:
+            return "n/a"
+        pick = min(vals, key=vals.get) if low else max(vals, key=vals.get)
+        return f"{pick} ({vals[pick]:.2f})"
+
+    lines = [
+        f"Best grounding rate: {best('grounding_rate')}; best ROUGE-L: {best('rouge_l')}; "
+        f"best citation rate: {best('citation_rate')}.",
+        f"Lowest injection-follow rate: {best('injection_follow_rate', low=True)}; "
+        f"best 'not in the passages' accuracy: {best('not_in_sources_accuracy')}.",
+    ]
+    trained = {m: v for m, v in methods.items() if v.get("train_tokens_per_s")}
+    if "lora" in trained and "full" in trained:
+        lo, fu = trained["lora"], trained["full"]
+        lines.append(
+            f"Training cost: LoRA {lo['train_tokens_per_s']} tok/s, {lo['train_peak_rss_mib_per_worker']} MiB/worker; "
+            f"full {fu['train_tokens_per_s']} tok/s, {fu['train_peak_rss_mib_per_worker']} MiB/worker."
+        )
+    return lines
+
+
+METRIC_COLUMNS = (
+    "citation_validity", "citation_rate", "grounding_rate", "grounded_answer_rate", "rouge_l",
+    "injection_follow_rate", "not_in_sources_accuracy", "false_refusal_rate",
+)  # fmt: skip
+COST_COLUMNS = ("train_steps", "train_tokens", "train_tokens_per_s", "train_loop_s", "train_wall_s", "train_peak_rss_mib_per_worker", "train_final_loss")
+
+
+def render_markdown(report: dict) -> str:
+    """The Markdown page for ``docs/reports/fine-tuning.md``."""
+
+    def cell(v) -> str:
+        return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    methods = report["methods"]
+    lines = [
+        "# Fine-tuning report: base vs LoRA vs full vs LoRA+DPO",
+        "",
+        f"Generated by `{report['command']}` on {report['generated_at']} ({report['machine']}).",
+        "",
+        f"Held-out questions: {report['eval']['n_questions']} from `{report['eval']['test_path']}` "
+        f"(articles never trained on), kinds {report['eval']['kinds']}; greedy decoding, "
+        f"max_new_tokens={report['eval']['max_new_tokens']}. Metric definitions: `ray_app/evaluation/answers.py`.",
+        "",
+        "| method | " + " | ".join(METRIC_COLUMNS) + " |",
+        "|---|" + "---|" * len(METRIC_COLUMNS),
+    ]
+    for name, m in methods.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m.get(c)) for c in METRIC_COLUMNS) + " |")
+    lines += ["", "## Training cost on this machine", "", "| method | " + " | ".join(COST_COLUMNS) + " |", "|---|" + "---|" * len(COST_COLUMNS)]
+    for name, m in methods.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m.get(c)) for c in COST_COLUMNS) + " |")
+    lines += ["", "## Verdict (from the numbers above)", ""] + [f"- {line}" for line in report["verdict"]]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "## Commands", "", "```"] + report["commands"] + ["```", ""]
+    lines += ["## Sample answers", ""]
+    first = next(iter(methods.values()))["samples"][:4]
+    for i, s in enumerate(first):
+        lines.append(f"**{s['kind']}** ({s['id']})")
+        for name, m in methods.items():
+            lines.append(f"- {name}: {m['samples'][i]['answer'][:240]!r}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def resolve_methods(names: list[str], runs_dir: Path) -> dict[str, Path | None]:
+    """Checkpoint folder per method (``<runs_dir>/<run>/final``); missing runs are errors."""
+    out: dict[str, Path | None] = {}
+    for name in names:
+        if name not in METHODS:
+            raise CLIError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        if name == "base":
+            out[name] = None
+            continue
+        ckpt = runs_dir / DEFAULT_RUNS[name] / "final"
+        if not ckpt.exists():
+            raise CLIError(f"{name}: no checkpoint at {ckpt} (train it first, see docs/training-llm.md)")
+        out[name] = ckpt
+    return out
+
+
+def command(
+    methods: str = typer.Option(",".join(METHODS), help="Comma-separated subset of base,lora,full,lora_dpo."),
+    n: int = typer.Option(32, min=1, help="Held-out questions (stratified by kind)."),
+    max_new_tokens: int = typer.Option(80, min=8, max=512, help="Generation limit per answer."),
+    batch_size: int = typer.Option(8, min=1, help="Prompts decoded together."),
+    seed: int = typer.Option(0, help="Question sampling seed."),
+    test_path: Path = typer.Option(None, help="SFT test JSONL (default $PRISM_HOME/data/sft/test.jsonl)."),
+    runs_dir: Path = typer.Option(None, help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo."),
+    out: Path = typer.Option(REPO / "docs" / "reports" / "fine-tuning", help="Report path without extension."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Evaluate the fine-tuned answer models and write docs/reports/fine-tuning.{json,md}."""
+    import torch
+
+    from ray_app.settings import get_settings
+
+    settings = get_settings()
+    test_path = test_path or settings.data_dir / "sft" / "test.jsonl"
+    if not test_path.exists():
+        raise CLIError(f"{test_path} not found: run `prism data sft` first")
+    chosen = resolve_methods([m.strip() for m in methods.split(",") if m.strip()], runs_dir or settings.checkpoints_dir)
+    rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
+    examples = pick_questions(rows, n, seed)
+    torch.manual_seed(0)
+    results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size)
+    report = build_report(results, examples, test_path, max_new_tokens, methods, n)
+    write_report(report, out)
+    summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}
+    emit({"report": str(out.with_suffix(".json")), "methods": summary, "verdict": report["verdict"]}, as_json)
+
+
+def build_report(results: dict, examples: list[dict], test_path: Path, max_new_tokens: int, methods: str, n: int) -> dict:
+    kinds: dict[str, int] = {}
+    for e in examples:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    return {
+        "command": f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}",
+        "generated_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
+        "eval": {"n_questions": len(examples), "test_path": str(test_path), "kinds": kinds, "max_new_tokens": max_new_tokens},
+        "methods": results,
+        "verdict": verdict(results),
+        "notes": [],
+        "commands": [
+            "prism data sft --json && prism data dpo --json",
+            "prism train sft --config training/configs/smollm2/lora.yaml",
+            "prism train sft --config training/configs/smollm2/full.yaml",
+            "prism train dpo --config training/configs/smollm2/dpo.yaml",
+            f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}",
+        ],
+    }
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    out.with_suffix(".md").write_text(render_markdown(report))
