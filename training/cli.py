@@ -37,3 +37,15 @@ def sft(config: Path = CONFIG, overrides: list[str] = OVERRIDES) -> None:
 def dpo(config: Path = CONFIG, overrides: list[str] = OVERRIDES) -> None:
     """DPO on top of an SFT adapter, with a frozen reference."""
     _run("training.dpo", config, overrides)
+
+
+@app.command()
+@handle_errors
+def merge(
+    adapter: Path = typer.Option(..., "--adapter", exists=True, file_okay=False, help="LoRA checkpoint folder (e.g. RUN/final)."),
+    out: Path = typer.Option(..., "--out", help="New folder for the merged full weights."),
+) -> None:
+    """Merge a LoRA adapter into its base model and write full safetensors weights."""
+    from ray_app.lm_checkpoints import merge_adapter
+
+    typer.echo(str(merge_adapter(adapter, out)))

@@ -283,6 +283,17 @@ def save_checkpoint(model, engine, tokenizer, cfg: SFTConfig, state: dict, optim
         write_model_spec(out_dir, cfg.model.name, cfg.model.random_init, cfg.model.init_seed, cfg.method)
 
 
+def probe_loss(model, batch: dict, device) -> float:
+    """Loss of the current weights (eval mode) on this worker's first micro-batch: a reload check."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        loss = float(model(**{k: v.to(device) for k, v in batch.items()}).loss)
+    model.train()
+    return loss
+
+
 def report(metrics: dict, ckpt_dir: Path | None, name: str | None) -> None:
     import ray.train
 
@@ -332,6 +343,7 @@ def train_loop(loop_config: dict) -> None:
         load_optimizer_state(optimizer, resume_from)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + start_step, cfg.train.warmup_steps))
 
+    probe = micro_batch_indices(len(examples), 0, cfg.train.batch_size, cfg.train.seed)
     model.train()
     losses: list[float] = []
     tokens, started = 0, time.perf_counter()
@@ -371,6 +383,8 @@ def train_loop(loop_config: dict) -> None:
                 "peak_rss_mib_per_worker": all_reduce(peak_rss_mib(), "max"),
                 "world_size": world,
             }
+            if is_final:
+                metrics["probe_loss"] = probe_loss(model, collate([examples[i] for i in probe]), device)
             name = "final" if is_final else step_dir_name(done)
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = Path(tmp) / name
