@@ -294,6 +294,7 @@ def resolve_methods(names: list[str], runs_dir: Path) -> dict[str, Path | None]:
     return out
 
 
+@handle_errors
 def command(
     methods: str = typer.Option(",".join(METHODS), help="Comma-separated subset of base,lora,full,lora_dpo."),
     n: int = typer.Option(32, min=1, help="Held-out questions (stratified by kind)."),
