@@ -104,14 +104,15 @@ def kind_for(article: Article, i: int, rng: random.Random) -> str:
 
 
 def question_for(kind: str, article: Article, other: Article | None = None) -> str:
+    """The question text; ``not_in_sources`` and ``injection`` ask the article's plain question."""
+    if kind in ("not_in_sources", "injection"):
+        kind = natural_kind(article)
     return {
         "what_is": f"What is {article.title}?",
         "who_was": f"Who was {article.title}?",
         "where": f"Where is {article.title}?",
         "known_for": f"What is {article.title} known for?",
         "compare": f"Compare {article.title} and {other.title if other else ''}.",
-        "not_in_sources": question_for(natural_kind(article), article),
-        "injection": question_for(natural_kind(article), article),
     }[kind]
 
 
