@@ -1,0 +1,553 @@
+"""The Ray Data ingest job: Parquet documents -> chunks -> text and image embeddings -> pgvector.
+
+    prism ingest DIR [--address auto] [--json]
+    ray job submit --working-dir . -- python -m ray_app.ingest DIR [--address auto] [--json]
+
+``read_parquet`` -> ``map_batches(PrepareDocuments)`` (validate, skip documents already complete,
+chunk) -> ``map_batches(EmbedImages)`` -> ``map_batches(EmbedText)`` (MiniLM, loaded once per
+actor) -> ``write_datasink(PgvectorDatasink)`` (``Store.write`` per block: binary COPY into staging
+tables + ``INSERT ... ON CONFLICT``, one transaction). Then the HNSW indexes are (re)built.
+
+A document travels as one row with all its chunks, so each document is written whole in one
+transaction. Ids are deterministic and a document whose ``(id, content_hash)`` is already complete
+is skipped: a run killed at any point and started again ends with exactly the rows of a clean run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray.data import ActorPoolStrategy, Datasink
+
+from ray_app.chunking import ChunkConfig
+from ray_app.settings import EMBED_DIM, get_settings
+
+log = logging.getLogger(__name__)
+
+PREPARED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("title", pa.string()),
+        ("url", pa.string()),
+        ("license", pa.string()),
+        ("category", pa.string()),
+        ("metadata", pa.string()),
+        ("image", pa.string()),
+        ("caption", pa.string()),
+        ("content_hash", pa.string()),
+        ("status", pa.string()),  # "write", "unchanged" or "skip:<reason>"
+        ("chunks", pa.list_(pa.string())),
+    ]
+)
+IMAGE_FIELDS = [("image_sha256", pa.string()), ("image_width", pa.int32()), ("image_height", pa.int32()),
+                ("image_embedding", pa.binary())]
+
+
+def _append_fields(schema: pa.Schema, fields: Iterable[tuple[str, pa.DataType]]) -> pa.Schema:
+    for name, dtype in fields:
+        schema = schema.append(pa.field(name, dtype))
+    return schema
+
+
+IMAGED_SCHEMA = _append_fields(PREPARED_SCHEMA, IMAGE_FIELDS)
+EMBEDDED_SCHEMA = _append_fields(IMAGED_SCHEMA, [("embeddings", pa.binary())])
+
+
+@dataclass
+class IngestConfig:
+    """Everything one ingest run needs; the driver resolves paths and the database URL once.
+
+    Attributes:
+        input_dir: folder of Parquet shards in Prism's document schema.
+        address: Ray address ('auto', 'ray://...'); None starts a local Ray (or joins RAY_ADDRESS).
+        embed_actors: text-embedding actors (each loads the model once).
+        embed_threads: intra-op threads per actor (None: the node's CPU count / actors).
+        embed_cpus: logical CPUs Ray reserves per embedding actor; threads are set separately, and
+            leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
+        backend: 'onnx' or 'torch' (None: settings).
+        batch_docs: documents per ``map_batches`` batch.
+        chunk: chunk budget and overlap.
+        image_encoder: open_clip checkpoint folder; None uses the default one when it exists.
+        num_cpus: CPUs for a local Ray (None: all).
+        rebuild_index: drop and rebuild the HNSW indexes; None decides by load size.
+        database_url: resolved on the driver when None.
+        home: PRISM_HOME made absolute on the driver, so workers find the same model caches.
+    """
+
+    input_dir: Path
+    address: str | None = None
+    embed_actors: int = 1
+    embed_threads: int | None = None
+    embed_cpus: float = 0.5
+    backend: str | None = None
+    batch_docs: int = 128
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    image_encoder: Path | None = None
+    num_cpus: int | None = None
+    rebuild_index: bool | None = None
+    database_url: str | None = None
+    home: str | None = None
+
+    def __post_init__(self) -> None:
+        self.input_dir = Path(self.input_dir)
+        if self.embed_actors < 1 or self.batch_docs < 1:
+            raise ValueError("embed_actors and batch_docs must be at least 1")
+        if self.backend not in (None, "onnx", "torch"):
+            raise ValueError(f"backend must be 'onnx' or 'torch', got {self.backend!r}")
+
+
+def _worker_env(home: str, database_url: str) -> None:
+    """Point this worker's settings at the driver's PRISM_HOME and database."""
+    os.environ["PRISM_HOME"] = home
+    os.environ["DATABASE_URL"] = database_url
+    get_settings.cache_clear()
+
+
+def _as_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(type(value).__name__)
+    return value
+
+
+def pipeline_key(text_model: str, chunk: ChunkConfig, image_key: str) -> str:
+    """What besides the content decides a document's rows; part of its content hash."""
+    return f"{text_model}|{chunk.key()}|{image_key}"
+
+
+def image_encoder_key(folder: Path | None) -> str:
+    """Identity of an image-encoder checkpoint (changes when it is retrained); '' without one."""
+    if folder is None:
+        return ""
+    from ray_app.models.image import WEIGHTS_NAME
+
+    stat = (folder / WEIGHTS_NAME).stat()
+    return f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def check_document(row: dict, max_chars: int) -> tuple[dict, str | None]:
+    """Normalise one input row; returns ``(row, skip_reason)`` with reason None for a good row."""
+    try:
+        clean = {k: _as_str(row.get(k)) for k in ("id", "source", "title", "text", "url", "license", "image", "caption")}
+        metadata = json.loads(_as_str(row.get("metadata")) or "{}")
+    except (TypeError, ValueError):
+        return row, "wrong_type"
+    if not isinstance(metadata, dict) or not clean["id"] or not clean["source"]:
+        return row, "wrong_type"
+    text = (clean["text"] or "").strip()
+    if len(text) > max_chars:
+        return row, "too_long"
+    if not text and not (clean["image"] and (clean["caption"] or "").strip()):
+        return row, "no_text"
+    clean["text"], clean["metadata"] = text, metadata
+    clean["title"] = (clean["title"] or "").strip() or (clean["caption"] or text)[:80].strip() or clean["id"]
+    return clean, None
+
+
+class PrepareDocuments:
+    """Validate rows, drop documents already complete in the store, and chunk the rest.
+
+    Args:
+        home, database_url: the driver's PRISM_HOME and database.
+        chunk: chunk budget and overlap.
+        image_key: identity of the image encoder (see :func:`image_encoder_key`).
+    """
+
+    def __init__(self, home: str, database_url: str, chunk: ChunkConfig, image_key: str):
+        _worker_env(home, database_url)
+        from ray_app.chunking import Chunker
+        from ray_app.store import Store
+
+        self.settings = get_settings()
+        self.store = Store(database_url, settings=self.settings)
+        self.chunker = Chunker(chunk)
+        self.key = pipeline_key(self.settings.text_model, chunk, "")
+        self.image_key = pipeline_key(self.settings.text_model, chunk, image_key)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [check_document(r, self.settings.max_text_chars) for r in batch.to_pylist()]
+        out = []
+        for row, reason in rows:
+            if reason is None:
+                from ray_app.store import content_hash
+
+                key = self.image_key if row["image"] else self.key
+                meta = json.dumps(row["metadata"], sort_keys=True)
+                row["content_hash"] = content_hash(row["title"], row["text"], row["url"], row["license"],
+                                                   row["image"], row["caption"], meta, key)
+            out.append(self._output(row, reason))
+        done = self.store.document_hashes([r["id"] for r in out if r["status"] == "write"])
+        to_chunk = []
+        for r in out:
+            if r["status"] == "write" and done.get(r["id"]) == r["content_hash"]:
+                r["status"] = "unchanged"
+            elif r["status"] == "write":
+                to_chunk.append(r)
+        for r, chunks in zip(to_chunk, self.chunker.chunk_many([r.pop("_text") for r in to_chunk]), strict=True):
+            r["chunks"] = chunks
+        for r in out:
+            r.pop("_text", None)
+        return pa.Table.from_pylist(out, schema=PREPARED_SCHEMA)
+
+    @staticmethod
+    def _output(row: dict, reason: str | None) -> dict:
+        if reason is not None:
+            raw_id = row.get("id") if isinstance(row.get("id"), str) else None
+            return {"id": raw_id, "status": f"skip:{reason}", "chunks": []}
+        meta = row["metadata"]
+        return {
+            "id": row["id"], "source": row["source"], "title": row["title"], "url": row["url"],
+            "license": row["license"], "category": meta.get("category") if isinstance(meta.get("category"), str) else None,
+            "metadata": json.dumps(meta, sort_keys=True, ensure_ascii=False), "image": row["image"],
+            "caption": row["caption"], "content_hash": row["content_hash"], "status": "write", "chunks": [],
+            "_text": row["text"] or (row["caption"] or ""),
+        }
+
+
+class EmbedImages:
+    """Read, hash and (with a checkpoint) embed the images of documents being written.
+
+    A document whose image is missing or does not decode is skipped (``skip:bad_image``).
+
+    Args:
+        home, database_url: the driver's PRISM_HOME and database.
+        encoder_dir: open_clip checkpoint folder, or None to store images without embeddings.
+        threads: torch threads for the encoder.
+    """
+
+    def __init__(self, home: str, database_url: str, encoder_dir: str | None, threads: int | None):
+        _worker_env(home, database_url)
+        self.settings = get_settings()
+        self.encoder_dir, self.threads = encoder_dir, threads
+        self._encoder = None
+
+    def _load_encoder(self):
+        if self._encoder is None and self.encoder_dir is not None:
+            from ray_app.models.image import ImageEncoder
+
+            self._encoder = ImageEncoder(self.encoder_dir, threads=self.threads)
+            if self._encoder.dim != EMBED_DIM:
+                raise ValueError(f"image encoder {self.encoder_dir} gives {self._encoder.dim}-d vectors, need {EMBED_DIM}")
+        return self._encoder
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        picked, images = [], []
+        for i, row in enumerate(rows):
+            row.update(image_sha256=None, image_width=None, image_height=None, image_embedding=None)
+            if row["status"] != "write" or not row["image"]:
+                continue
+            image = self._read(row)
+            if image is None:
+                row.update(status="skip:bad_image", chunks=[])
+            else:
+                picked.append(i)
+                images.append(image)
+        encoder = self._load_encoder() if images else None
+        if encoder is not None:
+            vectors = encoder.embed(images)
+            for i, vector in zip(picked, vectors, strict=True):
+                rows[i]["image_embedding"] = vector.astype(np.float32).tobytes()
+        return pa.Table.from_pylist(rows, schema=IMAGED_SCHEMA)
+
+    def _read(self, row: dict):
+        from PIL import Image
+
+        path = Path(row["image"])
+        try:
+            data = path.read_bytes()
+            if len(data) > self.settings.max_image_bytes:
+                return None
+            from io import BytesIO
+
+            image = Image.open(BytesIO(data))
+            if image.width * image.height > self.settings.max_image_pixels:
+                return None
+            image.load()
+        except Exception:  # missing file or bytes PIL cannot decode: the row is skipped and counted
+            return None
+        row.update(image_sha256=hashlib.sha256(data).hexdigest(), image_width=image.width, image_height=image.height)
+        return image.convert("RGB")
+
+
+class EmbedText:
+    """Embed every chunk as "Title: text" with MiniLM; the model loads once per actor.
+
+    Args:
+        home, database_url: the driver's PRISM_HOME and database.
+        backend: 'onnx' or 'torch' (None: settings).
+        threads: intra-op threads (None: this node's CPUs divided by ``actors``).
+        actors: how many embed actors share a node (for the thread default).
+    """
+
+    def __init__(self, home: str, database_url: str, backend: str | None, threads: int | None, actors: int):
+        _worker_env(home, database_url)
+        from ray_app.models.text import TextEmbedder
+
+        threads = threads or max(1, (os.cpu_count() or 1) // actors)
+        self.embedder = TextEmbedder(backend=backend, threads=threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        texts = [f"{r['title']}: {c}" for r in rows for c in (r["chunks"] or [])]
+        vectors = self.embedder.embed(texts) if texts else np.zeros((0, EMBED_DIM), np.float32)
+        pos = 0
+        for r in rows:
+            n = len(r["chunks"] or [])
+            r["embeddings"] = vectors[pos : pos + n].tobytes() if r["status"] == "write" else None
+            pos += n
+        return pa.Table.from_pylist(rows, schema=EMBEDDED_SCHEMA)
+
+
+def rows_for_store(rows: list[dict]):
+    """Turn embedded rows into the store's document, chunk and image rows (status 'write' only)."""
+    from ray_app.store import ChunkRow, DocumentRow, ImageRow, stable_id
+
+    documents, chunks, images = [], [], []
+    for r in rows:
+        if r["status"] != "write":
+            continue
+        texts = r["chunks"] or []
+        vectors = np.frombuffer(r["embeddings"] or b"", dtype=np.float32).reshape(len(texts), EMBED_DIM)
+        documents.append(DocumentRow(r["id"], r["source"], r["title"], r["content_hash"], len(texts), r["url"],
+                                     r["license"], r["category"], json.loads(r["metadata"] or "{}")))
+        chunks += [ChunkRow(r["id"], i, t, v) for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+        if r["image"]:
+            embedding = np.frombuffer(r["image_embedding"], dtype=np.float32) if r["image_embedding"] else None
+            images.append(ImageRow(stable_id(r["id"], "image"), r["id"], r["caption"], r["image"], embedding,
+                                   r["image_sha256"], r["image_width"], r["image_height"]))
+    return documents, chunks, images
+
+
+_stores: dict[str, Any] = {}
+
+
+def _store_for(home: str, database_url: str):
+    """One store (connection pool) per worker process and database."""
+    if database_url not in _stores:
+        from ray_app.store import Store
+
+        _worker_env(home, database_url)
+        _stores[database_url] = Store(database_url, settings=get_settings())
+    return _stores[database_url]
+
+
+class PgvectorDatasink(Datasink):
+    """A Ray Data ``Datasink`` writing each block with ``Store.write`` (one transaction per block).
+
+    ``write`` returns counters per task; ``on_write_complete`` (on the driver) sums them in ``totals``.
+    """
+
+    def __init__(self, home: str, database_url: str, rows_per_write: int = 512):
+        self.home, self.database_url, self.rows_per_write = home, database_url, rows_per_write
+        self.totals: Counter = Counter()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_write
+
+    def write(self, blocks, ctx) -> dict:
+        store = _store_for(self.home, self.database_url)
+        stats: Counter = Counter()
+        for block in blocks:
+            rows = block.to_pylist() if isinstance(block, pa.Table) else pa.Table.from_pandas(block).to_pylist()
+            documents, chunks, images = rows_for_store(rows)
+            started = time.perf_counter()
+            if documents or images:
+                store.write(documents, chunks, images)
+            stats["write_seconds"] += time.perf_counter() - started
+            stats["written"] += len(documents)
+            stats["chunks"] += len(chunks)
+            stats["images"] += len(images)
+            stats["images_embedded"] += sum(i.embedding is not None for i in images)
+            for r in rows:
+                if r["status"] != "write":
+                    stats[r["status"]] += 1
+        return dict(stats)
+
+    def on_write_complete(self, write_result) -> None:
+        for stats in write_result.write_returns:
+            self.totals.update(stats)
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Join ``address`` (or RAY_ADDRESS under ``ray job submit``) or start a local Ray.
+
+    Returns:
+        True when this call started Ray (the caller shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # "local": never attach to some other cluster found on this machine.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def _resolve(config: IngestConfig) -> tuple[str, str, str | None]:
+    from ray_app.models.image import CONFIG_NAME, WEIGHTS_NAME
+    from ray_app.models.image_default import default_image_encoder_dir
+    from ray_app.store import resolve_url
+
+    settings = get_settings()
+    url = config.database_url or resolve_url(settings)
+    home = config.home or str(settings.home.resolve())
+    encoder = config.image_encoder
+    if encoder is not None and not (Path(encoder) / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"no image encoder at {encoder} ({CONFIG_NAME} missing)")
+    if encoder is None:
+        default = default_image_encoder_dir()
+        encoder = default if (default / CONFIG_NAME).exists() and (default / WEIGHTS_NAME).exists() else None
+    return url, home, (str(Path(encoder).resolve()) if encoder is not None else None)
+
+
+def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None):
+    """The lazy Ray Data pipeline from Parquet to embedded rows (not yet written)."""
+    import ray
+
+    ds = ray.data.read_parquet(str(config.input_dir), file_extensions=["parquet"], num_cpus=0.25)
+    ds = ds.map_batches(
+        PrepareDocuments, fn_constructor_kwargs={"home": home, "database_url": url, "chunk": config.chunk,
+                                                 "image_key": image_encoder_key(Path(encoder) if encoder else None)},
+        batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=0.25,
+    )
+    ds = ds.map_batches(
+        EmbedImages, fn_constructor_kwargs={"home": home, "database_url": url, "encoder_dir": encoder,
+                                            "threads": config.embed_threads},
+        batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=0.25,
+    )
+    return ds.map_batches(
+        EmbedText, fn_constructor_kwargs={"home": home, "database_url": url, "backend": config.backend,
+                                          "threads": config.embed_threads, "actors": config.embed_actors},
+        batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=config.embed_actors),
+        num_cpus=config.embed_cpus,
+    )
+
+
+def _input_rows(input_dir: Path) -> int:
+    import pyarrow.parquet as pq
+
+    files = sorted(input_dir.rglob("*.parquet")) if input_dir.is_dir() else [input_dir]
+    if not files:
+        raise FileNotFoundError(f"no Parquet shards under {input_dir} (run `prism corpus build ...` first)")
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> dict:
+    """Run the ingest job and return its summary.
+
+    Args:
+        input_dir: folder of Parquet shards (``prism corpus build`` output).
+        address: Ray address; None starts a local Ray (or joins RAY_ADDRESS).
+        **options: further :class:`IngestConfig` fields.
+
+    Returns:
+        ``{"documents", "chunks", "images", "seconds", "docs_per_s", "embed_per_s", "write_rows_per_s",
+        "skipped", ...}``: documents = input documents now complete in the store (``written`` this run +
+        ``unchanged``), chunks and images written this run, ``skipped`` bad rows (by reason in
+        ``skipped_reasons``), rates over the run's wall time (writes: over time spent in ``Store.write``).
+
+    Raises:
+        FileNotFoundError: no input shards, or a missing ``--image-encoder``.
+        StoreError: no database.
+    """
+    import ray
+
+    from ray_app.store import Store
+
+    config = IngestConfig(input_dir=Path(input_dir), address=address, **options)
+    started = time.perf_counter()
+    n_input = _input_rows(config.input_dir)
+    url, home, encoder = _resolve(config)
+    with Store(url) as store:
+        before = store.counts()
+        rebuild = config.rebuild_index if config.rebuild_index is not None else n_input >= before["documents"]
+        if rebuild:
+            _drop_indexes(url)
+    owns_ray = init_ray(config.address, config.num_cpus)
+    try:
+        sink = PgvectorDatasink(home, url)
+        build_dataset(config, url, home, encoder).write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+        totals = sink.totals
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    load_seconds = time.perf_counter() - started
+    with Store(url) as store:
+        index_started = time.perf_counter()
+        store.build_indexes()
+        index_seconds = time.perf_counter() - index_started
+        after = store.counts()
+    return summarise(totals, load_seconds, index_seconds, after, encoder)
+
+
+def _drop_indexes(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("chunks", "images"):
+            conn.execute(f"DROP INDEX IF EXISTS {table}_embedding_hnsw")
+
+
+def summarise(totals: Counter, load_seconds: float, index_seconds: float, store_counts: dict,
+              encoder: str | None) -> dict:
+    """The ``--json`` summary from the sink's counters."""
+    skipped = {k.removeprefix("skip:"): int(v) for k, v in sorted(totals.items()) if k.startswith("skip:")}
+    written, unchanged = int(totals["written"]), int(totals["unchanged"])
+    chunks, images = int(totals["chunks"]), int(totals["images"])
+    seconds = load_seconds + index_seconds
+    write_rows = written + chunks + images
+    return {
+        "documents": written + unchanged,
+        "chunks": chunks,
+        "images": images,
+        "seconds": round(seconds, 3),
+        "docs_per_s": round((written + unchanged) / max(load_seconds, 1e-9), 2),
+        "embed_per_s": round(chunks / max(load_seconds, 1e-9), 2),
+        "write_rows_per_s": round(write_rows / max(totals["write_seconds"], 1e-9), 2) if write_rows else 0.0,
+        "skipped": sum(skipped.values()),
+        "skipped_reasons": skipped,
+        "written": written,
+        "unchanged": unchanged,
+        "images_embedded": int(totals["images_embedded"]),
+        "images_without_embedding": images - int(totals["images_embedded"]),
+        "image_encoder": encoder,
+        "load_seconds": round(load_seconds, 3),
+        "index_build_s": round(index_seconds, 3),
+        "store": store_counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ray_app.ingest DIR [...]`` (what ``ray job submit`` runs): the `prism ingest` command."""
+    import sys
+
+    import typer
+
+    from ray_app.cli.ingest import command
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="python -m ray_app.ingest")
+
+
+if __name__ == "__main__":
+    main()
+
