@@ -263,7 +263,7 @@ def run(cfg: DPOConfig) -> dict:
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.lm_checkpoints import is_adapter_checkpoint, latest_checkpoint, resolve_model_folder
+    from ray_app.lm_checkpoints import is_adapter_checkpoint, latest_checkpoint, read_state, resolve_model_folder
     from ray_app.settings import get_settings
 
     if cfg.sft_checkpoint:
@@ -280,6 +280,8 @@ def run(cfg: DPOConfig) -> dict:
     if run_dir.exists() and not cfg.output.resume:
         raise JobConfigError(f"{run_dir} exists; pick a new output.run_name or set output.resume=true")
     resume_from = latest_checkpoint(run_dir) if cfg.output.resume else None
+    if resume_from is not None and resume_from.name != "final" and read_state(resume_from).get("step", 0) >= cfg.train.max_steps:
+        raise JobConfigError(f"{resume_from} is already at train.max_steps={cfg.train.max_steps}; raise it to continue")
     if resume_from is not None and resume_from.name == "final":
         metrics = run_dir / "metrics.json"
         return {**(json.loads(metrics.read_text()) if metrics.exists() else {}), "already_finished": True}

@@ -402,7 +402,7 @@ def run(cfg: SFTConfig) -> dict:
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.lm_checkpoints import latest_checkpoint
+    from ray_app.lm_checkpoints import latest_checkpoint, read_state
 
     if cfg.method == "qlora":
         check_qlora_supported()
@@ -415,13 +415,14 @@ def run(cfg: SFTConfig) -> dict:
     resume_from = latest_checkpoint(run_dir) if cfg.output.resume else None
     if run_dir.exists() and not cfg.output.resume:
         raise JobConfigError(f"{run_dir} exists; pick a new output.run_name or set output.resume=true")
+    if resume_from is not None and resume_from.name != "final" and read_state(resume_from).get("step", 0) >= cfg.train.max_steps:
+        raise JobConfigError(f"{resume_from} is already at train.max_steps={cfg.train.max_steps}; raise it to continue")
     if resume_from is not None and resume_from.name == "final":
         return finished_summary(run_dir)
     # Workers run in another working directory: hand them an absolute model folder.
-    if cfg.method != "qlora" or True:
-        from ray_app.lm_checkpoints import resolve_model_folder
+    from ray_app.lm_checkpoints import resolve_model_folder
 
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
     init_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop,
