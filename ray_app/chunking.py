@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
-# A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace and
-# an upper-case letter, digit or opening quote; abbreviations like "e.g. the" stay joined.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
-
+# A sentence ends at . ! ? (optionally followed by a closing quote or bracket) before whitespace and
+# an upper-case letter, digit or opening quote.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?][\"')\]])|(?<=[.!?]))\s+(?=[A-Z0-9\"'(\[])")
+# Words after which a full stop does not end a sentence ("Dr. Smith", "e.g. The", "J. R. R. Tolkien").
+_ABBREVIATIONS = {"dr.", "mr.", "mrs.", "ms.", "prof.", "st.", "jr.", "sr.", "vs.", "e.g.", "i.e.", "etc.",
+                  "no.", "fig.", "c.", "ca.", "approx.", "inc.", "ltd.", "mt.", "u.s."}
 
 @dataclass(frozen=True)
 class ChunkConfig:
@@ -57,10 +59,20 @@ def split_sentences(text: str) -> list[str]:
     """Split into sentences, keeping paragraph breaks as sentence boundaries; empty pieces dropped."""
     out = []
     for paragraph in _PARAGRAPHS.split(text):
-        paragraph = " ".join(paragraph.split())
-        out += [s for s in _SENTENCE_END.split(paragraph) if s.strip()]
+        pieces = [p for p in _SENTENCE_END.split(" ".join(paragraph.split())) if p.strip()]
+        merged: list[str] = []
+        for piece in pieces:
+            if merged and _ends_with_abbreviation(merged[-1]):
+                merged[-1] += " " + piece
+            else:
+                merged.append(piece)
+        out += merged
     return out
 
+
+def _ends_with_abbreviation(sentence: str) -> bool:
+    last = sentence.rsplit(" ", 1)[-1].lower()
+    return last in _ABBREVIATIONS or (len(last) == 2 and last[0].isalpha() and last[1] == ".")
 
 class Chunker:
     """Cut texts into overlapping, sentence-aligned chunks under a token budget.
