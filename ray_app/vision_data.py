@@ -1,0 +1,270 @@
+"""Image-encoder data shared by training (`training/clip.py`) and evaluation (`prism eval image-encoder`).
+
+* The split is by stamp and deterministic (a hash of the stamp's name): held-out stamps are never
+  seen in training, whatever the config.
+* Stamps are decoded once into an RGBA "bank" (``(n, size, size, 4)`` uint8, transparent padding),
+  cached under ``$PRISM_HOME/data/vision-cache/``, so training never touches PNG/SVG decoders.
+* Augmentation runs on whole batches in torch: random scale/crop/position and horizontal flip (one
+  affine warp), colour jitter on the clip art, then compositing on varied backgrounds (plain, white,
+  gradient, smooth noise). Evaluation composites on white, centred, at a fixed fill.
+* The zero-shot labels: one text per stamp category (the mean of a few prompt embeddings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ray_app.corpus.stamps import Stamp, list_stamps, load_stamp_image
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HELDOUT_PERCENT = 15
+EVAL_FILL = 0.85
+
+LABEL_PROMPTS: dict[str, tuple[str, ...]] = {
+    "animals": ("a picture of an animal.", "an animal such as a dog, a cat, a bird, a fish or an insect."),
+    "clothes": ("a picture of clothes.", "clothing such as a shirt, a hat, a dress, a jacket or shoes."),
+    "food": ("a picture of food.", "food such as fruit, vegetables, bread, cheese or a cake."),
+    "hobbies": ("a picture of a hobby.", "a hobby such as music, a guitar, a drum, games or binoculars."),
+    "household": ("a picture of a household object.", "things at home such as furniture, tools, a lamp or a kitchen pot."),
+    "medical": ("a picture of medical equipment.", "medicine such as a syringe, a bandage, a thermometer or a tooth."),
+    "military": ("a picture of military equipment.", "the army: a tank, a soldier, a gun, a bullet or a warplane."),
+    "naturalforces": ("a picture of a natural force.", "forces of nature such as fire, lightning, an explosion or a storm."),
+    "people": ("a picture of a person.", "people: a man, a woman, a child, a face or a body part."),
+    "plants": ("a picture of a plant.", "plants such as a tree, a flower, a leaf or a mushroom."),
+    "seasonal": ("a picture of a holiday decoration.", "holidays and seasons: Christmas, Halloween, Easter or Hanukkah."),
+    "space": ("a picture of outer space.", "space: a planet, a star, the moon, a rocket or an astronaut."),
+    "sports": ("a picture of sports equipment.", "sports: a ball, a bat, a racket, a helmet or a skateboard."),
+    "symbols": ("a picture of a symbol.", "symbols such as a letter, a number, a sign, a flag or a coin."),
+    "town": ("a picture of a town.", "a town: a house, a building, a tower, a shop or a road sign."),
+    "vehicles": ("a picture of a vehicle.", "vehicles such as a car, a truck, a bicycle, a boat or a train."),
+}
+CATEGORIES: tuple[str, ...] = tuple(sorted(LABEL_PROMPTS))
+
+
+def is_heldout(name: str, percent: int = HELDOUT_PERCENT) -> bool:
+    """Whether a stamp (by name) belongs to the held-out split: a stable hash, not a random draw."""
+    digest = hashlib.sha1(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < percent
+
+
+def split_stamps(stamps: list[Stamp] | None = None) -> tuple[list[Stamp], list[Stamp]]:
+    """``(train, heldout)`` stamps of the 16 categories; the same split for every run and every caller."""
+    stamps = [s for s in (stamps if stamps is not None else list_stamps()) if s.category in LABEL_PROMPTS]
+    train = [s for s in stamps if not is_heldout(s.name)]
+    heldout = [s for s in stamps if is_heldout(s.name)]
+    return train, heldout
+
+
+def subsample(stamps: list[Stamp], limit: int | None) -> list[Stamp]:
+    """At most ``limit`` stamps, spread evenly over the sorted list (so every category keeps some)."""
+    if limit is None or limit >= len(stamps):
+        return list(stamps)
+    idx = np.linspace(0, len(stamps) - 1, limit).round().astype(int)
+    return [stamps[i] for i in idx]
+
+
+def label_texts() -> list[str]:
+    """All zero-shot prompts, flattened in category order (see :func:`label_vectors`)."""
+    return [p for c in CATEGORIES for p in LABEL_PROMPTS[c]]
+
+
+def label_vectors(embed) -> np.ndarray:
+    """``(16, d)`` unit vectors, one per category: the mean of its prompts' embeddings.
+
+    Args:
+        embed: a function ``list[str] -> (n, d) array`` (e.g. ``TextEmbedder.embed``).
+    """
+    vecs = np.asarray(embed(label_texts()), dtype=np.float32)
+    out, start = [], 0
+    for c in CATEGORIES:
+        n = len(LABEL_PROMPTS[c])
+        out.append(vecs[start : start + n].mean(axis=0))
+        start += n
+    out = np.stack(out)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+# --- the decoded image bank -------------------------------------------------------------------
+
+
+def fit_square_rgba(image, size: int) -> np.ndarray:
+    """Fit a PIL image inside a transparent ``size`` x ``size`` square (aspect kept, centred)."""
+    from PIL import Image
+
+    image = image.convert("RGBA")
+    scale = size / max(image.size)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    image = image.resize((w, h), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(image, ((size - w) // 2, (size - h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def square_photo_rgba(image, size: int) -> np.ndarray:
+    """Centre-crop a photo to a square and resize; fully opaque RGBA."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image.convert("RGBA"), dtype=np.uint8)
+
+
+@dataclass
+class StampBank:
+    """Decoded stamps: ``images[i]`` (size x size x 4, uint8) belongs to ``stamps[i]``."""
+
+    stamps: list[Stamp]
+    images: np.ndarray
+
+
+def bank_cache_path(stamps: list[Stamp], size: int, cache_dir: Path) -> Path:
+    key = hashlib.sha1("\n".join(s.name for s in stamps).encode()).hexdigest()[:12]
+    return cache_dir / f"stamps-{size}px-{len(stamps)}-{key}.npz"
+
+
+def load_stamp_bank(stamps: list[Stamp], size: int, cache_dir: Path | None = None) -> StampBank:
+    """Decode ``stamps`` at ``size`` px (cached in an ``.npz``); stamps that fail to decode are dropped."""
+    from ray_app.settings import get_settings
+
+    cache_dir = cache_dir or get_settings().data_dir / "vision-cache"
+    path = bank_cache_path(stamps, size, cache_dir)
+    by_name = {s.name: s for s in stamps}
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        return StampBank([by_name[n] for n in data["names"]], data["images"])
+    kept, images = [], []
+    for stamp in stamps:
+        try:
+            images.append(fit_square_rgba(load_stamp_image(stamp, max_side=max(4 * size, 128)), size))
+            kept.append(stamp)
+        except ValueError as exc:
+            log.warning("skipping stamp: %s", exc)
+    arr = np.stack(images) if images else np.zeros((0, size, size, 4), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, names=np.array([s.name for s in kept]), images=arr)
+    tmp.replace(path)
+    return StampBank(kept, arr)
+
+
+def composite_on_white(rgba: np.ndarray, fill: float = EVAL_FILL):
+    """The evaluation view of a bank image: centred at ``fill`` of the side, on white, as a PIL RGB image."""
+    from PIL import Image
+
+    size = rgba.shape[0]
+    inner = max(1, round(size * fill))
+    stamp = Image.fromarray(rgba, "RGBA").resize((inner, inner), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    canvas.alpha_composite(stamp, ((size - inner) // 2, (size - inner) // 2))
+    return canvas.convert("RGB")
+
+
+# --- batch augmentation in torch --------------------------------------------------------------
+
+
+def _normalize(rgb):
+    import torch
+
+    mean = torch.tensor(CLIP_MEAN, dtype=rgb.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
+def random_backgrounds(n: int, size: int, gen):
+    """``(n, 3, size, size)`` backgrounds in [0, 1]: plain colours, white, gradients and smooth noise."""
+    import torch
+    import torch.nn.functional as F
+
+    kind = torch.randint(0, 4, (n,), generator=gen)
+    c1, c2 = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
+    plain = c1.expand(n, 3, size, size)
+    white = torch.ones(n, 3, size, size)
+    ramp = torch.linspace(0, 1, size).view(1, 1, size, 1)
+    angle = torch.rand(n, 1, 1, 1, generator=gen) < 0.5
+    ramp = torch.where(angle, ramp, ramp.transpose(2, 3))
+    gradient = c1 + (c2 - c1) * ramp
+    noise = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)
+    stacked = torch.stack([plain, white, gradient.expand(n, 3, size, size), noise], dim=1)
+    return stacked[torch.arange(n), kind]
+
+
+def jitter_colours(rgb, gen, strength: float):
+    """Random brightness, contrast and saturation per image (``strength`` 0 disables it)."""
+    import torch
+
+    if strength <= 0:
+        return rgb
+    n = rgb.shape[0]
+
+    def factor():
+        return 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * strength
+
+    rgb = rgb * factor()
+    mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+    rgb = (rgb - mean) * factor() + mean
+    grey = rgb.mean(dim=1, keepdim=True)
+    rgb = (rgb - grey) * factor() + grey
+    return rgb.clamp(0, 1)
+
+
+def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float = 0.3, flip: bool = True):
+    """Turn a batch of bank images into normalised training inputs.
+
+    One affine warp per image does the random scale (values above 1 crop into the clip art), the
+    random position and the horizontal flip; then colour jitter and a random background.
+
+    Args:
+        rgba_u8: ``(n, s, s, 4)`` uint8 tensor.
+        out_size: side of the output images.
+        gen: a ``torch.Generator`` (the only source of randomness, so runs are reproducible).
+        scale: range of the clip art's size relative to the canvas.
+        jitter: colour-jitter strength.
+        flip: allow horizontal flips.
+
+    Returns:
+        ``(n, 3, out_size, out_size)`` float32, normalised with the CLIP mean/std.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n = rgba_u8.shape[0]
+    x = rgba_u8.permute(0, 3, 1, 2).float() / 255.0
+    alpha = x[:, 3:4]
+    x = torch.cat([x[:, :3] * alpha, alpha], dim=1)  # premultiplied: no dark fringes when resampling
+    s = scale[0] + torch.rand(n, generator=gen) * (scale[1] - scale[0])
+    inv = 1.0 / s
+    room = (1.0 - s).clamp(min=0) / s  # how far the art may move and stay inside the canvas
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * room.unsqueeze(1)
+    sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = inv * sign, inv
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, (n, 4, out_size, out_size), align_corners=False)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    a = warped[:, 3:4]
+    rgb = jitter_colours(warped[:, :3] / a.clamp(min=1e-4), gen, jitter) * a
+    out = rgb + (1 - a) * random_backgrounds(n, out_size, gen)
+    return _normalize(out)
+
+
+def eval_batch(rgba_u8, out_size: int, fill: float = EVAL_FILL):
+    """Deterministic view (centred, on white) as a normalised tensor; matches :func:`composite_on_white`."""
+    import torch
+
+    images = [composite_on_white(im, fill) for im in rgba_u8]
+    if images and images[0].size[0] != out_size:
+        from PIL import Image
+
+        images = [im.resize((out_size, out_size), Image.Resampling.BICUBIC) for im in images]
+    arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    return _normalize(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous())
