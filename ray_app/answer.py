@@ -29,6 +29,8 @@ from ray_app.store import SearchHit, Store, fuse_rrf
 
 NEAR_DUPLICATE = 0.9  # a stored image this similar is taken to show the same thing
 MAX_K = 20
+RELEVANCE_MARGIN = 0.15
+LABEL_MIN_SCORE = 0.35  # zero-shot labels below this softmax score are too unsure to search with
 
 
 class AskInputError(ValueError):
@@ -81,7 +83,7 @@ def build_query(question: str, vision: dict | None) -> str:
     """The retrieval query: the question plus top labels, OCR text and a near-duplicate's caption."""
     parts = [question]
     if vision:
-        parts += [item["label"] for item in vision.get("labels", [])[:3]]
+        parts += confident_labels(vision)
         if vision.get("ocr_text"):
             parts.append(vision["ocr_text"][:200])
         similar = vision.get("similar_images") or []
@@ -90,13 +92,18 @@ def build_query(question: str, vision: dict | None) -> str:
     return " ".join(p for p in parts if p)
 
 
+def confident_labels(vision: dict) -> list[str]:
+    """Up to three labels the zero-shot classifier is reasonably sure of."""
+    return [item["label"] for item in vision.get("labels", [])[:3] if item.get("score", 0) >= LABEL_MIN_SCORE]
+
+
 def image_context(vision: dict | None) -> str | None:
     """One line describing the image for the prompt (labels, text in it, what it resembles)."""
     if not vision:
         return None
     bits = []
-    if vision.get("labels"):
-        bits.append("possible labels: " + ", ".join(item["label"] for item in vision["labels"][:3]))
+    if confident_labels(vision):
+        bits.append("it shows: " + ", ".join(confident_labels(vision)))
     if vision.get("ocr_text"):
         bits.append(f"text in the image: {vision['ocr_text'][:200]}")
     similar = vision.get("similar_images") or []
@@ -120,7 +127,11 @@ def retrieve_passages(
     text_hits = store.search_text(query, depth)
     cosine = {h.id: h.score for h in vector_hits}
     fused = fuse_rrf([vector_hits, text_hits], k * 2, store.settings.rrf_k)
-    relevant = [h for h in fused if cosine.get(h.id, 0.0) >= min_relevance][:k]
+    best = max(cosine.values(), default=0.0)
+    # Absolute floor (is it on topic at all?) plus a margin below the best match, so that a
+    # clearly better passage is not diluted by loosely related ones in a small model's context.
+    floor = max(min_relevance, best - RELEVANCE_MARGIN)
+    relevant = [h for h in fused if cosine.get(h.id, 0.0) >= floor][:k]
     passages = [
         Passage(n, h.title or "", _strip_title(h.text or "", h.title), h.doc_id, h.id, round(cosine[h.id], 4))
         for n, h in enumerate(relevant, 1)

@@ -1,0 +1,69 @@
+"""The Prism Serve application: ingress -> (vision, rag, fusion, audit), composed with DeploymentHandles.
+
+    serve run serving/config.yaml            # or: prism serve up [--detach]
+    serve deploy serving/config.yaml         # onto a running cluster (with its dashboard)
+
+``serving/config.yaml`` (``serve build`` format) sets replicas, autoscaling, ``max_ongoing_requests``
+and ``ray_actor_options`` per deployment; :func:`deploy_config` applies it from Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serving.audit import AuditDeployment
+from serving.fusion import FusionDeployment
+from serving.ingress import Ingress
+from serving.rag import RagDeployment
+from serving.vision import VisionDeployment
+
+CONFIG_PATH = Path(__file__).parent / "config.yaml"
+APP_NAME = "prism"
+
+
+def build_app(args: dict | None = None):
+    """The bound application graph (``import_path: serving.app:app``)."""
+    return Ingress.bind(VisionDeployment.bind(), RagDeployment.bind(), FusionDeployment.bind(), AuditDeployment.bind())
+
+
+app = build_app()
+
+
+def load_config(path: Path = CONFIG_PATH, host: str | None = None, port: int | None = None,
+                min_replicas: int | None = None) -> ServeDeploySchema:
+    """Read and validate the config; optionally override the HTTP address and pin replicas.
+
+    Args:
+        path: a ``serve build``-format YAML.
+        host, port: HTTP bind address overrides.
+        min_replicas: when set, every deployment starts (and may stay) at this many replicas.
+    """
+    raw = yaml.safe_load(Path(path).read_text())
+    if host is not None:
+        raw.setdefault("http_options", {})["host"] = host
+    if port is not None:
+        raw.setdefault("http_options", {})["port"] = port
+    if min_replicas is not None:
+        for application in raw["applications"]:
+            for dep in application.get("deployments", []):
+                auto = dep.get("autoscaling_config")
+                if auto:
+                    auto["min_replicas"] = min_replicas
+                    auto["initial_replicas"] = min_replicas
+    return ServeDeploySchema.model_validate(raw)
+
+
+def deploy_config(config: ServeDeploySchema) -> None:
+    """Start Serve with the config's HTTP options and deploy its applications (Ray must be up)."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
+    client.deploy_apps(config, _blocking=False)

@@ -1,0 +1,156 @@
+"""Request and response types of the HTTP API (the DESIGN.md contracts), as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``{"error": {"code", "message"}}`` with a 4xx status for bad input."""
+
+    error: ErrorBody
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
+    k: int = Field(5, ge=1, le=50, description="Results to return.")
+    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: RRF of both, vector or full text.")
+    sources: list[str] | None = Field(None, description="Only documents from these sources.")
+
+    _strip = field_validator("query")(_not_blank)
+
+
+class SearchResult(BaseModel):
+    kind: str
+    id: str
+    doc_id: str | None
+    title: str | None
+    text: str | None
+    score: float
+    source: str | None = None
+    category: str | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    timings_ms: dict[str, float]
+
+
+class AskRequest(BaseModel):
+    question: str = Field(..., min_length=1, max_length=2000, description="The question.")
+    image: str | None = Field(None, description="Optional image: base64 or a data URL (PNG, JPEG, GIF, WebP).")
+    k: int = Field(5, ge=1, le=20, description="Passages to retrieve.")
+    max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Answer length limit (capped by the server).")
+    stream: bool = Field(False, description="Server-sent events: meta, token..., done.")
+
+    _strip = field_validator("question")(_not_blank)
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+    cosine: float | None = None
+
+
+class SimilarImage(BaseModel):
+    id: str
+    doc_id: str | None
+    caption: str | None
+    title: str | None
+    score: float
+    url: str
+
+
+class VisionOut(BaseModel):
+    image_sha256: str
+    width: int
+    height: int
+    labels: list[Label]
+    ocr_text: str
+    similar_images: list[SimilarImage]
+    notes: list[str] = []
+
+
+class Citation(BaseModel):
+    n: int
+    doc_id: str | None
+    chunk_id: str | None
+    title: str
+    snippet: str
+    score: float
+    attributed: bool = Field(False, description="True when the model did not cite it and grounding attributed it.")
+
+
+class AuditOut(BaseModel):
+    audit_id: str
+    grounded: bool
+    flags: list[str]
+
+
+class AskResponse(BaseModel):
+    id: str
+    answer: str
+    citations: list[Citation]
+    vision: VisionOut | None
+    audit: AuditOut
+    timings_ms: dict[str, float]
+
+
+class ImageUrl(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI chat-completions request; sampling fields are accepted and ignored (greedy)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=2048)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2048)
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    user: str | None = None
+
+    model_config = {"extra": "allow"}
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: dict[str, int]
+    prism: AskResponse | None = Field(None, description="Prism's citations, vision and audit for this answer.")
