@@ -1,0 +1,103 @@
+"""`prism bench clip --json`: Ray Train images/s against a bare single-process loop, as a ratio.
+
+    prism bench clip --config training/configs/clip/demo.yaml --steps 30 --json
+
+Both sides train the same image tower on the same prepared data (decoded stamps + fixed MiniLM
+caption vectors) with the same augmentation, loss and per-worker batch size. The bare loop is one
+process with ``scaling.num_workers * threads_per_worker`` torch threads (all the cores the Ray run
+gets); the Ray side is `training.clip`'s TorchTrainer (DDP over gloo) for the same number of steps.
+Images/s counts training images through forward+backward after the first steps (warm-up excluded
+on both sides); the Ray figure is the trainer's own measurement, so Ray start-up is reported apart.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+from ray_app.cli.common import JSON_OPTION, emit, handle_errors
+from ray_app.jobconfig import load_config
+from training.clip import RATE_WARMUP_STEPS, ClipJobConfig, ImageTower, contrastive_loss, label_loss, learning_rate, prepare_training_data, train
+
+WARMUP_STEPS = RATE_WARMUP_STEPS
+
+
+def bare_train(cfg: ClipJobConfig, data: dict, steps: int, threads: int, seed: int = 0) -> tuple[ImageTower, dict]:
+    """Train ``steps`` steps in this process (no Ray, no DDP) with one batch of ``batch_size * num_workers``.
+
+    Returns:
+        The trained module and ``{"images_per_s", "seconds", "losses"}`` (timing excludes the first steps).
+    """
+    import numpy as np
+    import torch
+
+    from ray_app.vision_data import augment_batch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = ImageTower(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    images = torch.from_numpy(np.array(data["images"]))
+    caption_ids, label_ids = torch.from_numpy(data["caption_ids"]), torch.from_numpy(data["label_ids"])
+    caption_vectors, label_vectors = torch.from_numpy(data["caption_vectors"]), torch.from_numpy(data["label_vectors"])
+    bs = cfg.train.batch_size * cfg.scaling.num_workers
+    gen = torch.Generator().manual_seed(seed)
+    losses, seen, t0 = [], 0, time.perf_counter()
+    for step in range(steps):
+        if step == min(WARMUP_STEPS, steps - 1):
+            seen, t0 = 0, time.perf_counter()
+        idx = torch.randperm(len(images), generator=gen)[:bs]
+        x = augment_batch(images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg.train)
+        feats = model(x)
+        loss = contrastive_loss(feats, caption_ids[idx], caption_vectors, model.logit_scale, cfg.train.negatives)
+        if cfg.train.label_loss_weight > 0:
+            loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids[idx], label_vectors, model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        seen += len(idx)
+    elapsed = time.perf_counter() - t0
+    return model, {"images_per_s": seen / elapsed if elapsed > 0 else 0.0, "seconds": elapsed, "losses": losses}
+
+
+def run_benchmark(config: Path, steps: int, overrides: list[str] | None = None) -> dict:
+    """Run the bare loop, then the Ray Train job, for ``steps`` steps each; return both rates and their ratio."""
+    cfg = load_config(ClipJobConfig, config, [*(overrides or []), f"train.max_steps={steps}",
+                                               f"train.checkpoint_every={steps}", "train.log_every=1"])
+    data = prepare_training_data(cfg)
+    threads = cfg.scaling.num_workers * cfg.train.threads_per_worker
+    _, bare = bare_train(cfg, data, steps, threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.run.storage_path, cfg.run.name = tmp, "bench-clip"
+        started = time.perf_counter()
+        summary = train(cfg)
+        ray_wall = time.perf_counter() - started
+    ray_rate = summary["metrics"]["images_per_s"]
+    return {
+        "config": str(config),
+        "steps": steps,
+        "global_batch": cfg.train.batch_size * cfg.scaling.num_workers,
+        "num_workers": cfg.scaling.num_workers,
+        "threads_total": threads,
+        "bare_images_per_s": round(bare["images_per_s"], 2),
+        "ray_images_per_s": round(ray_rate, 2),
+        "ray_over_bare": round(ray_rate / bare["images_per_s"], 3) if bare["images_per_s"] else None,
+        "ray_wall_seconds": round(ray_wall, 1),
+        "bare_loop_seconds": round(bare["seconds"], 1),
+    }
+
+
+@handle_errors
+def command(
+    config: Path = typer.Option(Path("training/configs/clip/demo.yaml"), "--config", help="clip job YAML."),
+    steps: int = typer.Option(30, "--steps", min=WARMUP_STEPS + 2, help="Steps on each side."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Ray Train images/s vs a bare single-process loop on the same data and model."""
+    emit(run_benchmark(config, steps), json_out)

@@ -1,0 +1,496 @@
+"""Train Prism's image encoder on its own captioned images (Ray Train, DDP).
+
+    prism train clip --config training/configs/clip/demo.yaml [key=value ...]
+    ray job submit --working-dir . -- python -m training.clip --config training/configs/clip/demo.yaml
+
+An open_clip image tower learns to map Tux Paint stamps (composited on varied backgrounds, with
+augmentation) and the bundled skimage photos onto the MiniLM vectors of their captions. The text
+side is locked: caption and label vectors are computed once with the MiniLM embedder and never
+change, so one 384-d text vector searches both chunks and images (LiT, with the roles reversed).
+The loss is CLIP's symmetric contrastive loss with a learnable temperature; because the text
+vectors are fixed, image->text scores every training caption (not only the batch's), and an
+optional term scores the 16 category labels. Held-out stamps (``ray_app.vision_data``) are never
+seen here.
+
+Checkpoints land in ``<storage_path>/<name>/step-000NNN/`` and ``final/``; each is an open_clip
+config JSON plus ``open_clip_model.safetensors`` (``visual.*``) that ``ray_app.models.image.ImageEncoder``
+loads. A run whose worker dies restarts from its last checkpoint (``run.max_failures``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
+
+RATE_WARMUP_STEPS = 3
+
+# --- config -----------------------------------------------------------------------------------
+
+
+class ModelConfig(StrictModel):
+    """The image tower: an open_clip ViT, or a timm model through open_clip's ``timm_model_name``."""
+
+    image_size: int = Field(64, ge=16, le=512, description="Input side in pixels.")
+    timm_model_name: str | None = Field(None, description="A timm architecture (e.g. resnet10t); None builds a ViT.")
+    layers: int = Field(4, ge=1, le=48, description="ViT depth.")
+    width: int = Field(192, ge=16, le=2048, description="ViT width.")
+    head_width: int = Field(64, ge=8, description="ViT attention head width.")
+    patch_size: int = Field(8, ge=2, le=64, description="ViT patch size.")
+    mlp_ratio: float = Field(4.0, gt=0, description="ViT MLP ratio.")
+    embed_dim: int = Field(384, description="Output size; must match the text embedder (MiniLM: 384).")
+
+    def vision_cfg(self) -> dict:
+        """open_clip's ``vision_cfg`` dict for this tower."""
+        if self.timm_model_name:
+            return {
+                "image_size": self.image_size,
+                "timm_model_name": self.timm_model_name,
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "linear",
+            }
+        return {
+            "image_size": self.image_size,
+            "layers": self.layers,
+            "width": self.width,
+            "head_width": self.head_width,
+            "patch_size": self.patch_size,
+            "mlp_ratio": self.mlp_ratio,
+        }
+
+
+class DataConfig(StrictModel):
+    """Training images: the train split of the stamps, plus the skimage photos."""
+
+    max_stamps: int | None = Field(None, ge=2, description="Use at most this many training stamps (spread over categories).")
+    include_photos: bool = Field(True, description="Add the bundled skimage photos (with their captions).")
+    bank_size: int | None = Field(None, ge=16, description="Side of the decoded image cache (default: model.image_size).")
+    scale_min: float = Field(0.55, gt=0, description="Smallest clip-art size relative to the canvas.")
+    scale_max: float = Field(1.1, gt=0, description="Largest (above 1 crops into the clip art).")
+    jitter: float = Field(0.3, ge=0, le=1, description="Colour-jitter strength (0 disables).")
+    flip: bool = Field(True, description="Random horizontal flips.")
+
+
+class TrainConfig(StrictModel):
+    """The optimisation loop."""
+
+    max_steps: int = Field(600, ge=1, description="Optimizer steps (each worker takes one batch per step).")
+    batch_size: int = Field(64, ge=2, description="Images per worker per step.")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    init_temperature: float = Field(0.07, gt=0, lt=1, description="Initial softmax temperature (learned).")
+    negatives: Literal["all", "batch"] = Field(
+        "all", description="Image->text negatives: every training caption ('all', possible because text is fixed) or the batch's."
+    )
+    label_loss_weight: float = Field(0.5, ge=0, description="Weight of the 16-category label term (0 disables).")
+    checkpoint_every: int = Field(100, ge=1, description="Save step-NNNNNN/ every this many steps (and at the end).")
+    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
+    threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
+    seed: int = Field(0)
+    crash_at_step: int | None = Field(
+        None, ge=1, description="Testing only: rank 0 exits once at this step, to exercise resume-from-checkpoint."
+    )
+
+
+class ScalingSection(StrictModel):
+    """Ray Train ``ScalingConfig``."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class RunSection(StrictModel):
+    """Ray Train ``RunConfig``."""
+
+    name: str = Field("clip-demo", description="Run folder under storage_path.")
+    storage_path: str | None = Field(None, description="Where runs go (default $PRISM_HOME/checkpoints).")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts allowed (each resumes from the last checkpoint).")
+
+
+class RaySection(StrictModel):
+    """How to reach Ray: an existing cluster (``address``) or a local one."""
+
+    address: str | None = Field(None, description="'auto' or ray://...; None starts a local Ray (unless one is running).")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: what the workers need).")
+
+
+class ClipJobConfig(StrictModel):
+    """``prism train clip`` config (YAML under training/configs/clip/)."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingSection = ScalingSection()
+    run: RunSection = RunSection()
+    ray: RaySection = RaySection()
+
+
+# --- data prepared once on the driver ---------------------------------------------------------
+
+
+def prepare_training_data(cfg: ClipJobConfig) -> dict:
+    """Decode the training images and compute the fixed text vectors (MiniLM) once.
+
+    Returns:
+        ``images`` (n, s, s, 4) uint8, ``caption_ids`` (n,) into ``caption_vectors`` (m, 384),
+        ``label_ids`` (n,) (-1: no category), ``label_vectors`` (16, 384), ``is_photo`` (n,) bool.
+    """
+    import numpy as np
+
+    from ray_app.corpus import photos
+    from ray_app.models.text import get_text_embedder
+    from ray_app.vision_data import CATEGORIES, label_vectors, load_stamp_bank, split_stamps, square_photo_rgba, subsample
+
+    size = cfg.data.bank_size or cfg.model.image_size
+    train, _ = split_stamps()
+    bank = load_stamp_bank(subsample(train, cfg.data.max_stamps), size)
+    images, captions, cats = list(bank.images), [s.caption for s in bank.stamps], [s.category for s in bank.stamps]
+    n_photos = 0
+    if cfg.data.include_photos:
+        from PIL import Image
+
+        for photo, path in photos.list_photos():
+            images.append(square_photo_rgba(Image.open(path), size))
+            captions.append(photo.caption)
+            cats.append(photo.category)
+            n_photos += 1
+    unique = sorted(set(captions))
+    embedder = get_text_embedder("onnx")
+    return {
+        "images": np.stack(images),
+        "caption_ids": np.array([unique.index(c) for c in captions], dtype=np.int64),
+        "caption_vectors": embedder.embed(unique).astype(np.float32),
+        "label_ids": np.array([CATEGORIES.index(c) if c in CATEGORIES else -1 for c in cats], dtype=np.int64),
+        "label_vectors": label_vectors(embedder.embed).astype(np.float32),
+        "is_photo": np.array([False] * len(bank.stamps) + [True] * n_photos),
+        "text_model": embedder.model_name,
+    }
+
+
+# --- model, loss, checkpoints (used inside the workers) ---------------------------------------
+
+
+class ImageTower(torch.nn.Module):
+    """The trainable module: open_clip image tower ``visual`` plus a learnable ``logit_scale``."""
+
+    def __init__(self, cfg: ClipJobConfig):
+        super().__init__()
+        from ray_app.models.image import build_vision_tower
+
+        self.visual = build_vision_tower(cfg.model.embed_dim, cfg.model.vision_cfg())
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / cfg.train.init_temperature)))
+
+    def forward(self, images):
+        """Normalised image features, (b, embed_dim)."""
+        return torch.nn.functional.normalize(self.visual(images), dim=-1)
+
+
+def contrastive_loss(feats, caption_ids, caption_vectors, logit_scale, negatives: str):
+    """CLIP loss against fixed text vectors; captions shared by several images count as positives.
+
+    Args:
+        feats: (b, d) normalised image features.
+        caption_ids: (b,) index of each image's caption in ``caption_vectors``.
+        caption_vectors: (m, d) fixed, normalised caption vectors.
+        logit_scale: scalar tensor (log of the inverse temperature).
+        negatives: 'all' scores image->text over every caption, 'batch' over the batch's captions.
+    """
+    import torch.nn.functional as F
+
+    scale = logit_scale.clamp(max=math.log(100)).exp()
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    batch_text = caption_vectors[caption_ids]
+    logits_t2i = scale * batch_text @ feats.T
+    loss_t2i = -(F.log_softmax(logits_t2i, dim=1) * same / same.sum(1, keepdim=True)).sum(1).mean()
+    if negatives == "all":
+        loss_i2t = F.cross_entropy(scale * feats @ caption_vectors.T, caption_ids)
+    else:
+        loss_i2t = -(F.log_softmax(logits_t2i.T, dim=1) * same / same.sum(1, keepdim=True)).sum(1).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+def label_loss(feats, label_ids, label_vectors, logit_scale):
+    """Cross-entropy over the 16 fixed category vectors, for images that have a category."""
+    import torch.nn.functional as F
+
+    keep = label_ids >= 0
+    if not bool(keep.any()):
+        return feats.sum() * 0
+    scale = logit_scale.clamp(max=math.log(100)).exp()
+    return F.cross_entropy(scale * feats[keep] @ label_vectors.T, label_ids[keep])
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 5% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def write_checkpoint(folder: Path, model, optimizer, step: int, cfg: ClipJobConfig, data: dict, extra: dict) -> Path:
+    """Write an ImageEncoder-loadable checkpoint (config JSON + safetensors) plus the optimizer state."""
+    from safetensors.torch import save_file
+
+    from ray_app.models.image import WEIGHTS_NAME, write_config
+    from ray_app.vision_data import CATEGORIES, CLIP_MEAN, CLIP_STD
+
+    tensors = {f"visual.{k}": v.detach().cpu().contiguous() for k, v in model.visual.state_dict().items()}
+    tensors["logit_scale"] = model.logit_scale.detach().cpu().reshape(1)
+    tensors["text.label_vectors"] = torch.from_numpy(data["label_vectors"])
+    save_file(tensors, str(folder / WEIGHTS_NAME))
+    write_config(
+        folder, cfg.model.embed_dim, cfg.model.vision_cfg(), cfg.model.image_size, data["text_model"], list(CATEGORIES),
+        mean=CLIP_MEAN, std=CLIP_STD, extra={"step": step, **extra},
+    )
+    torch.save({"optimizer": optimizer.state_dict(), "step": step}, folder / "train_state.pt")
+    return folder
+
+
+def restore_checkpoint(checkpoint, model, optimizer) -> int:
+    """Load weights and optimizer state from a Ray checkpoint; return the step it was taken at."""
+    from safetensors.torch import load_file
+
+    from ray_app.models.image import WEIGHTS_NAME
+
+    with checkpoint.as_directory() as folder:
+        state = load_file(str(Path(folder) / WEIGHTS_NAME))
+        model.visual.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
+        model.logit_scale.data.copy_(state["logit_scale"].reshape(()))
+        train_state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
+    optimizer.load_state_dict(train_state["optimizer"])
+    return int(train_state["step"])
+
+
+def maybe_crash(step: int, cfg: TrainConfig, marker: Path) -> None:
+    """Testing hook: rank 0 dies (no cleanup, like a lost node) the first time it reaches ``crash_at_step``."""
+    if cfg.crash_at_step == step and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(step))
+        os._exit(1)
+
+
+# --- the loop (one per Ray Train worker) ------------------------------------------------------
+
+
+def train_loop(loop_config: dict) -> None:
+    """Per-worker training loop: sample, augment, contrast against fixed text, report, checkpoint."""
+    import numpy as np
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from ray_app.vision_data import augment_batch
+
+    cfg = ClipJobConfig.model_validate(loop_config["config"])
+    data = ray.get(loop_config["data_ref"])
+    torch.set_num_threads(cfg.train.threads_per_worker)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(cfg.train.seed)  # same initial tower on every rank and every run
+    model = ImageTower(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    start_step = 0
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        start_step = restore_checkpoint(checkpoint, model, optimizer)
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+
+    images = torch.from_numpy(np.array(data["images"]))  # a writable copy of the shared, read-only array
+    caption_ids = torch.from_numpy(data["caption_ids"])
+    label_ids = torch.from_numpy(data["label_ids"])
+    caption_vectors = torch.from_numpy(data["caption_vectors"]).to(device)
+    label_vectors = torch.from_numpy(data["label_vectors"]).to(device)
+    n, bs = len(images), cfg.train.batch_size
+    steps_per_epoch = max(1, n // (bs * world))
+    marker = Path(loop_config["run_dir"]) / ".crashed-once"
+    t0, seen, last_loss = time.perf_counter(), 0, float("nan")
+
+    for step in range(start_step, cfg.train.max_steps):
+        if step == start_step + RATE_WARMUP_STEPS:  # images/s leaves out the first steps (DDP set-up, warm caches)
+            t0, seen = time.perf_counter(), 0
+        if rank == 0:
+            maybe_crash(step, cfg.train, marker)
+        # Each epoch is one permutation shared by all ranks (same seed); each rank takes its slice,
+        # so a batch never holds the same image twice and ranks never overlap.
+        epoch, pos = divmod(step, steps_per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch))
+        idx = perm[(pos * world + rank) * bs : (pos * world + rank + 1) * bs]
+        if len(idx) < bs:  # fewer images than a global batch: sample with a per-step generator
+            idx = torch.randint(0, n, (bs,), generator=torch.Generator().manual_seed(step * 7919 + rank))
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 131 + rank)
+        x = augment_batch(
+            images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip
+        ).to(device)
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg.train)
+        feats = model(x)
+        loss = contrastive_loss(feats, caption_ids[idx].to(device), caption_vectors, core.logit_scale, cfg.train.negatives)
+        if cfg.train.label_loss_weight > 0:
+            loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids[idx].to(device), label_vectors, core.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(idx) * world
+        last_loss = float(loss.detach())
+
+        done = step + 1
+        is_last = done == cfg.train.max_steps
+        if done % cfg.train.checkpoint_every == 0 or is_last:
+            _report_checkpoint(done, core, optimizer, cfg, data, rank, last_loss, seen, t0, start_step)
+        elif done % cfg.train.log_every == 0:
+            ray.train.report(_metrics(done, last_loss, core, seen, t0, start_step))
+
+
+def _metrics(step: int, loss: float, core, seen: int, t0: float, start_step: int) -> dict:
+    elapsed = time.perf_counter() - t0
+    return {
+        "step": step,
+        "loss": loss,
+        "temperature": float(1 / core.logit_scale.detach().clamp(max=math.log(100)).exp()),
+        "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+        "resumed_from_step": start_step,
+    }
+
+
+def _report_checkpoint(step, core, optimizer, cfg, data, rank, loss, seen, t0, start_step) -> None:
+    import ray.train
+
+    metrics = _metrics(step, loss, core, seen, t0, start_step)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            write_checkpoint(Path(tmp), core, optimizer, step, cfg, data, {"loss": loss})
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=step_dir_name(step))
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def run_dir_for(cfg: ClipJobConfig) -> Path:
+    """``<storage_path>/<name>``: where step-NNNNNN/, final/ and config.yaml go."""
+    from ray_app.settings import get_settings
+
+    storage = Path(cfg.run.storage_path) if cfg.run.storage_path else get_settings().checkpoints_dir
+    return storage.resolve() / cfg.run.name
+
+
+def ensure_ray(cfg: ClipJobConfig) -> bool:
+    """Connect to (or start) Ray; returns True when this call started it (so it should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    else:
+        need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+        ray.init(num_cpus=cfg.ray.num_cpus or max(need, 1), include_dashboard=False, configure_logging=False)
+    return True
+
+
+def write_final(result_checkpoint, run_dir: Path, summary: dict) -> Path:
+    """Copy the last checkpoint to ``final/`` (via a temporary folder, so ``final/`` is never half-written)."""
+    final, tmp = run_dir / "final", run_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result_checkpoint.to_directory(str(tmp))
+    (tmp / "train_state.pt").unlink(missing_ok=True)
+    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def train(cfg: ClipJobConfig) -> dict:
+    """Run the job and return a summary (final checkpoint, metrics, seconds, images/s).
+
+    Raises:
+        RuntimeError: the run failed after ``run.max_failures`` restarts.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    started = time.perf_counter()
+    data = prepare_training_data(cfg)
+    prepare_seconds = time.perf_counter() - started
+    owns_ray = ensure_ray(cfg)
+    try:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "data_ref": ray.put(data), "run_dir": str(run_dir)},
+            torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scaling.num_workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=cfg.run.name,
+                storage_path=str(run_dir.parent),
+                failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            ),
+        )
+        result = trainer.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    if result.error is not None or result.checkpoint is None:
+        raise RuntimeError(f"clip training failed: {result.error}")
+    summary = {
+        "run_dir": str(run_dir),
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
+        "train_images": int(len(data["images"])),
+        "train_photos": int(data["is_photo"].sum()),
+        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+        "images_per_s": round(float(result.metrics.get("images_per_s", 0.0)), 1),
+    }
+    summary["final"] = str(write_final(result.checkpoint, run_dir, summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point of `prism train clip` and `python -m training.clip`: ``--config YAML key=value ...``.
+
+    Raises:
+        JobConfigError: bad config file or override (before Ray starts).
+    """
+    path, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(ClipJobConfig, path, overrides)
+    if cfg.model.embed_dim != 384:
+        raise JobConfigError("config model.embed_dim: must be 384 (the MiniLM text embedder's size)")
+    summary = train(cfg)
+    print(json.dumps({k: summary[k] for k in ("final", "train_seconds", "images_per_s", "metrics")}), file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except JobConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
