@@ -400,8 +400,9 @@ def ensure_ray(cfg: ClipJobConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
+    if address:
+        ray.init(address=address)
     else:
         need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
         ray.init(num_cpus=cfg.ray.num_cpus or max(need, 1), include_dashboard=False, configure_logging=False)
