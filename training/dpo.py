@@ -175,7 +175,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ray_app.collate import DPOCollator, count_label_tokens, render_dpo_pair
+    from ray_app.collate import DPOCollator, render_dpo_pair
     from ray_app.lm_checkpoints import load_trainable_weights, read_state
 
     cfg = DPOConfig.model_validate(loop_config["config"])
@@ -263,7 +263,12 @@ def run(cfg: DPOConfig) -> dict:
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.lm_checkpoints import is_adapter_checkpoint, latest_checkpoint, read_state, resolve_model_folder
+    from ray_app.lm_checkpoints import (
+        is_adapter_checkpoint,
+        latest_checkpoint,
+        read_state,
+        resolve_model_folder,
+    )
     from ray_app.settings import get_settings
 
     if cfg.sft_checkpoint:

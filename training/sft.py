@@ -226,8 +226,8 @@ def build_qlora_base(name: str):
 
 def wrap_for_strategy(cfg: SFTConfig, model, world_size: int):
     """DDP via Ray (``prepare_model``) or a DeepSpeed engine; returns ``(model, optimizer, engine|None)``."""
-    import torch
     import ray.train.torch
+    import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -321,7 +321,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ray_app.collate import SFTCollator, count_label_tokens, render_sft_example
+    from ray_app.collate import SFTCollator, render_sft_example
     from ray_app.lm_checkpoints import load_optimizer_state, load_trainable_weights, read_state
 
     cfg = SFTConfig.model_validate(loop_config["config"])

