@@ -159,6 +159,8 @@ def init_ray(num_cpus: int) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
+        # Ray starts workers at nice 15; a local training job should not yield to every other process.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ def dpo_run(sft_adapter, pairs_path, tmp_path_factory) -> dict:
 
     from training.dpo import main
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves tests on a busy machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield main(["--config", str(TINY_DPO), f"sft_checkpoint={sft_adapter}", f"data.train_path={pairs_path}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def write_records(path: Path) -> Path:
 def ray_local():
     import ray
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default 15 starves tests on a busy machine
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
