@@ -383,6 +383,30 @@ class PgvectorDatasink(Datasink):
             self.totals.update(stats)
 
 
+def ingest_inline(records: list[dict], database_url: str | None = None, chunk: ChunkConfig | None = None,
+                  image_encoder: Path | None = None) -> dict:
+    """Run the same stages in this process, without Ray (small corpora: tests, quick fixtures).
+
+    Returns:
+        The sink's counters (``written``, ``chunks``, ``images``, ``unchanged``, ``skip:<reason>``...).
+    """
+    from ray_app.corpus.schema import SCHEMA
+    from ray_app.store import resolve_url
+
+    settings = get_settings()
+    url = database_url or resolve_url(settings)
+    home = str(settings.home.resolve())
+    table = pa.Table.from_pylist(records, schema=SCHEMA)
+    encoder = str(image_encoder) if image_encoder else None
+    key = image_encoder_key(Path(encoder) if encoder else None)
+    table = PrepareDocuments(home, url, chunk or ChunkConfig(), key)(table)
+    table = EmbedImages(home, url, encoder, None)(table)
+    table = EmbedText(home, url, None, None, 1)(table)
+    sink = PgvectorDatasink(home, url)
+    sink.totals.update(sink.write([table], None))
+    return dict(sink.totals)
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join ``address`` (or RAY_ADDRESS under ``ray job submit``) or start a local Ray.
 
@@ -395,9 +419,17 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
-    else:
-        # "local": never attach to some other cluster found on this machine.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        return True
+    for attempt in range(3):
+        try:
+            # "local": never attach to some other cluster found on this machine.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            return True
+        except Exception as exc:  # Ray gives a raylet 30 s to register; a busy machine can miss that
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            log.warning("local Ray did not start in time (attempt %d); retrying", attempt + 1)
+            ray.shutdown()
     return True
 
 
@@ -418,8 +450,11 @@ def _resolve(config: IngestConfig) -> tuple[str, str, str | None]:
     return url, home, (str(Path(encoder).resolve()) if encoder is not None else None)
 
 
-def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None):
-    """The lazy Ray Data pipeline from Parquet to embedded rows (not yet written)."""
+def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None, has_images: bool = True):
+    """The lazy Ray Data pipeline from Parquet to embedded rows (not yet written).
+
+    Without images in the input the image stage is left out (no actor to start).
+    """
     import ray
 
     ds = ray.data.read_parquet(str(config.input_dir), file_extensions=["parquet"], num_cpus=0.25)
@@ -428,7 +463,7 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
                                                  "image_key": image_encoder_key(Path(encoder) if encoder else None)},
         batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=0.25,
     )
-    ds = ds.map_batches(
+    ds = ds if not has_images else ds.map_batches(
         EmbedImages, fn_constructor_kwargs={"home": home, "database_url": url, "encoder_dir": encoder,
                                             "threads": config.embed_threads},
         batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=0.25,
@@ -441,13 +476,27 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
     )
 
 
-def _input_rows(input_dir: Path) -> int:
+def scan_input(input_dir: Path) -> tuple[int, bool]:
+    """Rows in the input shards and whether any has an image, from Parquet metadata only.
+
+    Raises:
+        FileNotFoundError: no shards.
+    """
     import pyarrow.parquet as pq
 
     files = sorted(input_dir.rglob("*.parquet")) if input_dir.is_dir() else [input_dir]
     if not files:
         raise FileNotFoundError(f"no Parquet shards under {input_dir} (run `prism corpus build ...` first)")
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows, has_images = 0, False
+    for file in files:
+        meta = pq.ParquetFile(file).metadata
+        rows += meta.num_rows
+        column = meta.schema.names.index("image") if "image" in meta.schema.names else None
+        for g in range(meta.num_row_groups) if column is not None and not has_images else ():
+            stats = meta.row_group(g).column(column).statistics
+            group_rows = meta.row_group(g).num_rows
+            has_images = has_images or stats is None or not stats.has_null_count or stats.null_count < group_rows
+    return rows, has_images
 
 
 def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> dict:
@@ -474,7 +523,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
 
     config = IngestConfig(input_dir=Path(input_dir), address=address, **options)
     started = time.perf_counter()
-    n_input = _input_rows(config.input_dir)
+    n_input, has_images = scan_input(config.input_dir)
     url, home, encoder = _resolve(config)
     with Store(url) as store:
         before = store.counts()
@@ -484,7 +533,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
     owns_ray = init_ray(config.address, config.num_cpus)
     try:
         sink = PgvectorDatasink(home, url)
-        build_dataset(config, url, home, encoder).write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
+        build_dataset(config, url, home, encoder, has_images).write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
         totals = sink.totals
     finally:
         if owns_ray:

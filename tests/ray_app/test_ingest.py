@@ -73,7 +73,9 @@ def tiny_encoder(tmp_path_factory) -> Path:
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray_app.ingest import init_ray
+
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 

@@ -1,0 +1,188 @@
+"""Retrieval evaluation on the wiki corpus: queries are the Wikidata short descriptions, the target
+is their article. R@1, R@10, MRR@10 and nDCG@10 for vector, text and hybrid search.
+
+    prism corpus build wiki && prism ingest $PRISM_HOME/data/corpus/wiki
+    prism eval retrieval --json            # writes docs/reports/retrieval.{json,md}
+
+Ranks are over distinct documents (a document's best chunk counts), so a query scores 1 at rank r
+when its article is the r-th distinct document returned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
+
+MODES = ("vector", "text", "hybrid")
+DEPTH = 10
+# The description, whether metadata holds a JSON object or (older writes) that object encoded as a JSON string.
+_DESCRIPTION = ("(CASE jsonb_typeof(metadata) WHEN 'string' THEN (metadata #>> '{}')::jsonb ELSE metadata END)"
+                " ->> 'description'")
+
+
+@dataclass
+class Query:
+    text: str
+    doc_id: str
+
+
+def load_queries(store, limit: int | None = None) -> list[Query]:
+    """One query per wiki document in the store with a non-empty description, sorted by document id."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(
+            f"SELECT id, {_DESCRIPTION} FROM documents WHERE source = 'wiki'"
+            f" AND coalesce({_DESCRIPTION}, '') <> '' ORDER BY id"
+        ).fetchall()
+    queries = [Query(text, doc_id) for doc_id, text in rows]
+    if limit is not None and limit < len(queries):
+        step = len(queries) / limit  # a deterministic spread over the whole corpus
+        queries = [queries[int(i * step)] for i in range(limit)]
+    return queries
+
+
+def distinct_docs(hits) -> list[str]:
+    seen: list[str] = []
+    for hit in hits:
+        if hit.doc_id not in seen:
+            seen.append(hit.doc_id)
+    return seen
+
+
+def rank_of(doc_id: str, docs: list[str]) -> int | None:
+    return docs.index(doc_id) + 1 if doc_id in docs[:DEPTH] else None
+
+
+def metrics(ranks: list[int | None]) -> dict:
+    """R@1, R@10, MRR@10 and nDCG@10 (one relevant document per query)."""
+    n = max(len(ranks), 1)
+    return {
+        "r_at_1": round(sum(r == 1 for r in ranks) / n, 4),
+        "r_at_10": round(sum(r is not None for r in ranks) / n, 4),
+        "mrr": round(sum(1 / r for r in ranks if r) / n, 4),
+        "ndcg_at_10": round(sum(1 / math.log2(r + 1) for r in ranks if r) / n, 4),
+    }
+
+
+def search_ranks(store, queries: list[Query], vectors: np.ndarray, depth: int) -> dict[str, list]:
+    """The target's distinct-document rank per query and mode (None: not in the top 10).
+
+    Hybrid is what ``Store.search_hybrid`` computes (RRF over ``depth`` vector and ``depth`` text
+    candidates); both lists are fetched once and reused for the single-mode rankings.
+    """
+    from ray_app.store import fuse_rrf
+
+    ranks: dict[str, list] = {m: [] for m in MODES}
+    fetch = 4 * DEPTH  # chunks kept so that 10 distinct documents remain
+    for query, vector in zip(queries, vectors, strict=True):
+        vector_hits = store.search_vector(vector, max(depth, fetch))
+        text_hits = store.search_text(query.text, max(depth, fetch))
+        results = {
+            "vector": vector_hits[:fetch],
+            "text": text_hits[:fetch],
+            "hybrid": fuse_rrf([vector_hits[:depth], text_hits[:depth]], fetch, store.settings.rrf_k),
+        }
+        for mode, hits in results.items():
+            ranks[mode].append(rank_of(query.doc_id, distinct_docs(hits)))
+    return ranks
+
+
+def evaluate_retrieval(store=None, limit: int | None = None, depth: int | None = None) -> dict:
+    """Run the evaluation against the store's wiki documents.
+
+    Args:
+        store: the store (default: the process-wide one).
+        limit: evaluate a deterministic spread of this many queries (default: all).
+        depth: candidates per list fused by hybrid search (default: the store's).
+
+    Raises:
+        CLIError: no wiki documents with descriptions in the store.
+    """
+    from ray_app.models.text import get_text_embedder
+    from ray_app.retrieval import get_store
+
+    store = store or get_store()
+    queries = load_queries(store, limit)
+    if not queries:
+        raise CLIError("no wiki documents in the store: run `prism corpus build wiki` and `prism ingest` first")
+    started = time.perf_counter()
+    vectors = get_text_embedder().embed([q.text for q in queries])
+    depth = depth or 4 * 4 * DEPTH  # Store.search_hybrid's default for k = 40
+    ranks = search_ranks(store, queries, vectors, depth)
+    with store.pool.connection() as conn:
+        docs, chunks = conn.execute(
+            "SELECT count(*), (SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.source = 'wiki')"
+            " FROM documents WHERE source = 'wiki'"
+        ).fetchone()
+    result = {
+        "corpus": {"source": "wiki", "documents": docs, "chunks": chunks, "full": docs >= 10_033},
+        "queries": len(queries),
+        "distinct_query_texts": len({q.text for q in queries}),
+        "modes": {mode: metrics(r) for mode, r in ranks.items()},
+        "hybrid_depth": depth,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    result["hybrid_not_worse_than_vector_r10"] = result["modes"]["hybrid"]["r_at_10"] >= result["modes"]["vector"]["r_at_10"]
+    return result
+
+
+def render_markdown(result: dict, command: str) -> str:
+    corpus = result["corpus"]
+    scope = ("the full wiki corpus" if corpus["full"] else
+             f"a deterministic subset of the wiki corpus ({corpus['documents']:,} of 10,033 articles)")
+    lines = [
+        "# Retrieval evaluation",
+        "",
+        f"Generated by `{command}` on {scope}: {corpus['documents']:,} documents, {corpus['chunks']:,} chunks.",
+        f"Queries: the {result['queries']:,} Wikidata short descriptions of those articles "
+        f"({result['distinct_query_texts']:,} distinct texts; repeated descriptions such as "
+        "\"Family of birds\" cannot single out one article). Target: the described article. Ranks count "
+        "distinct documents.",
+        "",
+        "| mode | R@1 | R@10 | MRR@10 | nDCG@10 |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, m in result["modes"].items():
+        lines.append(f"| {mode} | {m['r_at_1']:.3f} | {m['r_at_10']:.3f} | {m['mrr']:.3f} | {m['ndcg_at_10']:.3f} |")
+    verdict = "does not lose" if result["hybrid_not_worse_than_vector_r10"] else "LOSES"
+    lines += ["", f"Hybrid (reciprocal-rank fusion of vector and full-text results) {verdict} to vector on R@10.",
+              "", "The numbers are in `retrieval.json` next to this file.", ""]
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "retrieval.json", out_dir / "retrieval.md"
+    json_path.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+    md_path.write_text(render_markdown(result, command))
+    return json_path, md_path
+
+
+@handle_errors
+def command(
+    queries: int | None = typer.Option(None, "--queries", min=1, help="Evaluate a spread of N queries (default all)."),
+    depth: int | None = typer.Option(None, "--depth", min=1, help="Candidates per list fused by hybrid search."),
+    out: Path = typer.Option(Path("docs/reports"), "--out", help="Where retrieval.{json,md} are written."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """R@1, R@10, MRR and nDCG@10 for vector, text and hybrid search on the ingested wiki corpus."""
+    result = evaluate_retrieval(limit=queries, depth=depth)
+    command_line = "prism eval retrieval" + (f" --queries {queries}" if queries else "") + (
+        f" --depth {depth}" if depth else "")
+    if write:
+        write_report(result, out, command_line)
+
+    def human(r: dict) -> None:
+        for mode, m in r["modes"].items():
+            console.print(f"{mode:>7}: R@1 {m['r_at_1']:.3f}  R@10 {m['r_at_10']:.3f}  MRR {m['mrr']:.3f}  "
+                          f"nDCG@10 {m['ndcg_at_10']:.3f}")
+
+    emit(result, json_out, human)
