@@ -167,6 +167,8 @@ def training_cost(checkpoint: Path | None) -> dict:
     if checkpoint is None:
         return {}
     path = checkpoint.parent / "metrics.json"
+    if checkpoint.name != "final" or not path.exists():
+        path = checkpoint / "trainer_state.json"  # a step-NNN checkpoint: the metrics reported with it
     if not path.exists():
         return {}
     m = json.loads(path.read_text())
@@ -309,16 +311,17 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def resolve_methods(names: list[str], runs_dir: Path) -> dict[str, Path | None]:
-    """Checkpoint folder per method (``<runs_dir>/<run>/final``); missing runs are errors."""
+def resolve_methods(names: list[str], runs_dir: Path, overrides: dict[str, Path] | None = None) -> dict[str, Path | None]:
+    """Checkpoint folder per method (``<runs_dir>/<run>/final`` unless overridden); missing ones are errors."""
     out: dict[str, Path | None] = {}
+    overrides = overrides or {}
     for name in names:
         if name not in METHODS:
             raise CLIError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
         if name == "base":
             out[name] = None
             continue
-        ckpt = runs_dir / DEFAULT_RUNS[name] / "final"
+        ckpt = overrides.get(name) or runs_dir / DEFAULT_RUNS[name] / "final"
         if not ckpt.exists():
             raise CLIError(f"{name}: no checkpoint at {ckpt} (train it first, see docs/training-llm.md)")
         out[name] = ckpt
@@ -336,6 +339,8 @@ def command(
     runs_dir: Path = typer.Option(None, help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo."),
     out: Path = typer.Option(REPO / "docs" / "reports" / "fine-tuning", help="Report path without extension."),
     reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Reuse a method's cached answers when nothing changed."),
+    checkpoint: list[str] = typer.Option(None, "--checkpoint", help="METHOD=DIR: evaluate this checkpoint for METHOD."),
+    note: list[str] = typer.Option(None, "--note", help="A line for the report's notes (e.g. the machine's load)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate the fine-tuned answer models and write docs/reports/fine-tuning.{json,md}."""
@@ -347,16 +352,47 @@ def command(
     test_path = test_path or settings.data_dir / "sft" / "test.jsonl"
     if not test_path.exists():
         raise CLIError(f"{test_path} not found: run `prism data sft` first")
-    chosen = resolve_methods([m.strip() for m in methods.split(",") if m.strip()], runs_dir or settings.checkpoints_dir)
+    overrides = {}
+    for item in checkpoint or []:
+        if "=" not in item:
+            raise CLIError(f"--checkpoint {item!r} is not METHOD=DIR")
+        key, value = item.split("=", 1)
+        overrides[key] = Path(value)
+    chosen = resolve_methods([m.strip() for m in methods.split(",") if m.strip()], runs_dir or settings.checkpoints_dir, overrides)
     rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
     examples = pick_questions(rows, n, seed)
     torch.manual_seed(0)
     cache_dir = settings.home.resolve() / "eval-cache" if reuse else None
     results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size, cache_dir)
     report = build_report(results, examples, test_path, max_new_tokens, methods, n)
+    report["notes"] = training_notes(results) + list(note or [])
     write_report(report, out)
     summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}
     emit({"report": str(out.with_suffix(".json")), "methods": summary, "verdict": report["verdict"]}, as_json)
+
+
+def training_notes(results: dict) -> list[str]:
+    """Facts about the runs behind the numbers: how much each model was trained, and what was not run."""
+    import torch
+
+    notes = []
+    for method, r in results.items():
+        if r.get("train_steps"):
+            notes.append(
+                f"{method}: {r['train_steps']} optimizer steps, {int(r.get('train_tokens') or 0):,} training tokens, "
+                f"{r.get('train_workers')} Ray worker(s), checkpoint {r['checkpoint']}."
+            )
+    if not torch.cuda.is_available():
+        notes.append("QLoRA and DeepSpeed ZeRO-3 need CUDA and were not run here (training/gpu_check.sh runs them on a GPU).")
+    return notes
+
+
+def eval_command(methods: str, n: int, max_new_tokens: int, results: dict) -> str:
+    """The command line that reproduces this report (with any non-final checkpoints spelled out)."""
+    extra = "".join(
+        f" --checkpoint {m}={r['checkpoint']}" for m, r in results.items() if r.get("checkpoint") and not r["checkpoint"].endswith("/final")
+    )
+    return f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}{extra}"
 
 
 def build_report(results: dict, examples: list[dict], test_path: Path, max_new_tokens: int, methods: str, n: int) -> dict:
@@ -364,7 +400,7 @@ def build_report(results: dict, examples: list[dict], test_path: Path, max_new_t
     for e in examples:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
     return {
-        "command": f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}",
+        "command": eval_command(methods, n, max_new_tokens, results),
         "generated_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU",
         "eval": {"n_questions": len(examples), "test_path": str(test_path), "kinds": kinds, "max_new_tokens": max_new_tokens},
@@ -376,7 +412,7 @@ def build_report(results: dict, examples: list[dict], test_path: Path, max_new_t
             "prism train sft --config training/configs/smollm2/lora.yaml",
             "prism train sft --config training/configs/smollm2/full.yaml",
             "prism train dpo --config training/configs/smollm2/dpo.yaml",
-            f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}",
+            eval_command(methods, n, max_new_tokens, results),
         ],
     }
 
