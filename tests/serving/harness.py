@@ -183,6 +183,9 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24):
 
         with Store(url) as store:
             ids = write_corpus(store, get_text_embedder(), ImageEncoder(encoder_dir))
+        # The test machine is shared: don't let Ray's node-wide memory monitor kill our replicas
+        # because other processes use memory (the kernel's OOM killer still applies).
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
         ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
         port = free_port()
         deploy_config(load_config(host="127.0.0.1", port=port))

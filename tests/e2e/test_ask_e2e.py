@@ -1,0 +1,73 @@
+"""End to end on the real Serve app and models: the frog stamp + a question -> a cited, audited answer;
+tampering with the audit row makes `prism audit verify` fail at that row.
+
+With the trained image encoder the zero-shot labels must be about frogs/animals; with the random
+stand-in (no trained checkpoint yet) labels are meaningless, so the test only checks their shape
+and that the near-duplicate stored stamp is found (same pixels, same vector).
+"""
+
+import base64
+import json
+
+import httpx
+import psycopg
+from typer.testing import CliRunner
+
+from tests.conftest import reset_settings
+from tests.serving.harness import FROG_PNG, prism_app  # noqa: F401  (shared session fixture)
+
+ANIMAL_WORDS = {"frog", "toad", "amphibian", "amphibians", "animal", "animals"}
+
+
+def _verify(monkeypatch, database_url: str):
+    from ray_app.cli import app
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    reset_settings()
+    result = CliRunner().invoke(app, ["audit", "verify", "--json"])
+    reset_settings()
+    return result
+
+
+def test_frog_image_question(prism_app, monkeypatch):
+    image = base64.b64encode(FROG_PNG.read_bytes()).decode()
+    r = httpx.post(prism_app.url + "/v1/ask", timeout=600,
+                   json={"question": "What is this animal and where does it live?", "image": image})
+    assert r.status_code == 200, r.text
+    body = r.json()
+
+    vision = body["vision"]
+    assert vision["similar_images"][0]["id"] == prism_app.ids["images"]["frog"]
+    assert vision["similar_images"][0]["score"] > 0.99
+    assert len(vision["labels"]) == 5 and all(0 <= x["score"] <= 1 for x in vision["labels"])
+    if prism_app.trained_encoder:
+        top = {w for x in vision["labels"][:3] for w in x["label"].lower().split()}
+        assert top & ANIMAL_WORDS, vision["labels"]
+
+    assert body["answer"]
+    frog_citations = [c for c in body["citations"] if c["doc_id"] == prism_app.ids["frog_doc"]]
+    assert frog_citations and frog_citations[0]["title"] == "Frog"
+    assert isinstance(body["audit"]["grounded"], bool)
+
+    with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
+        seq, record = conn.execute("SELECT seq, record FROM audit_log WHERE audit_id = %s",
+                                   (body["audit"]["audit_id"],)).fetchone()
+    assert record["grounded"] == body["audit"]["grounded"] and record["flags"] == body["audit"]["flags"]
+    assert record["model"].startswith("smollm2-135m-instruct@") and "adapter" in record
+    assert frog_citations[0]["chunk_id"] in record["retrieved_ids"]
+
+    ok = _verify(monkeypatch, prism_app.database_url)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"]
+
+    with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE audit_log SET record = jsonb_set(record, '{grounded}', %s::jsonb) WHERE seq = %s",
+                     (json.dumps(not record["grounded"]), seq))
+    try:
+        bad = _verify(monkeypatch, prism_app.database_url)
+        assert bad.exit_code == 1
+        broken = json.loads(bad.stdout)["first_broken"]
+        assert broken["seq"] == seq and broken["audit_id"] == body["audit"]["audit_id"]
+    finally:  # put the row back so later tests see an intact chain
+        with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE audit_log SET record = %s::jsonb WHERE seq = %s", (json.dumps(record), seq))
