@@ -14,7 +14,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from tests.conftest import reset_settings
-from tests.serving.harness import FROG_PNG, prism_app  # noqa: F401  (shared session fixture)
+from tests.serving.harness import FROG_PNG  # noqa: F401  (registers the shared `prism_app`)
 
 ANIMAL_WORDS = {"frog", "toad", "amphibian", "amphibians", "animal", "animals"}
 

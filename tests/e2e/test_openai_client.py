@@ -4,7 +4,7 @@ import base64
 
 from openai import OpenAI
 
-from tests.serving.harness import FROG_PNG, prism_app  # noqa: F401  (shared session fixture)
+from tests.serving.harness import FROG_PNG  # noqa: F401  (registers the shared `prism_app`)
 
 
 def _messages() -> list[dict]:
