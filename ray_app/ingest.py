@@ -49,10 +49,11 @@ PREPARED_SCHEMA = pa.schema(
         ("content_hash", pa.string()),
         ("status", pa.string()),  # "write", "unchanged" or "skip:<reason>"
         ("chunks", pa.list_(pa.string())),
+        ("busy_prepare", pa.float64()),  # this row's share of its batch's stage time (a profile)
     ]
 )
 IMAGE_FIELDS = [("image_sha256", pa.string()), ("image_width", pa.int32()), ("image_height", pa.int32()),
-                ("image_embedding", pa.binary())]
+                ("image_embedding", pa.binary()), ("busy_images", pa.float64())]
 
 
 def _append_fields(schema: pa.Schema, fields: Iterable[tuple[str, pa.DataType]]) -> pa.Schema:
@@ -62,7 +63,7 @@ def _append_fields(schema: pa.Schema, fields: Iterable[tuple[str, pa.DataType]])
 
 
 IMAGED_SCHEMA = _append_fields(PREPARED_SCHEMA, IMAGE_FIELDS)
-EMBEDDED_SCHEMA = _append_fields(IMAGED_SCHEMA, [("embeddings", pa.binary())])
+EMBEDDED_SCHEMA = _append_fields(IMAGED_SCHEMA, [("embeddings", pa.binary()), ("busy_embed", pa.float64())])
 
 
 @dataclass
@@ -178,6 +179,7 @@ class PrepareDocuments:
         self.image_key = pipeline_key(self.settings.text_model, chunk, image_key)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         rows = [check_document(r, self.settings.max_text_chars) for r in batch.to_pylist()]
         out = []
         for row, reason in rows:
@@ -198,8 +200,10 @@ class PrepareDocuments:
                 to_chunk.append(r)
         for r, chunks in zip(to_chunk, self.chunker.chunk_many([r.pop("_text") for r in to_chunk]), strict=True):
             r["chunks"] = chunks
+        share = (time.perf_counter() - started) / max(len(out), 1)
         for r in out:
             r.pop("_text", None)
+            r["busy_prepare"] = share
         return pa.Table.from_pylist(out, schema=PREPARED_SCHEMA)
 
     @staticmethod
@@ -244,6 +248,7 @@ class EmbedImages:
         return self._encoder
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         rows = batch.to_pylist()
         picked, images = [], []
         for i, row in enumerate(rows):
@@ -261,6 +266,8 @@ class EmbedImages:
             vectors = encoder.embed(images)
             for i, vector in zip(picked, vectors, strict=True):
                 rows[i]["image_embedding"] = vector.astype(np.float32).tobytes()
+        for r in rows:
+            r["busy_images"] = (time.perf_counter() - started) / max(len(rows), 1)
         return pa.Table.from_pylist(rows, schema=IMAGED_SCHEMA)
 
     def _read(self, row: dict):
@@ -301,6 +308,7 @@ class EmbedText:
         self.embedder = TextEmbedder(backend=backend, threads=threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
         rows = batch.to_pylist()
         texts = [f"{r['title']}: {c}" for r in rows for c in (r["chunks"] or [])]
         vectors = self.embedder.embed(texts) if texts else np.zeros((0, EMBED_DIM), np.float32)
@@ -309,6 +317,9 @@ class EmbedText:
             n = len(r["chunks"] or [])
             r["embeddings"] = vectors[pos : pos + n].tobytes() if r["status"] == "write" else None
             pos += n
+        share = (time.perf_counter() - started) / max(len(rows), 1)
+        for r in rows:
+            r["busy_embed"] = share
         return pa.Table.from_pylist(rows, schema=EMBEDDED_SCHEMA)
 
 
@@ -376,6 +387,8 @@ class PgvectorDatasink(Datasink):
             for r in rows:
                 if r["status"] != "write":
                     stats[r["status"]] += 1
+                for stage in ("prepare", "images", "embed"):
+                    stats[f"busy_{stage}"] += r.get(f"busy_{stage}") or 0.0
         return dict(stats)
 
     def on_write_complete(self, write_result) -> None:
@@ -580,6 +593,8 @@ def summarise(totals: Counter, load_seconds: float, index_seconds: float, store_
         "image_encoder": encoder,
         "load_seconds": round(load_seconds, 3),
         "index_build_s": round(index_seconds, 3),
+        "stage_busy_s": {"prepare": round(totals["busy_prepare"], 2), "images": round(totals["busy_images"], 2),
+                         "embed": round(totals["busy_embed"], 2), "write": round(totals["write_seconds"], 2)},
         "store": store_counts,
     }
 

@@ -1,0 +1,273 @@
+"""Ingest benchmark: the Ray Data pipeline against bare baselines measured in the same run.
+
+    prism bench ingest --docs 1000000 --json     # writes docs/reports/ingest-1m.{json,md}
+
+One run: build N synthetic documents (plus 1,000 held-out ones for queries), ingest them into a
+fresh database with the pipeline, then on the same machine and texts: a bare single-process
+embedding loop (same backend and threads) and a bare binary COPY of the same chunk rows into a
+plain table. Ratios are pipeline / bare. Then HNSW build seconds, recall@10 of HNSW search against
+exact search for the held-out queries, and single-query p50/p95 search latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
+
+HELD_OUT = 1000
+TARGETS = {"embed_ratio": 0.8, "copy_ratio": 0.8, "recall_at_10": 0.95, "search_p95_ms": 50.0}
+
+
+def report_name(docs: int) -> str:
+    """``ingest-1m`` for 1,000,000 documents, ``ingest-20k`` for 20,000, else ``ingest-<N>``."""
+    if docs % 1_000_000 == 0:
+        return f"ingest-{docs // 1_000_000}m"
+    if docs % 1000 == 0:
+        return f"ingest-{docs // 1000}k"
+    return f"ingest-{docs}"
+
+
+def fresh_database(base_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``base_url``; return its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
+
+
+def sample_chunk_texts(store, limit: int) -> list[str]:
+    """"Title: text" for up to ``limit`` stored chunks (a spread: ids are hashes)."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT d.title || ': ' || c.text FROM chunks c JOIN documents d ON d.id = c.doc_id ORDER BY c.id LIMIT %s",
+            (limit,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def bare_embed(texts: list[str], backend: str | None, threads: int) -> float:
+    """Texts per second of a plain single-process loop over ``TextEmbedder.embed``."""
+    from ray_app.models.text import TextEmbedder
+
+    embedder = TextEmbedder(backend=backend, threads=threads)
+    embedder.embed(texts[:64])  # warm-up: first-call allocations
+    started = time.perf_counter()
+    batch = 1024
+    for i in range(0, len(texts), batch):
+        embedder.embed(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def bare_copy(store, limit: int) -> tuple[float, int]:
+    """Rows per second of a binary COPY of stored chunk rows (same vectors) into a plain table."""
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT id, doc_id, ord, text, embedding FROM chunks ORDER BY id LIMIT %s",
+                            (limit,)).fetchall()
+        conn.execute("DROP TABLE IF EXISTS bench_bare_copy")
+        conn.execute("CREATE TABLE bench_bare_copy (id text, doc_id text, ord integer, text text, embedding vector(384))")
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor().copy(
+            "COPY bench_bare_copy (id, doc_id, ord, text, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "text", "int4", "text", "vector"])
+            for row in rows:
+                copy.write_row(row)
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_bare_copy")
+    return len(rows) / seconds, len(rows)
+
+
+def load_vectors(store) -> tuple[list[str], np.ndarray]:
+    """All chunk ids and vectors (binary COPY out), for exact search."""
+    ids, vectors = [], []
+    with store.pool.connection() as conn, conn.cursor().copy(
+        "COPY (SELECT id, embedding FROM chunks) TO STDOUT WITH (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["text", "vector"])
+        for chunk_id, vector in copy.rows():
+            ids.append(chunk_id)
+            vectors.append(np.asarray(vector, dtype=np.float32))
+    return ids, np.vstack(vectors)
+
+
+def exact_top_k(corpus: np.ndarray, queries: np.ndarray, k: int, block: int = 100_000) -> np.ndarray:
+    """Exact cosine top-k indices, scanning the corpus in blocks (bounded memory at 1M+ rows)."""
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(corpus), block):
+        scores = queries @ corpus[start : start + block].T
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
+        merged_ids = np.concatenate([best_ids, top + start], axis=1)
+        order = np.argsort(-merged_scores, axis=1)[:, :k]
+        best_scores, best_ids = np.take_along_axis(merged_scores, order, 1), np.take_along_axis(merged_ids, order, 1)
+    return best_ids
+
+
+def search_quality(store, queries: np.ndarray, k: int = 10) -> dict:
+    """Recall@k of HNSW search against exact search, and single-query search latency."""
+    ids, corpus = load_vectors(store)
+    exact = exact_top_k(corpus, queries, k)
+    latencies, recalls = [], []
+    for q, truth in zip(queries, exact, strict=True):
+        started = time.perf_counter()
+        hits = store.search_vector(q, k)
+        latencies.append((time.perf_counter() - started) * 1000)
+        truth_ids = {ids[i] for i in truth}
+        recalls.append(len(truth_ids & {h.id for h in hits}) / k)
+    return {
+        "recall_at_10": round(float(np.mean(recalls)), 4),
+        "search_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "search_p95_ms": round(float(np.percentile(latencies, 95)), 2),
+    }
+
+
+def held_out_queries(docs: int, seed: int) -> np.ndarray:
+    """Embeddings of the first chunk of 1,000 synthetic documents after the N ingested ones."""
+    from ray_app.chunking import Chunker
+    from ray_app.corpus.synthetic import BLOCK, generate_block
+    from ray_app.models.text import get_text_embedder
+
+    first_block = (docs + BLOCK - 1) // BLOCK  # whole blocks past the corpus: never ingested
+    records = generate_block(seed, first_block) + generate_block(seed, first_block + 1)
+    records = records[:HELD_OUT]
+    chunks = Chunker().chunk_many([r["text"] for r in records])
+    return get_text_embedder().embed([f"{r['title']}: {c[0]}" for r, c in zip(records, chunks, strict=True)])
+
+
+def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sample: int = 20_000,
+                  threads: int | None = None, backend: str | None = None) -> dict:
+    """Build, ingest and measure; returns the report dict (see module docstring)."""
+    from ray_app.corpus.build import build_corpus
+    from ray_app.ingest import run_ingest
+    from ray_app.store import Store, resolve_url
+
+    started = time.perf_counter()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="prism-bench-"))
+    build = build_corpus("synthetic", workdir / "corpus", docs=docs, seed=seed)
+    url = fresh_database(resolve_url(), "prism_bench_ingest")
+    threads = threads or os.cpu_count() or 1
+    pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
+                          rebuild_index=True, batch_docs=256)
+    with Store(url) as store:
+        texts = sample_chunk_texts(store, bare_sample)
+        bare_embed_per_s = bare_embed(texts, backend, threads)
+        bare_copy_per_s, copied = bare_copy(store, bare_sample)
+        quality = search_quality(store, held_out_queries(docs, seed))
+    write_s = pipeline["stage_busy_s"]["write"]
+    pipeline_copy_per_s = pipeline["chunks"] / write_s if write_s else 0.0
+    result = {
+        "documents": pipeline["documents"],
+        "chunks": pipeline["chunks"],
+        "pipeline_docs_per_s": pipeline["docs_per_s"],
+        "pipeline_embed_per_s": pipeline["embed_per_s"],
+        "bare_embed_per_s": round(bare_embed_per_s, 2),
+        "embed_ratio": round(pipeline["embed_per_s"] / bare_embed_per_s, 3),
+        "pipeline_write_chunks_per_s": round(pipeline_copy_per_s, 2),
+        "bare_copy_rows_per_s": round(bare_copy_per_s, 2),
+        "copy_ratio": round(pipeline_copy_per_s / bare_copy_per_s, 3),
+        "index_build_s": pipeline["index_build_s"],
+        **quality,
+        "threads": threads,
+        "backend": backend or "onnx",
+        "bare_sample": {"texts": len(texts), "copy_rows": copied},
+        "stage_busy_s": pipeline["stage_busy_s"],
+        "load_seconds": pipeline["load_seconds"],
+        "corpus_build_s": build["seconds"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    result["targets"] = TARGETS
+    result["met"] = {
+        "embed_ratio": result["embed_ratio"] >= TARGETS["embed_ratio"],
+        "copy_ratio": result["copy_ratio"] >= TARGETS["copy_ratio"],
+        "recall_at_10": result["recall_at_10"] >= TARGETS["recall_at_10"],
+        "search_p95_ms": result["search_p95_ms"] <= TARGETS["search_p95_ms"],
+    }
+    return result
+
+
+def render_markdown(r: dict, command: str) -> str:
+    busy = r["stage_busy_s"]
+    lines = [
+        f"# Ingest benchmark: {r['documents']:,} synthetic documents",
+        "",
+        f"Generated by `{command}` on this machine ({r['cpu_count']} CPUs, load average at the end "
+        f"{r['load_average'][0]}; other jobs shared the cores). Backend {r['backend']}, {r['threads']} threads.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| documents / chunks | {r['documents']:,} / {r['chunks']:,} | 1,000,000 documents |",
+        f"| pipeline docs/s | {r['pipeline_docs_per_s']:.1f} | |",
+        f"| pipeline chunks embedded/s (wall) | {r['pipeline_embed_per_s']:.1f} | |",
+        f"| bare embed loop texts/s | {r['bare_embed_per_s']:.1f} | |",
+        f"| embed_ratio | {r['embed_ratio']:.3f} | >= 0.8 |",
+        f"| pipeline chunk rows/s in Store.write | {r['pipeline_write_chunks_per_s']:.1f} | |",
+        f"| bare binary COPY rows/s | {r['bare_copy_rows_per_s']:.1f} | |",
+        f"| copy_ratio | {r['copy_ratio']:.3f} | >= 0.8 |",
+        f"| HNSW build s | {r['index_build_s']:.1f} | |",
+        f"| recall@10 (HNSW vs exact, 1,000 held-out queries) | {r['recall_at_10']:.3f} | >= 0.95 |",
+        f"| search p50 / p95 ms | {r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} | p95 <= 50 |",
+        "",
+        "## Where the time went (measured)",
+        "",
+        f"Stage busy seconds summed over the run: prepare/chunk {busy['prepare']:.1f}, images {busy['images']:.1f}, "
+        f"embed {busy['embed']:.1f}, Store.write {busy['write']:.1f}; pipeline wall time (load) "
+        f"{r['load_seconds']:.1f} s.",
+    ]
+    missed = [k for k, ok in r["met"].items() if not ok]
+    lines += ["", "Targets missed: " + (", ".join(missed) if missed else "none") + "."]
+    if "embed_ratio" in r["met"] and not r["met"]["embed_ratio"]:
+        lines.append(
+            f"- embed_ratio: the embed actor was busy {busy['embed']:.0f} s of {r['load_seconds']:.0f} s wall; "
+            "on 2 cores chunking (the tokenizer), the Parquet reader, Ray's own processes and the Postgres "
+            "writer take CPU from the same cores the bare loop has to itself.")
+    if "copy_ratio" in r["met"] and not r["met"]["copy_ratio"]:
+        lines.append(
+            "- copy_ratio: `Store.write` does more than a bare COPY: staging tables, `INSERT ... ON CONFLICT`, "
+            "the generated `tsvector` column and its GIN index, and the document rows, in one transaction per "
+            "block, while competing with the embedder for the same cores.")
+    lines += ["", "The numbers are in the JSON file next to this one.", ""]
+    return "\n".join(lines)
+
+
+@handle_errors
+def command(
+    docs: int = typer.Option(10_000, "--docs", min=1, help="Synthetic documents to ingest."),
+    seed: int = typer.Option(0, "--seed", help="Synthetic corpus seed."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Embedding threads (pipeline and bare)."),
+    bare_sample: int = typer.Option(20_000, "--bare-sample", min=100, help="Texts/rows for the bare baselines."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Where the corpus shards go (default: a temp dir)."),
+    out: Path = typer.Option(Path("docs/reports"), "--out", help="Where ingest-<N>.{json,md} are written."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Pipeline throughput vs a bare embed loop and a bare COPY; HNSW build, recall@10, latency."""
+    from ray_app.cli.ingest import stdout_to_stderr
+
+    with stdout_to_stderr(json_out):
+        result = run_benchmark(docs, seed, workdir, bare_sample, threads)
+    command_line = f"prism bench ingest --docs {docs} --json"
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        name = report_name(docs)
+        (out / f"{name}.json").write_text(json.dumps({**result, "command": command_line}, indent=2) + "\n")
+        (out / f"{name}.md").write_text(render_markdown(result, command_line))
+
+    def human(r: dict) -> None:
+        console.print_json(json.dumps(r))
+
+    emit(result, json_out, human)
