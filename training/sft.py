@@ -343,7 +343,9 @@ def train_loop(loop_config: dict) -> None:
     model, optimizer, engine = wrap_for_strategy(cfg, model, world)
     if resume_from and engine is None:
         load_optimizer_state(optimizer, resume_from)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + start_step, cfg.train.warmup_steps))
+    # DeepSpeed wraps the client AdamW; the schedule drives the wrapped torch optimizer's param groups.
+    torch_optimizer = getattr(optimizer, "optimizer", optimizer) if engine is not None else optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, lambda s: lr_factor(s + start_step, cfg.train.warmup_steps))
 
     probe = micro_batch_indices(len(examples), 0, cfg.train.batch_size, cfg.train.seed)
     model.train()
