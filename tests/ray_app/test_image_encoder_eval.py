@@ -60,7 +60,8 @@ def test_command_writes_report_with_the_issue_keys(tmp_path):
 
     checkpoint = _untrained_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "reports"
-    result = CliRunner().invoke(app, ["eval", "image-encoder", "--checkpoint", str(checkpoint), "--out", str(out), "--json"])
+    args = ["eval", "image-encoder", "--checkpoint", str(checkpoint), "--curve", str(checkpoint), "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for split in ("untrained", "trained"):
@@ -71,7 +72,10 @@ def test_command_writes_report_with_the_issue_keys(tmp_path):
     assert report["heldout"]["trained"] == report["heldout"]["untrained"]
     assert report["gallery_size"] > 100 and {"train_seconds", "images_per_s"} <= set(report)
     assert json.loads((out / "image-encoder.json").read_text())["heldout"] == report["heldout"]
-    assert "| zero_shot_acc |" in (out / "image-encoder.md").read_text()
+    assert len(report["curve"]) == 2 and report["curve"][0]["heldout"] == report["heldout"]["trained"]
+    assert not report["aim_met"] and any("Text side" in note for note in report["notes"])
+    markdown = (out / "image-encoder.md").read_text()
+    assert "| zero_shot_acc |" in markdown and "Learning curve" in markdown
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path):
