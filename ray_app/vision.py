@@ -108,16 +108,32 @@ def load_image(data: bytes, settings: Settings | None = None):
 
 
 class LabelIndex:
-    """A label vocabulary embedded once with the text embedder; scores image vectors against it."""
+    """A label vocabulary embedded once with the text embedder; scores image vectors against it.
 
-    def __init__(self, labels: list[str], embedder):
+    Args:
+        labels: label texts (case-insensitively de-duplicated, first spelling kept).
+        embedder: the text embedder the image tower was aligned to.
+        prompts: optional prompt texts per label; such a label's vector is the mean of its
+            prompts' vectors (how the image encoder's category labels were trained).
+    """
+
+    def __init__(self, labels: list[str], embedder, prompts: dict[str, tuple[str, ...]] | None = None):
         seen: dict[str, str] = {}
         for label in labels:
             label = " ".join(str(label).split())
             if label:
                 seen.setdefault(label.lower(), label)
         self.labels = list(seen.values())
-        self.vectors = embedder.embed(self.labels) if self.labels else np.zeros((0, 384), np.float32)
+        prompts = prompts or {}
+        texts = [list(prompts.get(label, (label,))) for label in self.labels]
+        flat = embedder.embed([t for group in texts for t in group]) if self.labels else np.zeros((0, 384), np.float32)
+        vectors, start = [], 0
+        for group in texts:
+            vectors.append(flat[start : start + len(group)].mean(axis=0))
+            start += len(group)
+        self.vectors = np.stack(vectors) if vectors else flat
+        if len(self.vectors):
+            self.vectors /= np.linalg.norm(self.vectors, axis=1, keepdims=True)
 
     def top(self, vector: np.ndarray, k: int = 5, temperature: float = 0.05) -> list[dict]:
         """The ``k`` best labels with softmax scores over the whole vocabulary."""
@@ -153,7 +169,7 @@ class VisionAnalyzer:
         self.store = store
         self.encoder = encoder if encoder is not None else _try_default_encoder()
         labels = list(self.encoder.config.labels) if self.encoder else []
-        self.labels = LabelIndex(labels + corpus_titles(store), embedder) if self.encoder else None
+        self.labels = LabelIndex(labels + corpus_titles(store), embedder, category_prompts()) if self.encoder else None
 
     @property
     def encoder_version(self) -> str | None:
@@ -177,6 +193,15 @@ class VisionAnalyzer:
         if ocr:
             result.ocr_text = _read_text(image, result.notes)
         return result
+
+
+def category_prompts() -> dict[str, tuple[str, ...]]:
+    """The prompts the image encoder's category labels were trained with (``ray_app.vision_data``)."""
+    try:
+        from ray_app.vision_data import LABEL_PROMPTS
+    except ImportError:
+        return {}
+    return dict(LABEL_PROMPTS)
 
 
 def _try_default_encoder():

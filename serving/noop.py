@@ -21,3 +21,32 @@ class NoopDeployment:
 
 
 app = NoopDeployment.bind()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve only the no-op deployment on ``--port`` in a private Ray instance until killed."""
+    import argparse
+    import signal
+    import time
+
+    import ray
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--num-cpus", type=int, default=1)
+    args = parser.parse_args(argv)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve-noop")
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(app, name="noop", route_prefix="/")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -127,6 +128,21 @@ def write_corpus(store, embedder, encoder) -> dict:
     return {"images": image_ids, "frog_doc": article_id("Frog")}
 
 
+def start_ray(attempts: int = 3) -> None:
+    """``ray.init`` for the tests, retried: on a loaded shared machine the raylet can miss its start deadline."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,7 +202,7 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24):
         # The test machine is shared: don't let Ray's node-wide memory monitor kill our replicas
         # because other processes use memory (the kernel's OOM killer still applies).
         os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-        ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
+        start_ray()
         port = free_port()
         deploy_config(load_config(host="127.0.0.1", port=port))
         base = f"http://127.0.0.1:{port}"
@@ -240,17 +256,10 @@ def unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _prism_app_fixture():
-    import pytest
 
-    @pytest.fixture(scope="session")
-    def prism_app(pg_server_url, tmp_path_factory):
-        """The shared Serve app (see :func:`acquire_app`)."""
-        app = acquire_app(pg_server_url, tmp_path_factory.mktemp("serve"))
-        yield app
-        release_app()
-
-    return prism_app
-
-
-prism_app = _prism_app_fixture()
+@pytest.fixture(scope="session", name="prism_app")
+def prism_app_fixture(pg_server_url, tmp_path_factory):
+    """The shared Serve app (see :func:`acquire_app`); test modules import this to register ``prism_app``."""
+    app = acquire_app(pg_server_url, tmp_path_factory.mktemp("serve"))
+    yield app
+    release_app()

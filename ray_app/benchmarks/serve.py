@@ -1,0 +1,295 @@
+"""`prism bench serve`: Locust against the running Serve app, plus Serve's own overhead in the same run.
+
+    prism serve up --detach                       # the app under test (127.0.0.1:8000 by default)
+    prism bench serve --users 100 --duration 60 --json --out docs/reports/serve-100users
+
+1. Locust runs as its own process (``locust -f loadtests/locustfile.py --headless``; gevent's
+   monkey-patching must not meet the libraries this process has loaded) with the realistic mix
+   of that file, and writes its stats as JSON.
+2. Serve overhead: the same no-op FastAPI route served by a one-deployment Serve app
+   (``python -m serving.noop``) and by bare uvicorn, each measured with the same client
+   (sequential latency and concurrent throughput), one after the other.
+3. The report: RPS, p50/p95/p99 per endpoint, time to first token for asks, failures, the
+   server-side per-stage timings of asks (where the time goes), targets met or missed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import typer
+
+from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
+
+REPO = Path(__file__).resolve().parents[2]
+LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
+TARGETS = {"failures": 0, "search_p95_ms": 500.0, "ask_ttft_p95_ms": 2000.0}
+
+
+@handle_errors
+def command(
+    users: int = typer.Option(100, "--users", min=1, max=5000, help="Concurrent simulated users."),
+    duration: int = typer.Option(60, "--duration", min=5, max=3600, help="Seconds of load."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The Prism app under test."),
+    spawn_rate: float = typer.Option(10.0, "--spawn-rate", help="Users started per second."),
+    overhead_requests: int = typer.Option(400, "--overhead-requests", min=0, help="Requests per no-op server (0: skip)."),
+    out: Path | None = typer.Option(None, "--out", help="Write OUT.json and OUT.md (e.g. docs/reports/serve-100users)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Load-test the app with Locust and measure Serve's overhead; print (and optionally write) the report."""
+    health = _health(url)
+    stats = run_locust(url, users, duration, spawn_rate)
+    report = summarise(stats, users, duration, url)
+    report["app"] = health
+    if overhead_requests:
+        report["serve_overhead"] = measure_overhead(overhead_requests)
+    report["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+    if out is not None:
+        write_report(report, out)
+    emit(report, json_out, lambda r: console.print(render_markdown(r)))
+
+
+def _health(url: str) -> dict:
+    try:
+        r = httpx.get(f"{url}/healthz", timeout=30)
+    except httpx.HTTPError as exc:
+        raise CLIError(f"no Prism app at {url} ({type(exc).__name__}); start one with `prism serve up --detach`") from exc
+    if r.status_code != 200:
+        raise CLIError(f"{url}/healthz answered {r.status_code}")
+    return r.json()
+
+
+def run_locust(url: str, users: int, duration: int, spawn_rate: float) -> list[dict]:
+    """Run Locust headless in its own process; return its per-entry stats (``--json-file``)."""
+    locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / "stats"
+        cmd = [locust, "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(spawn_rate),
+               "-t", f"{duration}s", "--host", url, "--json-file", str(stats_path), "--stop-timeout", "60",
+               "--only-summary", "--loglevel", "WARNING"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
+        path = stats_path.with_suffix(".json") if stats_path.with_suffix(".json").exists() else stats_path
+        if not path.exists():
+            raise CLIError(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        return json.loads(path.read_text())
+
+
+def _histogram(entries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Merged response-time histogram (values ms, counts) of several Locust entries."""
+    merged: dict[float, int] = {}
+    for e in entries:
+        for ms, count in (e.get("response_times") or {}).items():
+            merged[float(ms)] = merged.get(float(ms), 0) + int(count)
+    if not merged:
+        return np.zeros(0), np.zeros(0)
+    keys = np.array(sorted(merged))
+    return keys, np.array([merged[k] for k in keys])
+
+
+def percentile(entries: list[dict], q: float) -> float | None:
+    values, counts = _histogram(entries)
+    if not counts.sum():
+        return None
+    cum = np.cumsum(counts)
+    return float(values[np.searchsorted(cum, q / 100 * cum[-1])])
+
+
+def _entries(stats: list[dict], names: set[str], request_type: str | None = None) -> list[dict]:
+    return [e for e in stats if e["name"] in names and (request_type is None or e["method"] == request_type)]
+
+
+def _endpoint(stats: list[dict], names: set[str], duration: float, ttft: bool = False) -> dict:
+    entries = [e for e in _entries(stats, names) if e["method"] not in {"TTFT", "STAGE"}]
+    requests = sum(e["num_requests"] for e in entries)
+    out = {
+        "requests": requests,
+        "failures": sum(e["num_failures"] for e in entries),
+        "rps": round(requests / duration, 2),
+        **{f"p{q}_ms": percentile(entries, q) for q in (50, 95, 99)},
+    }
+    if ttft:
+        ttft_entries = _entries(stats, {f"{n}:ttft" for n in names}, "TTFT")
+        out |= {f"ttft_p{q}_ms": percentile(ttft_entries, q) for q in (50, 95, 99)}
+    return out
+
+
+def _stages(stats: list[dict], names: set[str]) -> dict:
+    stage_names = sorted({e["name"].split(":", 1)[1] for e in stats
+                          if e["method"] == "STAGE" and e["name"].split(":", 1)[0] in names})
+    return {s: {f"p{q}_ms": percentile(_entries(stats, {f"{n}:{s}" for n in names}, "STAGE"), q) for q in (50, 95)}
+            for s in stage_names}
+
+
+def summarise(stats: list[dict], users: int, duration: int, url: str) -> dict:
+    """The report's numbers from Locust's stats."""
+    ask_names = {"ask", "ask_image"}
+    real = [e for e in stats if e["method"] not in {"TTFT", "STAGE"}]
+    requests = sum(e["num_requests"] for e in real)
+    endpoints = {
+        "search": _endpoint(stats, {"search"}, duration),
+        "ask": _endpoint(stats, ask_names, duration, ttft=True),
+        "ask_text": _endpoint(stats, {"ask"}, duration, ttft=True),
+        "ask_image": _endpoint(stats, {"ask_image"}, duration, ttft=True),
+    }
+    failures = sum(e["num_failures"] for e in real)
+    met = {
+        "failures": failures <= TARGETS["failures"],
+        "search_p95_ms": (endpoints["search"]["p95_ms"] or 0) < TARGETS["search_p95_ms"],
+        "ask_ttft_p95_ms": (endpoints["ask"]["ttft_p95_ms"] or float("inf")) < TARGETS["ask_ttft_p95_ms"],
+    }
+    return {
+        "users": users, "duration_s": duration, "url": url, "requests": requests, "failures": failures,
+        "rps": round(requests / duration, 2), "endpoints": endpoints,
+        "ask_stages": _stages(stats, ask_names), "targets": TARGETS, "targets_met": met,
+        "failure_examples": _failure_examples(stats),
+    }
+
+
+def _failure_examples(stats: list[dict]) -> list[str]:
+    return [f"{e['name']}: {e['num_failures']} failures" for e in stats if e.get("num_failures")][:10]
+
+
+# ---------------------------------------------------------------------------------------- overhead
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], url: str, timeout_s: float = 300) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise CLIError(f"{' '.join(cmd[:4])} exited with {proc.returncode}")
+        time.sleep(0.5)
+    _stop(proc)
+    raise CLIError(f"{' '.join(cmd[:4])} did not answer at {url}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _measure(url: str, n: int, concurrency: int = 8) -> dict:
+    """Sequential latency (one keep-alive client) and concurrent throughput for ``n`` requests each."""
+    with httpx.Client(timeout=30) as client:
+        for _ in range(20):
+            client.get(url)
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            client.get(url).raise_for_status()
+            lat.append((time.perf_counter() - t) * 1000)
+
+    def worker(count: int) -> int:
+        with httpx.Client(timeout=30) as c:
+            return sum(c.get(url).status_code == 200 for _ in range(count))
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        ok = sum(pool.map(worker, [n // concurrency] * concurrency))
+    elapsed = time.perf_counter() - t
+    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "rps_concurrent": round(ok / elapsed, 1),
+            "concurrency": concurrency, "requests": n}
+
+
+def measure_overhead(n: int) -> dict:
+    """The no-op route under Serve (proxy -> replica) vs bare uvicorn, measured one after the other."""
+    results = {}
+    port = _free_port()
+    proc = _start([sys.executable, "-m", "uvicorn", "serving.noop:fastapi_app", "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning"], f"http://127.0.0.1:{port}/noop")
+    try:
+        results["uvicorn"] = _measure(f"http://127.0.0.1:{port}/noop", n)
+    finally:
+        _stop(proc)
+    port = _free_port()
+    proc = _start([sys.executable, "-m", "serving.noop", "--port", str(port)], f"http://127.0.0.1:{port}/noop")
+    try:
+        results["serve"] = _measure(f"http://127.0.0.1:{port}/noop", n)
+    finally:
+        _stop(proc)
+    results["overhead_p50_ms"] = round(results["serve"]["p50_ms"] - results["uvicorn"]["p50_ms"], 2)
+    results["overhead_p95_ms"] = round(results["serve"]["p95_ms"] - results["uvicorn"]["p95_ms"], 2)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:,.0f}" if isinstance(v, float | int) and abs(v) >= 10 else f"{v}"
+
+
+def render_markdown(r: dict) -> str:
+    """The Markdown report (generated; the JSON next to it holds the same numbers)."""
+    e = r["endpoints"]
+    lines = [
+        f"# Serve load test: {r['users']} users, {r['duration_s']} s",
+        "",
+        f"Generated by `prism bench serve --users {r['users']} --duration {r['duration_s']} --json` against {r['url']} "
+        f"(mix from `loadtests/locustfile.py`: search 60 %, text ask 30 %, image ask 10 %, think time 1-5 s). "
+        f"Machine: {r.get('machine', {}).get('cpus')} CPUs, load average after the run "
+        f"{r.get('machine', {}).get('load_avg_1m_after')}.",
+        "",
+        f"Requests {r['requests']:,}, failures {r['failures']:,}, throughput {r['rps']} req/s.",
+        "",
+        "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms | TTFT p50 ms | TTFT p95 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in e.items():
+        lines.append(f"| {name} | {s['requests']} | {s['failures']} | {s['rps']} | {_fmt(s['p50_ms'])} | "
+                     f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | {_fmt(s.get('ttft_p50_ms'))} | {_fmt(s.get('ttft_p95_ms'))} |")
+    lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    measured = {"failures": r["failures"], "search_p95_ms": e["search"]["p95_ms"], "ask_ttft_p95_ms": e["ask"]["ttft_p95_ms"]}
+    for key, goal in r["targets"].items():
+        lines.append(f"| {key} | {'= 0' if key == 'failures' else f'< {goal:,.0f}'} | {_fmt(measured[key])} | "
+                     f"{'yes' if r['targets_met'][key] else '**no**'} |")
+    if r.get("ask_stages"):
+        lines += ["", "## Where an ask's time goes (server-side timings_ms, all asks)", "",
+                  "| stage | p50 ms | p95 ms |", "|---|---:|---:|"]
+        lines += [f"| {k} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} |" for k, v in r["ask_stages"].items()]
+    if r.get("serve_overhead"):
+        o = r["serve_overhead"]
+        lines += ["", "## Serve overhead (no-op route, same run, after the load)", "",
+                  "| server | p50 ms | p95 ms | p99 ms | req/s (8 clients) |", "|---|---:|---:|---:|---:|"]
+        for name in ("uvicorn", "serve"):
+            s = o[name]
+            lines.append(f"| {name} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | {s['rps_concurrent']} |")
+        lines.append(f"\nServe adds {o['overhead_p50_ms']} ms at p50 and {o['overhead_p95_ms']} ms at p95 per request.")
+    if r.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in r["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(render_markdown(report))

@@ -1,0 +1,45 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright): upload an image, ask,
+and check the streamed answer, labels, similar images and citations; keeps a screenshot in docs/."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.serving.harness import FROG_PNG, REPO, prism_app_fixture  # noqa: F401  (registers `prism_app`)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO / "docs" / "screenshot-ask.png"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make setup)")
+
+
+def test_upload_ask_and_read_citations(prism_app):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(prism_app.url + "/")
+            page.set_input_files("#file", str(FROG_PNG))
+            page.wait_for_selector("#preview[src^='data:image/png']", state="visible")
+            page.fill("#question", "What is this animal and where does it live?")
+            page.click("#ask")
+            page.wait_for_selector("#citations li.citation", timeout=300_000)
+            assert page.inner_text("#status") == "done"
+            answer = page.inner_text("#answer").strip()
+            assert answer and "error" not in page.inner_text("#error").lower()
+            titles = page.locator("#citations li.citation strong").all_inner_texts()
+            assert any("Frog" in t for t in titles), titles
+            assert page.locator("#labels .chip").count() == 5
+            assert page.locator("#similar img").count() >= 1
+            assert page.locator("#audit .chip").first.inner_text() in {"grounded", "not grounded"}
+            page.locator("#citations li.citation summary").first.click()
+            assert "frog" in page.locator("#citations .passage").first.inner_text().lower()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
