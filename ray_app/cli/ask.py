@@ -11,9 +11,9 @@ from pathlib import Path
 
 import typer
 
-from ray_app.answer import AskInputError, AskOptions, AskPipeline
+from ray_app.answer import AskInputError, AskOptions, AskPipeline, check_question
 from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
-from ray_app.vision import ImageRejected
+from ray_app.vision import ImageRejected, load_image
 
 
 @handle_errors
@@ -26,6 +26,12 @@ def command(
 ) -> None:
     """Answer QUESTION with numbered citations; streams the answer unless --json."""
     data = _read_image(image) if image is not None else None
+    try:  # check the input before loading any model
+        check_question(question)
+        if data is not None:
+            load_image(data)
+    except (AskInputError, ImageRejected) as exc:
+        raise CLIError(str(exc)) from exc
     pipeline = AskPipeline()
     try:
         events = pipeline.ask_stream(question, data, AskOptions(k=k, max_new_tokens=max_new_tokens))

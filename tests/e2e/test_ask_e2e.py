@@ -14,7 +14,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from tests.conftest import reset_settings
-from tests.serving.harness import FROG_PNG  # noqa: F401  (registers the shared `prism_app`)
+from tests.serving.harness import FROG_PNG, prism_app_fixture  # noqa: F401  (registers `prism_app`)
 
 ANIMAL_WORDS = {"frog", "toad", "amphibian", "amphibians", "animal", "animals"}
 
@@ -71,3 +71,27 @@ def test_frog_image_question(prism_app, monkeypatch):
     finally:  # put the row back so later tests see an intact chain
         with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
             conn.execute("UPDATE audit_log SET record = %s::jsonb WHERE seq = %s", (json.dumps(record), seq))
+
+
+def test_cli_ask_uses_the_same_pipeline(prism_app, monkeypatch):
+    """`prism ask` runs vision -> retrieval -> LLM -> audit in-process, on the same corpus and audit chain."""
+    from ray_app.cli import app
+
+    monkeypatch.setenv("DATABASE_URL", prism_app.database_url)
+    monkeypatch.setenv("PRISM_MAX_NEW_TOKENS", "8")
+    reset_settings()
+    try:
+        runner = CliRunner()
+        result = runner.invoke(app, ["ask", "Where do frogs live?", "--image", str(FROG_PNG), "--json"])
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.stdout)
+        assert body["answer"] and any(c["title"] == "Frog" for c in body["citations"]), body
+        assert body["vision"]["similar_images"][0]["id"] == prism_app.ids["images"]["frog"]
+        with psycopg.connect(prism_app.database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM audit_log WHERE audit_id = %s", (body["id"],)).fetchone()[0] == 1
+        empty = runner.invoke(app, ["ask", "   "])
+        assert empty.exit_code == 2 and "question is empty" in empty.output
+        not_image = runner.invoke(app, ["ask", "What is this?", "--image", __file__])
+        assert not_image.exit_code == 2 and "not an image" in not_image.output
+    finally:
+        reset_settings()
