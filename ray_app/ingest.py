@@ -79,6 +79,7 @@ class IngestConfig:
             leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
         backend: 'onnx' or 'torch' (None: settings).
         batch_docs: documents per ``map_batches`` batch.
+        block_bytes: Ray Data's target block size; a block is written in one transaction.
         chunk: chunk budget and overlap.
         image_encoder: open_clip checkpoint folder; None uses the default one when it exists.
         num_cpus: CPUs for a local Ray (None: all).
@@ -94,6 +95,7 @@ class IngestConfig:
     embed_cpus: float = 0.5
     backend: str | None = None
     batch_docs: int = 128
+    block_bytes: int = 2 * 1024 * 1024
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     image_encoder: Path | None = None
     num_cpus: int | None = None
@@ -470,6 +472,9 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
     """
     import ray
 
+    # Small blocks keep the pipeline streaming: Ray Data otherwise coalesces a whole Parquet file
+    # into one block, and nothing is written until every document of that file is embedded.
+    ray.data.DataContext.get_current().target_max_block_size = config.block_bytes
     ds = ray.data.read_parquet(str(config.input_dir), file_extensions=["parquet"], num_cpus=0.25)
     ds = ds.map_batches(
         PrepareDocuments, fn_constructor_kwargs={"home": home, "database_url": url, "chunk": config.chunk,
