@@ -70,7 +70,7 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
 
     config = load_config(config_path or CONFIG_PATH, host=host, port=port)
     os.environ.setdefault("DATABASE_URL", _database_url())
-    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 2, 2), include_dashboard=False, namespace="serve")
+    start_ray(num_cpus or max(os.cpu_count() or 2, 2))
     deploy_config(config)
     stop = {"now": False}
 
@@ -85,6 +85,21 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def start_ray(num_cpus: int, attempts: int = 3) -> None:
+    """A private local Ray without a dashboard; retried, since a loaded machine can miss the start deadline."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve")
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
 
 
 def _database_url() -> str:
