@@ -240,8 +240,20 @@ def render_markdown(r: dict, command: str) -> str:
             "- copy_ratio: `Store.write` does more than a bare COPY: staging tables, `INSERT ... ON CONFLICT`, "
             "the generated `tsvector` column and its GIN index, and the document rows, in one transaction per "
             "block, while competing with the embedder for the same cores.")
+    if r["documents"] < 1_000_000:
+        lines += ["", "**The 1,000,000-document run is pending.** This report is a smaller run of the same "
+                  "command. To produce `ingest-1m.{json,md}` (hours on 2 cores; run it in the background):", "",
+                  "```", "nohup prism bench ingest --docs 1000000 --json > ingest-1m.log 2>&1 &", "```"]
     lines += ["", "The numbers are in the JSON file next to this one.", ""]
     return "\n".join(lines)
+
+
+def render_report(json_path: Path) -> Path:
+    """Re-render the Markdown next to a saved benchmark JSON (same renderer as the run)."""
+    result = json.loads(json_path.read_text())
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(render_markdown(result, result["command"]))
+    return md_path
 
 
 @handle_errors
