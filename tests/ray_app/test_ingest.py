@@ -180,3 +180,18 @@ def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_pat
     assert summary["documents"] == len(records) and summary["unchanged"] <= partial
     assert store.counts() == {"documents": len(records), "chunks": expected_chunks(records), "images": 0}
     assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
+
+
+def test_bench_exact_search_in_blocks_matches_the_full_matrix_and_names_reports():
+    import numpy as np
+
+    from ray_app.benchmarks.ingest import exact_top_k, report_name
+    from ray_app.store.store import exact_neighbours
+
+    rng = np.random.default_rng(0)
+    corpus = rng.normal(size=(2500, 384)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[rng.integers(0, 2500, 20)] + 0.1 * rng.normal(size=(20, 384)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    assert (exact_top_k(corpus, queries, 10, block=700) == exact_neighbours(corpus, queries, 10)).all()
+    assert [report_name(n) for n in (1_000_000, 20_000, 1234)] == ["ingest-1m", "ingest-20k", "ingest-1234"]
