@@ -95,7 +95,7 @@ class IngestConfig:
     embed_cpus: float = 0.5
     backend: str | None = None
     batch_docs: int = 128
-    block_bytes: int = 2 * 1024 * 1024
+    block_bytes: int = 512 * 1024
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     image_encoder: Path | None = None
     num_cpus: int | None = None
