@@ -21,12 +21,14 @@ def build(
     seed: int = typer.Option(0, "--seed", help="synthetic: the seed that fixes every document."),
     images: float = typer.Option(0.0, "--images", min=0.0, max=1.0, help="synthetic: share of documents with an image."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="synthetic: generator processes."),
+    every: int = typer.Option(1, "--every", min=1, help="wiki: keep every K-th article (deterministic subset)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Build SOURCE into Parquet shards in Prism's document schema; bad rows are counted, not fatal."""
     from ray_app.corpus.build import build_corpus
 
-    summary = build_corpus(source, out, docs, seed=seed, image_fraction=images, workers=workers)
+    summary = build_corpus(source, out, docs, seed=seed, image_fraction=images, workers=workers,
+                           every=every)
 
     def human(s: dict) -> None:
         console.print(f"[green]{s['documents']:,} documents[/green] from {s['source']} -> {s['out']} "

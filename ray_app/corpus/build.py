@@ -30,14 +30,14 @@ def _clear_shards(out_dir: Path, prefix: str) -> None:
         old.unlink()
 
 
-def _builtin_records(source: str, docs: int | None) -> Iterator[dict]:
+def _builtin_records(source: str, docs: int | None, every: int = 1) -> Iterator[dict]:
     try:
         module = importlib.import_module(f"ray_app.corpus.{source}")
     except ModuleNotFoundError as exc:
         if exc.name != f"ray_app.corpus.{source}":
             raise
         raise ValueError(f"source {source!r} is not available in this installation") from exc
-    return module.build_records(limit=docs)
+    return module.build_records(limit=docs, every=every) if every > 1 else module.build_records(limit=docs)
 
 
 def _limited(records: Iterable[dict], docs: int | None) -> Iterator[dict]:
@@ -51,6 +51,7 @@ def build_corpus(
     seed: int = 0,
     image_fraction: float = 0.0,
     workers: int | None = None,
+    every: int = 1,
 ) -> dict:
     """Write the corpus of ``source`` as Parquet shards and return a summary.
 
@@ -61,6 +62,7 @@ def build_corpus(
         seed: synthetic only: the seed that fixes every document.
         image_fraction: synthetic only: share of documents that get a generated image.
         workers: synthetic only: parallel generator processes (default: CPU count).
+        every: wiki only: keep every ``every``-th article (a deterministic subset).
 
     Returns:
         ``{"source", "out", "documents", "shards", "skipped", "seconds"}``; ``skipped`` counts bad rows by reason.
@@ -69,6 +71,8 @@ def build_corpus(
         ValueError: ``docs`` below 1 or an unsupported input.
         FileNotFoundError: a user path that does not exist.
     """
+    if every > 1 and source != "wiki":
+        raise ValueError("--every applies to the wiki source only")
     if docs is not None and docs < 1:
         raise ValueError(f"--docs must be at least 1, got {docs}")
     started = time.perf_counter()
@@ -82,7 +86,7 @@ def build_corpus(
         paths, count = write_synthetic(docs or 1000, out_dir, seed=seed, workers=workers, image_fraction=image_fraction)
     else:
         if source in BUILTIN_SOURCES:
-            records = _builtin_records(source, docs)
+            records = _builtin_records(source, docs, every)
         else:
             from ray_app.corpus.user import read_user_data
 
