@@ -161,7 +161,15 @@ def init_ray(num_cpus: int) -> None:
     else:
         # Ray starts workers at nice 15; a local training job should not yield to every other process.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        for attempt in range(3):
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+                return
+            except Exception as exc:  # Ray gives its raylet 30 s to register; a busy machine can miss that
+                if "timed out during startup" not in str(exc) or attempt == 2:
+                    raise
+                ray.shutdown()
+                time.sleep(5)
 
 
 def peak_rss_mib() -> float:
