@@ -313,11 +313,12 @@ def train_loop(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
 
-    images = torch.from_numpy(np.array(data["images"]))  # a writable copy of the shared, read-only array
-    caption_ids = torch.from_numpy(data["caption_ids"])
-    label_ids = torch.from_numpy(data["label_ids"])
-    caption_vectors = torch.from_numpy(data["caption_vectors"]).to(device)
-    label_vectors = torch.from_numpy(data["label_vectors"]).to(device)
+    # Writable copies of the object store's read-only arrays (torch warns on read-only memory).
+    images, caption_ids, label_ids, caption_vectors, label_vectors = (
+        torch.from_numpy(np.array(data[key]))
+        for key in ("images", "caption_ids", "label_ids", "caption_vectors", "label_vectors")
+    )
+    caption_vectors, label_vectors = caption_vectors.to(device), label_vectors.to(device)
     n, bs = len(images), cfg.train.batch_size
     steps_per_epoch = max(1, n // (bs * world))
     marker = Path(loop_config["run_dir"]) / ".crashed-once"

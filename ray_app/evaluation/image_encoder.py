@@ -137,6 +137,7 @@ def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True) -> dict:
         "images_per_s": summary.get("images_per_s"),
         "train_images": summary.get("train_images"),
         "train_steps": summary.get("metrics", {}).get("step"),
+        "resumed_from_step": summary.get("metrics", {}).get("resumed_from_step"),
         "image_size": trained.config.image_size,
         "vision_cfg": trained.config.vision_cfg,
         "aim": {"zero_shot_acc": 0.40, "caption_to_image_r10": 0.50},
@@ -175,7 +176,8 @@ def diagnose(report: dict) -> list[str]:
             f"of) training stamps and {held['caption_to_image_r10']:.3f} on held-out ones (gap {gap:+.3f}). "
             + ("The tower does not fit its own training images much better than unseen ones: it is limited by training "
                "compute (steps x capacity), not yet by the data size." if gap < 0.15 else
-               "The gap is large: more data (or stronger augmentation) would help more than more steps.")
+               f"The gap is large: with only {report.get('train_images')} training images, more data (or stronger "
+               "augmentation) is the main lever.")
         )
     notes.append(
         f"- Text side: the MiniLM caption vectors themselves classify {report['heldout']['text_ceiling_zero_shot_acc']:.3f} "
@@ -188,7 +190,11 @@ def diagnose(report: dict) -> list[str]:
         notes.append(
             f"- Learning curve: held-out R@10 went {first['heldout']['caption_to_image_r10']:.3f} -> "
             f"{last['heldout']['caption_to_image_r10']:.3f} and zero-shot {first['heldout']['zero_shot_acc']:.3f} -> "
-            f"{last['heldout']['zero_shot_acc']:.3f} from step {first['step']} to {last['step']}."
+            f"{last['heldout']['zero_shot_acc']:.3f} from step {first['step']} to {last['step']}"
+            + (", and was still rising over the last interval "
+               f"({curve[-2]['heldout']['caption_to_image_r10']:.3f} -> {last['heldout']['caption_to_image_r10']:.3f}): "
+               "more steps would help too." if last["heldout"]["caption_to_image_r10"] > curve[-2]["heldout"]["caption_to_image_r10"]
+               else ": it has levelled off.")
         )
     return notes
 
@@ -210,7 +216,9 @@ def render_markdown(report: dict) -> str:
         f"- held-out gallery: {report['gallery_size']} stamps ({report['heldout_percent']}% of the stamps, split by a hash "
         "of the stamp name; never seen in training), each centred on white",
         f"- training: {report['train_images']} images, {report['train_steps']} steps, {report['train_seconds']} s wall "
-        f"(incl. data preparation and Ray start), {report['images_per_s']} images/s",
+        f"(incl. data preparation and Ray start), {report['images_per_s']} images/s"
+        + (f"; the run was resumed from step {report['resumed_from_step']}, so seconds and images/s cover the resumed part"
+           if report.get("resumed_from_step") else ""),
         f"- majority-class zero-shot accuracy would be {report['majority_class_acc']:.3f}; chance is 1/16 = 0.062; "
         f"random caption->image R@10 is {min(1.0, 10 / max(1, report['gallery_size'])):.3f}",
         f"- text-side ceiling: classifying the held-out *captions* (MiniLM vectors) against the 16 labels scores "
