@@ -257,6 +257,9 @@ def verdict(methods: dict[str, dict]) -> list[str]:
         f"best 'not in the passages' accuracy: {best('not_in_sources_accuracy')}.",
     ]
     trained = {m: v for m, v in methods.items() if v.get("train_tokens_per_s")}
+    skipped = [m for m, v in methods.items() if v.get("not_evaluated")]
+    if skipped:
+        lines.append(f"Not evaluated (no checkpoint): {', '.join(skipped)}; no claim is made about them.")
     if "lora" in trained and "full" in trained:
         lo, fu = trained["lora"], trained["full"]
         lines.append(
@@ -302,18 +305,29 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Commands", "", "```"] + report["commands"] + ["```", ""]
     lines += ["## Sample answers", ""]
-    first = next(iter(methods.values()))["samples"][:4]
+    evaluated = {name: m for name, m in methods.items() if m.get("samples")}
+    first = next(iter(evaluated.values()))["samples"][:4] if evaluated else []
     for i, s in enumerate(first):
         lines.append(f"**{s['kind']}** ({s['id']})")
-        for name, m in methods.items():
+        for name, m in evaluated.items():
             lines.append(f"- {name}: {m['samples'][i]['answer'][:240]!r}")
         lines.append("")
     return "\n".join(lines)
 
 
-def resolve_methods(names: list[str], runs_dir: Path, overrides: dict[str, Path] | None = None) -> dict[str, Path | None]:
-    """Checkpoint folder per method (``<runs_dir>/<run>/final`` unless overridden); missing ones are errors."""
+def resolve_methods(
+    names: list[str], runs_dir: Path, overrides: dict[str, Path] | None = None, skip_missing: bool = False
+) -> tuple[dict[str, Path | None], dict[str, str]]:
+    """Checkpoint folder per method (``<runs_dir>/<run>/final`` unless overridden).
+
+    Returns:
+        ``(found, missing)``; ``missing`` maps a method to why it was skipped (only with ``skip_missing``).
+
+    Raises:
+        CLIError: an unknown method, or a missing checkpoint without ``skip_missing``.
+    """
     out: dict[str, Path | None] = {}
+    missing: dict[str, str] = {}
     overrides = overrides or {}
     for name in names:
         if name not in METHODS:
@@ -323,9 +337,13 @@ def resolve_methods(names: list[str], runs_dir: Path, overrides: dict[str, Path]
             continue
         ckpt = overrides.get(name) or runs_dir / DEFAULT_RUNS[name] / "final"
         if not ckpt.exists():
-            raise CLIError(f"{name}: no checkpoint at {ckpt} (train it first, see docs/training-llm.md)")
+            message = f"{name}: no checkpoint at {ckpt} (train it first, see docs/training-llm.md)"
+            if not skip_missing:
+                raise CLIError(message)
+            missing[name] = message
+            continue
         out[name] = ckpt
-    return out
+    return out, missing
 
 
 @handle_errors
@@ -341,6 +359,7 @@ def command(
     reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Reuse a method's cached answers when nothing changed."),
     checkpoint: list[str] = typer.Option(None, "--checkpoint", help="METHOD=DIR: evaluate this checkpoint for METHOD."),
     note: list[str] = typer.Option(None, "--note", help="A line for the report's notes (e.g. the machine's load)."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Report a method without a checkpoint as not evaluated."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Evaluate the fine-tuned answer models and write docs/reports/fine-tuning.{json,md}."""
@@ -358,14 +377,18 @@ def command(
             raise CLIError(f"--checkpoint {item!r} is not METHOD=DIR")
         key, value = item.split("=", 1)
         overrides[key] = Path(value)
-    chosen = resolve_methods([m.strip() for m in methods.split(",") if m.strip()], runs_dir or settings.checkpoints_dir, overrides)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    chosen, missing = resolve_methods(names, runs_dir or settings.checkpoints_dir, overrides, skip_missing)
     rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
     examples = pick_questions(rows, n, seed)
     torch.manual_seed(0)
     cache_dir = settings.home.resolve() / "eval-cache" if reuse else None
     results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size, cache_dir)
+    for name, why in missing.items():
+        results[name] = {"not_evaluated": why, "samples": []}
+    results = {name: results[name] for name in names}
     report = build_report(results, examples, test_path, max_new_tokens, methods, n)
-    report["notes"] = training_notes(results) + list(note or [])
+    report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + list(note or [])
     write_report(report, out)
     summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}
     emit({"report": str(out.with_suffix(".json")), "methods": summary, "verdict": report["verdict"]}, as_json)

@@ -106,7 +106,7 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
 
     test_path = write_jsonl([{**EXAMPLE, "id": f"q{i}"} for i in range(2)], tmp_path / "test.jsonl")
     out = tmp_path / "reports" / "fine-tuning"
-    result = CliRunner().invoke(app, ["eval", "answers", "--methods", "lora", "--n", "2", "--max-new-tokens", "8",
+    result = CliRunner().invoke(app, ["eval", "answers", "--methods", "lora,full", "--skip-missing", "--n", "2", "--max-new-tokens", "8",
                                       "--test-path", str(test_path), "--runs-dir", str(tiny_runs), "--out", str(out), "--no-reuse", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -116,6 +116,8 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
         assert key in lora and key in summary["methods"]["lora"]
     assert lora["train_tokens_per_s"] == 123.0 and len(lora["samples"]) == 2
     assert "| lora |" in out.with_suffix(".md").read_text()
+    assert "no checkpoint" in report["methods"]["full"]["not_evaluated"]
+    assert any("not evaluated" in n for n in report["notes"])
 
 
 def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
