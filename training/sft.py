@@ -317,7 +317,9 @@ def all_reduce(value: float, op: str = "sum") -> float:
 
     if not dist.is_initialized():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
+    # NCCL reduces only CUDA tensors; gloo only CPU ones.
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return float(t.item())
 
