@@ -98,7 +98,7 @@ def load_vectors(store) -> tuple[list[str], np.ndarray]:
         copy.set_types(["text", "vector"])
         for chunk_id, vector in copy.rows():
             ids.append(chunk_id)
-            vectors.append(np.asarray(vector, dtype=np.float32))
+            vectors.append(np.asarray(vector.to_numpy() if hasattr(vector, "to_numpy") else vector, dtype=np.float32))
     return ids, np.vstack(vectors)
 
 
