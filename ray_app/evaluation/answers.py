@@ -140,6 +140,8 @@ def load_method(method: str, base: str, checkpoint: Path | None):
     if method == "base":
         return load_llm(base, adapter="")
     model, tokenizer = load_lm_from_checkpoint(checkpoint)
+    if hasattr(model, "merge_and_unload"):  # same function, one matmul per layer instead of two
+        model = model.merge_and_unload()
     model.config.use_cache = True
     return LoadedLLM(model.eval(), tokenizer, base, str(checkpoint))
 
