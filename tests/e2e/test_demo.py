@@ -1,0 +1,40 @@
+"""`prism demo` end to end on a fresh PRISM_HOME: everything comes up, and a second run reuses it all.
+
+Slow (trains the demo image encoder and ingests the full demo corpus): run with `make test-slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def prism(*args: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "ray_app.cli", *args], env=env, capture_output=True, text=True,
+                         timeout=3600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_demo_brings_everything_up_and_second_run_reuses_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"PRISM_HOME": str(tmp_path / "home")}
+    try:
+        first = prism("demo", "--json", env=env)
+        assert first["steps"]["image_encoder"] == "trained"
+        assert first["database"]["documents"] > 10_000 and first["database"]["images"] > 500
+        with urllib.request.urlopen(first["serve"]["url"] + "/healthz", timeout=30) as resp:
+            assert resp.status == 200
+        second = prism("demo", "--json", env=env)
+        assert second["steps"] == {"corpus_built": {}, "image_encoder": "reused", "ingest": "unchanged"}
+        assert second["serve"]["started"] is False
+        assert second["database"] == first["database"]
+    finally:
+        subprocess.run([sys.executable, "-m", "ray_app.cli", "serve", "down"], env=env, timeout=300)
+        subprocess.run([sys.executable, "-m", "ray_app.cli", "db", "down"], env=env, timeout=120)
