@@ -56,6 +56,7 @@ def command(
     if overhead_requests:
         report["serve_overhead"] = measure_overhead(overhead_requests)
     report["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+    report["notes"] = explain(report)
     if out is not None:
         write_report(report, out)
     emit(report, json_out, lambda r: console.print(render_markdown(r)))
@@ -159,6 +160,37 @@ def summarise(stats: list[dict], users: int, duration: int, url: str) -> dict:
 
 def _failure_examples(stats: list[dict]) -> list[str]:
     return [f"{e['name']}: {e['num_failures']} failures" for e in stats if e.get("num_failures")][:10]
+
+
+def explain(report: dict) -> list[str]:
+    """Data-driven notes on where the time goes when a target is missed."""
+    notes = []
+    stages = report.get("ask_stages") or {}
+    p50 = {k: v.get("p50_ms") or 0 for k, v in stages.items()}
+    if not report["endpoints"]["ask"]["requests"]:
+        notes.append(
+            "No ask completed inside the run window plus Locust's 60 s stop timeout, so the ask rows are empty "
+            "(not failed: Locust drops requests still in flight when it stops users). Asks queue at the single fusion "
+            "replica, whose static @serve.batch decodes up to 8 prompts x max_new_tokens steps before the next batch "
+            "starts; on 2 shared CPUs a batch step takes seconds, so queued asks wait minutes for their first token.")
+    if not report["targets_met"]["ask_ttft_p95_ms"] and p50:
+        before = p50.get("vision_ms", 0) + p50.get("retrieval_ms", 0)
+        waiting = max(p50.get("ttft_ms", 0) - before, 0)
+        notes.append(
+            f"Ask time to first token misses the target: of a median {p50.get('ttft_ms', 0):,.0f} ms, vision + retrieval "
+            f"take {before:,.0f} ms and {waiting:,.0f} ms is spent in the fusion deployment, queued behind the batch "
+            "being decoded and then in prefill. The @serve.batch decode is static (a request that arrives while a batch "
+            "decodes waits for all of it), and one SmolLM2-135M replica on shared CPUs decodes each step for the whole batch.")
+    if not report["targets_met"]["search_p95_ms"]:
+        notes.append("Search p95 misses the target: search shares the CPUs with LLM decoding in the same Ray node; "
+                     "see the per-endpoint table (search has no model call besides one MiniLM embedding).")
+    if report["failures"]:
+        notes.append(f"Failures: {', '.join(report['failure_examples'])}.")
+    load = report.get("machine", {}).get("load_avg_1m_after")
+    if load and report.get("machine", {}).get("cpus") and load > 2 * report["machine"]["cpus"]:
+        notes.append(f"The machine was shared with other jobs during the run (1-minute load average {load} on "
+                     f"{report['machine']['cpus']} CPUs), which inflates every latency here.")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------- overhead
@@ -287,6 +319,13 @@ def render_markdown(r: dict) -> str:
     if r.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in r["notes"]]]
     return "\n".join(lines) + "\n"
+
+
+def rerender(out: Path) -> None:
+    """Recompute the notes and the Markdown from an existing OUT.json (after changing :func:`explain`)."""
+    report = json.loads(out.with_suffix(".json").read_text())
+    report["notes"] = explain(report)
+    write_report(report, out)
 
 
 def write_report(report: dict, out: Path) -> None:
