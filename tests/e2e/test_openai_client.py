@@ -4,7 +4,7 @@ import base64
 
 from openai import OpenAI
 
-from tests.serving.harness import FROG_PNG  # noqa: F401  (registers the shared `prism_app`)
+from tests.serving.harness import FROG_PNG, prism_app_fixture  # noqa: F401  (registers `prism_app`)
 
 
 def _messages() -> list[dict]:

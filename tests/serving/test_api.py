@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from serving.app import CONFIG_PATH, load_config
-from tests.serving.harness import FROG_PNG, png_bytes  # noqa: F401  (registers the shared `prism_app`)
+from tests.serving.harness import FROG_PNG, png_bytes, prism_app_fixture  # noqa: F401  (registers `prism_app`)
 
 
 def _post(app, path, **kwargs) -> httpx.Response:
