@@ -12,6 +12,7 @@ on both sides); the Ray figure is the trainer's own measurement, so Ray start-up
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +72,9 @@ def run_benchmark(config: Path, steps: int, overrides: list[str] | None = None) 
                                                f"train.checkpoint_every={steps}", "train.log_every=1"])
     data = prepare_training_data(cfg)
     threads = cfg.scaling.num_workers * cfg.train.threads_per_worker
+    load_before = os.getloadavg()[0]
     _, bare = bare_train(cfg, data, steps, threads)
+    load_bare = os.getloadavg()[0]  # a shared machine's load changes the comparison: report it per phase
     with tempfile.TemporaryDirectory() as tmp:
         cfg.run.storage_path, cfg.run.name = tmp, "bench-clip"
         started = time.perf_counter()
@@ -89,6 +92,8 @@ def run_benchmark(config: Path, steps: int, overrides: list[str] | None = None) 
         "ray_over_bare": round(ray_rate / bare["images_per_s"], 3) if bare["images_per_s"] else None,
         "ray_wall_seconds": round(ray_wall, 1),
         "bare_loop_seconds": round(bare["seconds"], 1),
+        "load_avg_1m": {"before": round(load_before, 1), "after_bare": round(load_bare, 1), "after_ray": round(os.getloadavg()[0], 1)},
+        "cpu_count": os.cpu_count(),
     }
 
 

@@ -406,8 +406,22 @@ def ensure_ray(cfg: ClipJobConfig) -> bool:
         ray.init(address=address)
     else:
         need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-        ray.init(num_cpus=cfg.ray.num_cpus or max(need, 1), include_dashboard=False, configure_logging=False)
+        start_local_ray(cfg.ray.num_cpus or max(need, 1))
     return True
+
+
+def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
+    """Start a local Ray, retrying when the raylet misses Ray's fixed 30 s start-up window (an overloaded machine)."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 def write_final(result_checkpoint, run_dir: Path, summary: dict) -> Path:

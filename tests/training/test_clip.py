@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ray_app.jobconfig import load_config
 from ray_app.models.image import WEIGHTS_NAME, ImageEncoder
-from training.clip import ClipJobConfig, ImageTower, main
+from training.clip import ClipJobConfig, ImageTower, main, start_local_ray
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "clip" / "smoke.yaml"
 CRASH_AT = 4  # after step-000003 is saved, before step-000006
@@ -29,7 +29,7 @@ def smoke_run(tmp_path_factory):
 
     storage = tmp_path_factory.mktemp("clip-runs")
     overrides = [f"run.storage_path={storage}", "run.name=smoke", f"train.crash_at_step={CRASH_AT}"]
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    start_local_ray(num_cpus=2)
     try:
         summary = main(["--config", str(CONFIG), *overrides])
     finally:
