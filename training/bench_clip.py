@@ -20,7 +20,16 @@ from pathlib import Path
 import typer
 
 from ray_app.jobconfig import load_config
-from training.clip import RATE_WARMUP_STEPS, ClipJobConfig, ImageTower, contrastive_loss, label_loss, learning_rate, prepare_training_data, train
+from training.clip import (
+    RATE_WARMUP_STEPS,
+    ClipJobConfig,
+    ImageTower,
+    contrastive_loss,
+    label_loss,
+    learning_rate,
+    prepare_training_data,
+    train,
+)
 
 WARMUP_STEPS = RATE_WARMUP_STEPS
 

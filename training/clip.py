@@ -154,7 +154,14 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
 
     from ray_app.corpus import photos
     from ray_app.models.text import get_text_embedder
-    from ray_app.vision_data import CATEGORIES, label_vectors, load_stamp_bank, split_stamps, square_photo_rgba, subsample
+    from ray_app.vision_data import (
+        CATEGORIES,
+        label_vectors,
+        load_stamp_bank,
+        split_stamps,
+        square_photo_rgba,
+        subsample,
+    )
 
     size = cfg.data.bank_size or cfg.model.image_size
     train, _ = split_stamps()

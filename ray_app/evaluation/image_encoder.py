@@ -68,7 +68,13 @@ def untrained_encoder(trained_dir: Path, out_dir: Path, seed: int = 0):
     import torch
     from safetensors.torch import save_file
 
-    from ray_app.models.image import CONFIG_NAME, WEIGHTS_NAME, ImageEncoder, ImageEncoderConfig, build_vision_tower
+    from ray_app.models.image import (
+        CONFIG_NAME,
+        WEIGHTS_NAME,
+        ImageEncoder,
+        ImageEncoderConfig,
+        build_vision_tower,
+    )
 
     cfg = ImageEncoderConfig.read(trained_dir)
     torch.manual_seed(seed)
