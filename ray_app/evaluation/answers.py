@@ -176,7 +176,7 @@ def training_cost(checkpoint: Path | None) -> dict:
     m = json.loads(path.read_text())
     return {
         "train_tokens_per_s": round(m.get("train_tokens_per_s", 0.0), 1),
-        "train_wall_s": round(m.get("wall_seconds", 0.0), 1),
+        "train_wall_s": round(m["wall_seconds"], 1) if "wall_seconds" in m else None,
         "train_loop_s": round(m.get("train_seconds", 0.0), 1),
         "train_peak_rss_mib_per_worker": round(m.get("peak_rss_mib_per_worker", 0.0), 1),
         "train_steps": m.get("step"),
@@ -220,7 +220,7 @@ def evaluate(
     for method, checkpoint in methods.items():
         cached = cache_path(cache_dir, method, checkpoint, examples, max_new_tokens) if cache_dir else None
         if cached is not None and cached.exists():
-            out[method] = json.loads(cached.read_text())
+            out[method] = {**json.loads(cached.read_text()), **training_cost(checkpoint)}
             continue
         llm = load_method(method, base, checkpoint)
         answers, seconds, new_tokens = generate_answers(llm, examples, max_new_tokens, batch_size)
@@ -390,6 +390,7 @@ def command(
         results[name] = {"not_evaluated": why, "samples": []}
     results = {name: results[name] for name in names}
     report = build_report(results, examples, test_path, max_new_tokens, methods, n)
+    report["command"] = report["commands"][-1] = eval_command(methods, n, max_new_tokens, results)
     report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + list(note or [])
     write_report(report, out)
     summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}
@@ -417,6 +418,8 @@ def eval_command(methods: str, n: int, max_new_tokens: int, results: dict) -> st
     extra = "".join(
         f" --checkpoint {m}={r['checkpoint']}" for m, r in results.items() if r.get("checkpoint") and not r["checkpoint"].endswith("/final")
     )
+    if any(r.get("not_evaluated") for r in results.values()):
+        extra += " --skip-missing"
     return f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}{extra}"
 
 
