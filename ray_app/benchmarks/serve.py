@@ -181,6 +181,9 @@ def explain(report: dict) -> list[str]:
             f"take {before:,.0f} ms and {waiting:,.0f} ms is spent in the fusion deployment, queued behind the batch "
             "being decoded and then in prefill. The @serve.batch decode is static (a request that arrives while a batch "
             "decodes waits for all of it), and one SmolLM2-135M replica on shared CPUs decodes each step for the whole batch.")
+    if report["endpoints"]["ask"]["requests"]:
+        notes.append("Ask rows: p50/p95/p99 are Locust's time to the response headers (the stream opening); time to "
+                     "first token is the TTFT columns, and the full answer time is total_ms in the stage table.")
     if not report["targets_met"]["search_p95_ms"]:
         notes.append("Search p95 misses the target: search shares the CPUs with LLM decoding in the same Ray node; "
                      "see the per-endpoint table (search has no model call besides one MiniLM embedding).")
