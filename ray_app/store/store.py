@@ -7,7 +7,6 @@ same batch twice changes nothing, and a killed writer leaves no half-written bat
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from ray_app.settings import Settings, get_settings
@@ -290,7 +290,7 @@ def _upsert_documents(conn: psycopg.Connection, documents: list[DocumentRow]) ->
         cols,
         types,
         (
-            (d.id, d.source, d.title, d.url, d.license, d.category, d.content_hash, d.n_chunks, json.dumps(d.metadata))
+            (d.id, d.source, d.title, d.url, d.license, d.category, d.content_hash, d.n_chunks, Jsonb(d.metadata))
             for d in documents
         ),
     )

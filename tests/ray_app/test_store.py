@@ -145,3 +145,15 @@ def test_bad_k_and_empty_query_are_input_errors(store):
 def test_unreachable_database_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="cannot connect"):
         Store(f"postgresql://postgres@/postgres?host={tmp_path}")
+
+
+def test_document_metadata_is_stored_as_a_json_object(store):
+    doc = DocumentRow(id="m1", source="t", title="T", content_hash="h", n_chunks=0,
+                      metadata={"description": "a frog", "tags": [1, 2]})
+    store.write([doc])
+    with store.pool.connection() as conn:
+        kind, description = conn.execute(
+            "SELECT jsonb_typeof(metadata), metadata->>'description' FROM documents WHERE id = 'm1'"
+        ).fetchone()
+    assert (kind, description) == ("object", "a frog")
+    assert store.get_document("m1")["metadata"] == {"description": "a frog", "tags": [1, 2]}
