@@ -71,3 +71,13 @@ def text_embedder():
     from ray_app.models.text import TextEmbedder
 
     return TextEmbedder(backend="onnx")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that share the session's Serve app last.
+
+    That app's Ray cluster lives until the session ends and holds the CPUs its replicas reserved;
+    a Ray Data or Ray Train job started in-process after it would join that cluster and wait
+    for resources forever. Every other Ray test starts and stops its own cluster.
+    """
+    items.sort(key=lambda item: "prism_app" in getattr(item, "fixturenames", ()))
