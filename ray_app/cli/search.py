@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -11,7 +11,7 @@ from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_erro
 from ray_app.retrieval import search_corpus
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     hybrid = "hybrid"
     vector = "vector"
     text = "text"

@@ -1,6 +1,14 @@
 """Postgres + pgvector store: migrations, the embedded server, bulk writes and search."""
 
-from ray_app.store.rows import ChunkRow, DocumentRow, ImageRow, SearchHit, StoreInputError, content_hash, stable_id
+from ray_app.store.rows import (
+    ChunkRow,
+    DocumentRow,
+    ImageRow,
+    SearchHit,
+    StoreInputError,
+    content_hash,
+    stable_id,
+)
 from ray_app.store.store import Filters, Store, StoreError, WriteStats, fuse_rrf, resolve_url
 
 __all__ = [

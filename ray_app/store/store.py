@@ -19,7 +19,15 @@ from psycopg_pool import ConnectionPool
 
 from ray_app.settings import Settings, get_settings
 from ray_app.store.migrations import apply_migrations
-from ray_app.store.rows import ChunkRow, DocumentRow, ImageRow, SearchHit, StoreInputError, check_vector, validate_rows
+from ray_app.store.rows import (
+    ChunkRow,
+    DocumentRow,
+    ImageRow,
+    SearchHit,
+    StoreInputError,
+    check_vector,
+    validate_rows,
+)
 
 log = logging.getLogger(__name__)
 
