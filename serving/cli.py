@@ -87,13 +87,13 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
         ray.shutdown()
 
 
-def start_ray(num_cpus: int, attempts: int = 3) -> None:
+def start_ray(num_cpus: int, attempts: int = 3, **init_kwargs) -> None:
     """A private local Ray without a dashboard; retried, since a loaded machine can miss the start deadline."""
     import ray
 
     for attempt in range(attempts):
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve", **init_kwargs)
             return
         except Exception:
             ray.shutdown()

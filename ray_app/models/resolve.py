@@ -17,20 +17,23 @@ def package_dir(package: str) -> Path | None:
 
 
 def resolve_hf_folder(name: str, setting: str) -> Path:
-    """Return a local folder for ``name``: an existing path, or a Hugging Face id in the local cache.
+    """Return a local folder for ``name``: an existing path, or a Hugging Face id already in the local cache.
+
+    The cache is read from disk (``models--ORG--NAME/snapshots/*``); nothing contacts a hub.
 
     Raises:
-        ModelNotAvailable: the path does not exist and the id is not cached (hub access is off).
+        ModelNotAvailable: the path does not exist and the id is not cached.
     """
     path = Path(name).expanduser()
     if path.exists():
         return path
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
 
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:
-        raise ModelNotAvailable(
-            f"model {name!r} is neither a local folder nor in the Hugging Face cache (hub access is off); "
-            f"point {setting} at a local folder"
-        ) from exc
+    snapshots = Path(HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "snapshots"
+    cached = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime) if snapshots.exists() else []
+    if cached:
+        return cached[-1].parent
+    raise ModelNotAvailable(
+        f"model {name!r} is neither a local folder nor in the local Hugging Face cache; "
+        f"point {setting} at a local folder"
+    )

@@ -23,6 +23,8 @@ import numpy as np
 import psycopg
 import pytest
 
+from serving.cli import start_ray
+
 REPO = Path(__file__).resolve().parents[2]
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 FROG_PNG = STAMPS / "animals" / "amphibians" / "frog.png"
@@ -128,21 +130,6 @@ def write_corpus(store, embedder, encoder) -> dict:
     return {"images": image_ids, "frog_doc": article_id("Frog")}
 
 
-def start_ray(attempts: int = 3) -> None:
-    """``ray.init`` for the tests, retried: on a loaded shared machine the raylet can miss its start deadline."""
-    import ray
-
-    for attempt in range(attempts):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, namespace="serve", log_to_driver=False)
-            return
-        except Exception:
-            ray.shutdown()
-            if attempt == attempts - 1:
-                raise
-            time.sleep(5)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,7 +189,7 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24):
         # The test machine is shared: don't let Ray's node-wide memory monitor kill our replicas
         # because other processes use memory (the kernel's OOM killer still applies).
         os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-        start_ray()
+        start_ray(2, log_to_driver=False)
         port = free_port()
         deploy_config(load_config(host="127.0.0.1", port=port))
         base = f"http://127.0.0.1:{port}"
