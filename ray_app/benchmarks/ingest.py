@@ -7,6 +7,12 @@ fresh database with the pipeline, then on the same machine and texts: a bare sin
 embedding loop (same backend and threads) and a bare binary COPY of the same chunk rows into a
 plain table. Ratios are pipeline / bare. Then HNSW build seconds, recall@10 of HNSW search against
 exact search for the held-out queries, and single-query p50/p95 search latency.
+
+A 1M-document run takes hours on 2 cores, so ``--resume`` makes it survivable: the corpus and the
+database are kept in ``--workdir`` and reused, a killed run picks up where the store stands (the
+ingest skips complete documents), and a heartbeat in ``<workdir>/progress.jsonl`` records, every
+30 s, how many documents the store holds. The pipeline rates of a resumed run are computed over the
+summed active seconds of all its segments (from each segment's start to its last heartbeat or end).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +43,88 @@ def report_name(docs: int) -> str:
     return f"ingest-{docs}"
 
 
-def fresh_database(base_url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``base_url``; return its URL."""
+def fresh_database(base_url: str, name: str, keep: bool = False) -> str:
+    """Drop and create database ``name`` on the server of ``base_url`` (``keep``: reuse it if it exists)."""
     from urllib.parse import urlsplit, urlunsplit
 
     import psycopg
 
     with psycopg.connect(base_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not (keep and exists):
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
     return urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
+
+
+def synthetic_corpus(workdir: Path, docs: int, seed: int, resume: bool) -> dict:
+    """Build the synthetic shards, or with ``resume`` reuse the ones a previous run left complete."""
+    from ray_app.corpus.build import build_corpus
+
+    marker = workdir / "corpus.json"
+    if resume and marker.exists():
+        build = json.loads(marker.read_text())
+        if build.get("documents") == docs and build.get("seed") == seed:
+            return {**build, "seconds": 0.0, "reused": True}
+    build = build_corpus("synthetic", workdir / "corpus", docs=docs, seed=seed)
+    marker.write_text(json.dumps({**build, "out": str(build["out"]), "seed": seed}))
+    return build
+
+
+class Heartbeat:
+    """Appends ``{"segment", "t", "documents"}`` to ``progress.jsonl`` every ``every`` seconds.
+
+    A killed run leaves its last heartbeat behind, so the next run can count the seconds it worked.
+    """
+
+    def __init__(self, path: Path, url: str, every: float = 30.0):
+        self.path, self.url, self.every = path, url, every
+        self.segment = uuid.uuid4().hex[:8]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def beat(self, event: str = "beat") -> None:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        entry = {"segment": self.segment, "event": event, "t": time.time(), "documents": documents,
+                 "load_average": round(os.getloadavg()[0], 2)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.beat()
+            except Exception:  # a missed beat only shortens the counted time
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self.beat("start")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.beat("end")
+
+
+def segments(progress: Path) -> list[dict]:
+    """Per segment of a resumed run: start/end time, documents in the store at both, load average."""
+    by_segment: dict[str, list[dict]] = {}
+    for line in progress.read_text().splitlines() if progress.exists() else []:
+        entry = json.loads(line)
+        by_segment.setdefault(entry["segment"], []).append(entry)
+    out = []
+    for name, beats in by_segment.items():
+        first, last = beats[0], beats[-1]
+        out.append({"segment": name, "started": first["t"], "seconds": round(last["t"] - first["t"], 1),
+                    "documents_before": first["documents"], "documents_after": last["documents"],
+                    "completed": last["event"] == "end",
+                    "mean_load_average": round(float(np.mean([b["load_average"] for b in beats])), 2)})
+    return sorted(out, key=lambda s: s["started"])
 
 
 def sample_chunk_texts(store, limit: int) -> list[str]:
@@ -134,6 +214,14 @@ def search_quality(store, queries: np.ndarray, k: int = 10) -> dict:
     }
 
 
+def runs_chunks(url: str) -> int:
+    """Chunks in the store: a resumed run's total, which no single segment's counters hold."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+
 def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
     """Embeddings of the first chunk of ``n`` synthetic documents after the N ingested ones."""
     from ray_app.chunking import Chunker
@@ -148,26 +236,40 @@ def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
 
 
 def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sample: int = 20_000,
-                  threads: int | None = None, backend: str | None = None, queries: int = HELD_OUT) -> dict:
+                  threads: int | None = None, backend: str | None = None, queries: int = HELD_OUT,
+                  resume: bool = False) -> dict:
     """Build, ingest and measure; returns the report dict (see module docstring)."""
-    from ray_app.corpus.build import build_corpus
     from ray_app.ingest import run_ingest
     from ray_app.store import Store, resolve_url
 
     started = time.perf_counter()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="prism-bench-"))
-    build = build_corpus("synthetic", workdir / "corpus", docs=docs, seed=seed)
-    url = fresh_database(resolve_url(), "prism_bench_ingest")
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress = workdir / "progress.jsonl"
+    if not resume:
+        progress.unlink(missing_ok=True)
+    build = synthetic_corpus(workdir, docs, seed, resume)
+    url = fresh_database(resolve_url(), "prism_bench_ingest", keep=resume)
     threads = threads or os.cpu_count() or 1
-    pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
-                          rebuild_index=True, batch_docs=256)
+    with Store(url):  # applies the migrations, so the heartbeat can count documents
+        pass
+    with Heartbeat(progress, url):
+        pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
+                              rebuild_index=True, batch_docs=256)
+    runs = segments(progress)
+    segment_chunks = pipeline["chunks"]  # written by this process: what its write busy time covers
+    if len(runs) > 1:  # resumed: rates over every segment's working seconds, not just the last one
+        active = sum(s["seconds"] for s in runs) - pipeline["index_build_s"]
+        pipeline["docs_per_s"] = round(pipeline["documents"] / active, 2)
+        pipeline["chunks"] = runs_chunks(url)
+        pipeline["embed_per_s"] = round(pipeline["chunks"] / active, 2)
     with Store(url) as store:
         texts = sample_chunk_texts(store, bare_sample)
         bare_embed_per_s = bare_embed(texts, backend, threads)
         bare_copy_per_s, copied = bare_copy(store, bare_sample)
         quality = search_quality(store, held_out_queries(docs, seed, queries))
     write_s = pipeline["stage_busy_s"]["write"]
-    pipeline_copy_per_s = pipeline["chunks"] / write_s if write_s else 0.0
+    pipeline_copy_per_s = segment_chunks / write_s if write_s else 0.0
     result = {
         "documents": pipeline["documents"],
         "chunks": pipeline["chunks"],
@@ -190,6 +292,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_count": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "segments": runs,
     }
     result["targets"] = TARGETS
     result["met"] = {
@@ -229,6 +332,14 @@ def render_markdown(r: dict, command: str) -> str:
         f"embed {busy['embed']:.1f}, Store.write {busy['write']:.1f}; pipeline wall time (load) "
         f"{r['load_seconds']:.1f} s.",
     ]
+    runs = r.get("segments", [])
+    if len(runs) > 1:
+        lines += ["", f"The run was killed and resumed: {len(runs)} segments. Pipeline rates are over their summed "
+                  "working seconds (start to last heartbeat); stage busy times are the last segment's.", "",
+                  "| segment | seconds | documents before → after | completed | mean load average |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s['segment']} | {s['seconds']:.0f} | {s['documents_before']:,} → {s['documents_after']:,} | "
+                  f"{'yes' if s['completed'] else 'killed'} | {s['mean_load_average']} |" for s in runs]
     missed = [k for k, ok in r["met"].items() if not ok]
     lines += ["", "Targets missed: " + (", ".join(missed) if missed else "none") + "."]
     if "embed_ratio" in r["met"] and not r["met"]["embed_ratio"]:
@@ -269,7 +380,10 @@ def command(
     threads: int | None = typer.Option(None, "--threads", min=1, help="Embedding threads (pipeline and bare)."),
     bare_sample: int = typer.Option(20_000, "--bare-sample", min=100, help="Texts/rows for the bare baselines."),
     queries: int = typer.Option(HELD_OUT, "--queries", min=10, max=2000, help="Held-out queries for recall/latency."),
-    workdir: Path | None = typer.Option(None, "--workdir", help="Where the corpus shards go (default: a temp dir)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Where the corpus shards go (default: a temp dir; "
+                                        "with --resume: $PRISM_HOME/bench/ingest-<N>)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep and reuse the corpus and database of an earlier, "
+                                "killed run in --workdir and continue it (for multi-hour runs)."),
     out: Path = typer.Option(Path("docs/reports"), "--out", help="Where ingest-<N>.{json,md} are written."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
     json_out: bool = JSON_OPTION,
@@ -278,8 +392,13 @@ def command(
     from ray_app.cli.ingest import stdout_to_stderr
 
     with stdout_to_stderr(json_out):
-        result = run_benchmark(docs, seed, workdir, bare_sample, threads, queries=queries)
-    command_line = f"prism bench ingest --docs {docs} --bare-sample {bare_sample} --queries {queries} --json"
+        if resume and workdir is None:
+            from ray_app.settings import get_settings
+
+            workdir = get_settings().home / "bench" / report_name(docs)
+        result = run_benchmark(docs, seed, workdir, bare_sample, threads, queries=queries, resume=resume)
+    command_line = (f"prism bench ingest --docs {docs} --bare-sample {bare_sample} --queries {queries}"
+                    + (" --resume" if resume else "") + " --json")
     if write:
         out.mkdir(parents=True, exist_ok=True)
         name = report_name(docs)
