@@ -2,9 +2,14 @@
 
 Validation happens before any decoder runs on the pixels: a byte limit, a format allow-list by
 magic bytes (PNG, JPEG, GIF, WebP), a pixel limit read from the header (decompression bombs),
-and a full decode that rejects truncated files. Labels are zero-shot: the image-encoder vector
-against MiniLM vectors of a label vocabulary (the encoder config's ``labels`` plus the corpus's
-document titles), since the image tower was aligned to MiniLM's text space. Used by the Serve
+and a full decode that rejects truncated files. Labels come from two places, each marked by
+``source``: ``same_image`` labels are the title and category of stored images with the same file
+bytes (sha256; score 1.0), and ``zero_shot`` labels score the image-encoder vector against MiniLM
+vectors of a label vocabulary (the encoder config's ``labels`` plus the corpus's document
+titles), since the image tower was aligned to MiniLM's text space. An exact stored copy with a
+caption ranks first. Embedding neighbours are not used for labels: the small image tower maps
+plain glyph stamps (letters, digits, notes) to nearly one vector (cosine 1.0 between a lower-case
+"l" and a euro sign), so vector similarity is no evidence of the same subject. Used by the Serve
 ``vision`` deployment and by ``prism ask --image``.
 """
 
@@ -143,8 +148,25 @@ class LabelIndex:
         probs = np.exp((sims - sims.max()) / temperature)
         probs /= probs.sum()
         order = np.argsort(-sims)[:k]
-        return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "cosine": round(float(sims[i]), 4)}
-                for i in order]
+        return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "cosine": round(float(sims[i]), 4),
+                 "source": "zero_shot"} for i in order]
+
+
+def same_image_labels(copies) -> list[dict]:
+    """Title and category of each stored copy of the upload, case-insensitively unique."""
+    labels: dict[str, dict] = {}
+    for hit in copies:
+        for text in (hit.title, hit.category):
+            text = " ".join(str(text or "").split())
+            if text:
+                labels.setdefault(text.lower(), {"label": text, "score": 1.0, "cosine": None, "source": "same_image"})
+    return list(labels.values())
+
+
+def merge_labels(first: list[dict], then: list[dict], k: int) -> list[dict]:
+    """``first`` then the labels of ``then`` not already present, ``k`` in all."""
+    seen = {x["label"].lower() for x in first}
+    return (first + [x for x in then if x["label"].lower() not in seen])[:k]
 
 
 def corpus_titles(store, limit: int = MAX_TITLE_LABELS) -> list[str]:
@@ -186,8 +208,10 @@ class VisionAnalyzer:
         if self.encoder is not None:
             vector = self.encoder.embed([image])[0]
             result.embedding = vector.tolist()
-            result.labels = self.labels.top(vector, k_labels)
-            result.similar_images = [_similar(h) for h in self.store.search_vector(vector, k_similar, "image")]
+            hits = self.store.search_vector(vector, k_similar, "image")
+            result.similar_images = [_similar(h) for h in hits]
+            copies = self.store.images_with_sha256(result.image_sha256)
+            result.labels = merge_labels(same_image_labels(copies), self.labels.top(vector, k_labels), k_labels)
         else:
             result.notes.append("no image encoder trained yet: labels and similar images are off")
         if ocr:

@@ -63,6 +63,7 @@ class Label(BaseModel):
     label: str
     score: float
     cosine: float | None = None
+    source: str | None = Field(None, description="'same_image' (title/category of a stored exact copy) or 'zero_shot'.")
 
 
 class SimilarImage(BaseModel):

@@ -46,13 +46,16 @@ def start_embedded(pg_dir: Path) -> str:
     if url is not None:
         return url
     pg_dir.mkdir(parents=True, exist_ok=True)
-    # pgserver as root runs PostgreSQL as the 'pgserver' user, which must reach the data folder.
-    for parent in [pg_dir, *pg_dir.parents]:
+    # pgserver as root runs PostgreSQL as the 'pgserver' user, which must reach the data folder
+    # through its parents; the data folder itself must stay u=rwx only, or PostgreSQL refuses it.
+    for parent in pg_dir.parents:
         if parent == Path("/"):
             break
         mode = parent.stat().st_mode
         if mode & 0o001 == 0:
             parent.chmod(mode | 0o011)
+    if (pg_dir / "PG_VERSION").exists() and pg_dir.stat().st_mode & 0o077:
+        pg_dir.chmod(0o700)
     import pgserver
 
     try:
@@ -76,6 +79,11 @@ def stop_embedded(pg_dir: Path) -> bool:
     except subprocess.CalledProcessError as exc:
         raise EmbeddedDatabaseError(f"pg_ctl stop failed for {pg_dir}: {exc}") from exc
     (pg_dir / ".handle_pids.json").unlink(missing_ok=True)
+    # pgserver caches one handle per data folder; a stale one would make the next start a no-op.
+    from pgserver.postgres_server import PostgresServer
+
+    for key in [k for k in PostgresServer._instances if Path(k).resolve() == pg_dir.resolve()]:
+        del PostgresServer._instances[key]
     return True
 
 

@@ -208,6 +208,17 @@ class Store:
             rows = conn.execute(sql, [query, *params, query, k]).fetchall()
         return [SearchHit(kind, r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], r[7]) for r in rows]
 
+    def images_with_sha256(self, sha256: str, k: int = 5) -> list[SearchHit]:
+        """Stored images whose file bytes hash to ``sha256`` (exact copies), score 1.0."""
+        _check_k(k)
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT x.id, x.doc_id, d.title, x.caption, d.source, d.category, x.path FROM images x"
+                " LEFT JOIN documents d ON d.id = x.doc_id WHERE x.sha256 = %s ORDER BY x.id LIMIT %s",
+                (sha256, k),
+            ).fetchall()
+        return [SearchHit("image", r[0], r[1], r[2], r[3], 1.0, r[4], r[5], r[6]) for r in rows]
+
     def search_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[SearchHit]:
         """Full-text search over chunks: any query word may match, ranked by ``ts_rank_cd``."""
         _check_k(k)

@@ -69,6 +69,9 @@ def test_embedded_up_status_down(tmp_path, monkeypatch):
         assert json.loads(down.stdout)["message"] == "stopped"
         after = runner.invoke(app, ["db", "status", "--json"])
         assert after.exit_code == 2 and "prism db up" in after.stderr
+        again = runner.invoke(app, ["db", "up", "--json"])  # a restart reuses the data folder
+        assert again.exit_code == 0, again.stderr
+        assert json.loads(runner.invoke(app, ["db", "status", "--json"]).stdout)["documents"] == 0
     finally:
         runner.invoke(app, ["db", "down"])
         reset_settings()

@@ -7,7 +7,7 @@ from PIL import Image
 
 from ray_app.settings import Settings
 from ray_app.vision import ImageRejected, LabelIndex, VisionAnalyzer, load_image, sniff_format
-from tests.serving.harness import FROG_PNG, build_random_encoder, png_bytes, write_corpus
+from tests.serving.harness import FROG_PNG, STAMP_IMAGES, build_random_encoder, png_bytes, write_corpus
 
 
 def _rejected(data: bytes, settings: Settings | None = None) -> ImageRejected:
@@ -57,6 +57,13 @@ def test_analyzer_on_a_random_encoder(store, text_embedder, tmp_path):
     assert result.similar_images[0]["id"] == ids["images"]["frog"]
     assert result.similar_images[0]["score"] > 0.999
     assert len(result.labels) == 5 and (result.width, result.height) == (200, 136)
+    # The upload is byte-for-byte a stored stamp: its title and category lead, zero-shot labels follow.
+    assert [(x["label"], x["source"]) for x in result.labels[:2]] == [("frog", "same_image"), ("animals", "same_image")]
+    assert {x["source"] for x in result.labels[2:]} == {"zero_shot"}
+    buf = io.BytesIO()
+    Image.open(STAMP_IMAGES["tiger"]).convert("RGB").save(buf, format="JPEG")  # re-encoded: not a stored copy
+    tiger = analyzer.analyze(buf.getvalue())
+    assert {x["source"] for x in tiger.labels} == {"zero_shot"}
     assert analyzer.encoder_version.split("/")[-1].startswith("enc@")
     with pytest.raises(ImageRejected):
         analyzer.analyze(b"not an image")

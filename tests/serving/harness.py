@@ -11,6 +11,7 @@ labels carry no meaning and tests assert only what a random encoder can honestly
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -120,12 +121,14 @@ def write_corpus(store, embedder, encoder) -> dict:
     for name, path in STAMP_IMAGES.items():
         caption = (path.with_suffix(".txt").read_text().splitlines() or [name])[0].strip()
         doc_id = stable_id("test-stamps", name)
-        docs.append(DocumentRow(doc_id, "stamps", name.replace("_", " "), content_hash(caption), 0, category="stamps"))
+        category = path.relative_to(STAMPS).parts[0]  # as the stamps source sets it
+        docs.append(DocumentRow(doc_id, "stamps", name.replace("_", " "), content_hash(caption), 0, category=category))
         with Image.open(path) as im:
             vector = encoder.embed([im])[0]
             width, height = im.size
         image_ids[name] = stable_id("test-stamps", "image", name)
-        images.append(ImageRow(image_ids[name], doc_id, caption, str(path), vector, width=width, height=height))
+        images.append(ImageRow(image_ids[name], doc_id, caption, str(path), vector,
+                               sha256=hashlib.sha256(path.read_bytes()).hexdigest(), width=width, height=height))
     store.write(docs, chunks, images)
     return {"images": image_ids, "frog_doc": article_id("Frog")}
 
