@@ -31,6 +31,7 @@ import pyarrow as pa
 from ray.data import ActorPoolStrategy, Datasink
 
 from ray_app.chunking import ChunkConfig
+from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_DIM, get_settings
 
 log = logging.getLogger(__name__)
@@ -422,32 +423,6 @@ def ingest_inline(records: list[dict], database_url: str | None = None, chunk: C
     return dict(sink.totals)
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Join ``address`` (or RAY_ADDRESS under ``ray job submit``) or start a local Ray.
-
-    Returns:
-        True when this call started Ray (the caller shuts it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=True)
-        return True
-    for attempt in range(3):
-        try:
-            # "local": never attach to some other cluster found on this machine.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True)
-            return True
-        except Exception as exc:  # Ray gives a raylet 30 s to register; a busy machine can miss that
-            if "timed out during startup" not in str(exc) or attempt == 2:
-                raise
-            log.warning("local Ray did not start in time (attempt %d); retrying", attempt + 1)
-            ray.shutdown()
-    return True
-
-
 def _resolve(config: IngestConfig) -> tuple[str, str, str | None]:
     from ray_app.models.image import CONFIG_NAME, WEIGHTS_NAME
     from ray_app.models.image_default import default_image_encoder_dir
@@ -548,7 +523,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
         rebuild = config.rebuild_index if config.rebuild_index is not None else n_input >= before["documents"]
         if rebuild:
             _drop_indexes(url)
-    owns_ray = init_ray(config.address, config.num_cpus)
+    owns_ray = init_ray(config.address, config.num_cpus, log_to_driver=True)
     try:
         sink = PgvectorDatasink(home, url)
         build_dataset(config, url, home, encoder, has_images).write_datasink(sink, ray_remote_args={"num_cpus": 0.25})

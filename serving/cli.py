@@ -24,6 +24,7 @@ import httpx
 import typer
 
 from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
+from ray_app.raystart import init_ray
 from ray_app.settings import get_settings
 
 app = typer.Typer(help="Run the Ray Serve application (HTTP API + web page).", no_args_is_help=True)
@@ -87,19 +88,9 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
         ray.shutdown()
 
 
-def start_ray(num_cpus: int, attempts: int = 3, **init_kwargs) -> None:
-    """A private local Ray without a dashboard; retried, since a loaded machine can miss the start deadline."""
-    import ray
-
-    for attempt in range(attempts):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="serve", **init_kwargs)
-            return
-        except Exception:
-            ray.shutdown()
-            if attempt == attempts - 1:
-                raise
-            time.sleep(5)
+def start_ray(num_cpus: int, **init_kwargs) -> None:
+    """A private local Ray (never a cluster from RAY_ADDRESS) in the "serve" namespace."""
+    init_ray(num_cpus=num_cpus, join=False, namespace="serve", **init_kwargs)
 
 
 def _database_url() -> str:

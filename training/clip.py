@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 
 from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
+from ray_app.raystart import init_ray
 
 RATE_WARMUP_STEPS = 3
 
@@ -404,31 +405,8 @@ def run_dir_for(cfg: ClipJobConfig) -> Path:
 
 def ensure_ray(cfg: ClipJobConfig) -> bool:
     """Connect to (or start) Ray; returns True when this call started it (so it should shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
-    if address:
-        ray.init(address=address)
-    else:
-        need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-        start_local_ray(cfg.ray.num_cpus or max(need, 1))
-    return True
-
-
-def start_local_ray(num_cpus: int, attempts: int = 3) -> None:
-    """Start a local Ray, retrying when the raylet misses Ray's fixed 30 s start-up window (an overloaded machine)."""
-    import ray
-
-    for attempt in range(attempts):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this timeout
-            ray.shutdown()
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
+    need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    return init_ray(cfg.ray.address, cfg.ray.num_cpus or max(need, 1), configure_logging=False)
 
 
 def write_final(result_checkpoint, run_dir: Path, summary: dict) -> Path:

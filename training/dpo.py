@@ -34,13 +34,13 @@ from training.sft import (
     TrainConfig,
     all_reduce,
     init_deepspeed,
-    init_ray,
     micro_batch_indices,
     peak_rss_mib,
     read_jsonl,
     report,
     resolve_repo_path,
     run_dir_of,
+    start_ray,
     unwrap,
 )
 
@@ -290,7 +290,7 @@ def run(cfg: DPOConfig) -> dict:
     if resume_from is not None and resume_from.name == "final":
         metrics = run_dir / "metrics.json"
         return {**(json.loads(metrics.read_text()) if metrics.exists() else {}), "already_finished": True}
-    init_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    start_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
+from ray_app.raystart import init_ray
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,26 +151,11 @@ def check_qlora_supported() -> None:
         raise JobConfigError("method=qlora needs bitsandbytes: pip install bitsandbytes (or use method=lora)")
 
 
-def init_ray(num_cpus: int) -> None:
-    """Connect to the cluster in RAY_ADDRESS (``ray job submit``) or start a small local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        # Ray starts workers at nice 15; a local training job should not yield to every other process.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        for attempt in range(3):
-            try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-                return
-            except Exception as exc:  # Ray gives its raylet 30 s to register; a busy machine can miss that
-                if "timed out during startup" not in str(exc) or attempt == 2:
-                    raise
-                ray.shutdown()
-                time.sleep(5)
+def start_ray(num_cpus: int) -> None:
+    """Join the cluster in RAY_ADDRESS (``ray job submit``) or start a small local one."""
+    # Ray starts workers at nice 15; a local training job should not yield to every other process.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    init_ray(num_cpus=num_cpus, log_to_driver=True)
 
 
 def peak_rss_mib() -> float:
@@ -437,7 +423,7 @@ def run(cfg: SFTConfig) -> dict:
     from ray_app.lm_checkpoints import resolve_model_folder
 
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
-    init_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    start_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},

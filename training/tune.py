@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ray_app.jobconfig import load_config
-from training.sft import SFTConfig, init_ray, micro_batch_indices, read_jsonl, run_dir_of
+from training.sft import SFTConfig, micro_batch_indices, read_jsonl, run_dir_of, start_ray
 
 
 def split_eval(records: list[dict], eval_fraction: float = 0.2) -> tuple[list[dict], list[dict]]:
@@ -104,7 +104,7 @@ def sweep(
     train, held_out = split_eval(records)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
     run_dir = run_dir_of(cfg.output)
-    init_ray(num_cpus)
+    start_ray(num_cpus)
     space = {
         "config": cfg.model_dump(mode="json"),
         "train": train,

@@ -73,7 +73,7 @@ def tiny_encoder(tmp_path_factory) -> Path:
 def local_ray():
     import ray
 
-    from ray_app.ingest import init_ray
+    from ray_app.raystart import init_ray
 
     init_ray(None, num_cpus=2)
     yield

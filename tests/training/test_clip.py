@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from ray_app.jobconfig import load_config
 from ray_app.models.image import WEIGHTS_NAME, ImageEncoder
-from training.clip import ClipJobConfig, ImageTower, main, start_local_ray
+from ray_app.raystart import init_ray
+from training.clip import ClipJobConfig, ImageTower, main
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "clip" / "smoke.yaml"
 CRASH_AT = 4  # after step-000003 is saved, before step-000006
@@ -29,7 +30,7 @@ def smoke_run(tmp_path_factory):
 
     storage = tmp_path_factory.mktemp("clip-runs")
     overrides = [f"run.storage_path={storage}", "run.name=smoke", f"train.crash_at_step={CRASH_AT}"]
-    start_local_ray(num_cpus=2)
+    init_ray(num_cpus=2, configure_logging=False)
     try:
         summary = main(["--config", str(CONFIG), *overrides])
     finally:
