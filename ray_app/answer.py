@@ -25,7 +25,7 @@ from pathlib import Path
 from ray_app.audit import AuditEntry, append_record, audit_answer, canonical_json, sha256_hex
 from ray_app.prompting import NOT_IN_SOURCES, Passage, build_messages
 from ray_app.settings import Settings, get_settings
-from ray_app.store import SearchHit, Store, fuse_rrf
+from ray_app.store import SearchHit, Store
 
 NEAR_DUPLICATE = 0.9  # a stored image this similar is taken to show the same thing
 MAX_K = 20
@@ -126,7 +126,7 @@ def retrieve_passages(
     vector_hits = store.search_vector(vector, depth, "chunk")
     text_hits = store.search_text(query, depth)
     cosine = {h.id: h.score for h in vector_hits}
-    fused = fuse_rrf([vector_hits, text_hits], k * 2, store.settings.rrf_k)
+    fused = store.fuse_hybrid(vector_hits, text_hits, k * 2)
     best = max(cosine.values(), default=0.0)
     # Absolute floor (is it on topic at all?) plus a margin below the best match, so that a
     # clearly better passage is not diluted by loosely related ones in a small model's context.

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     maintenance_work_mem: str = Field(default="1GB", description="`maintenance_work_mem` for index builds.")
     max_parallel_maintenance_workers: int = Field(default=2, ge=0, le=64)
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
+    rrf_text_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Weight of the full-text ranking in hybrid search (the vector ranking weighs 1); chosen on "
+                    "the dev half of the wiki retrieval evaluation (docs/reports/retrieval.md).")
 
     # Limits
     max_text_chars: int = Field(default=1_000_000, description="Documents longer than this are skipped at ingest.")

@@ -238,12 +238,18 @@ class Store:
     def search_hybrid(
         self, text: str, embedding, k: int = 10, filters: Filters | None = None, depth: int | None = None
     ) -> list[SearchHit]:
-        """Reciprocal-rank fusion of vector and full-text results: score = sum of 1 / (rrf_k + rank)."""
+        """Weighted reciprocal-rank fusion of vector and full-text results (:meth:`fuse_hybrid`)."""
         _check_k(k)
         depth = depth or max(4 * k, 40)
         vector_hits = self.search_vector(embedding, depth, "chunk", filters)
         text_hits = self.search_text(text, depth, filters) if (text or "").strip() else []
-        return fuse_rrf([vector_hits, text_hits], k, self.settings.rrf_k)
+        return self.fuse_hybrid(vector_hits, text_hits, k)
+
+    def fuse_hybrid(self, vector_hits: Sequence[SearchHit], text_hits: Sequence[SearchHit], k: int,
+                    text_weight: float | None = None) -> list[SearchHit]:
+        """score = 1 / (rrf_k + vector rank) + ``rrf_text_weight`` / (rrf_k + text rank)."""
+        weight = self.settings.rrf_text_weight if text_weight is None else text_weight
+        return fuse_rrf([vector_hits, text_hits], k, self.settings.rrf_k, weights=(1.0, weight))
 
     def get_document(self, doc_id: str) -> dict | None:
         with self.pool.connection() as conn:
@@ -266,13 +272,14 @@ class Store:
         return None if row is None else dict(zip(keys, row, strict=True))
 
 
-def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60) -> list[SearchHit]:
-    """Merge ranked lists by reciprocal-rank fusion; keeps the first-seen hit per id."""
+def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60,
+             weights: Sequence[float] | None = None) -> list[SearchHit]:
+    """Merge ranked lists by (weighted) reciprocal-rank fusion; keeps the first-seen hit per id."""
     scores: dict[str, float] = {}
     hits: dict[str, SearchHit] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, hit in enumerate(ranking, start=1):
-            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (rrf_k + rank)
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (rrf_k + rank)
             hits.setdefault(hit.id, hit)
     order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
     return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]

@@ -19,6 +19,17 @@ def test_metrics_for_known_ranks():
     assert abs(m["ndcg_at_10"] - (1 + 1 / 1.58496 + 1 / 3.45943) / 4) < 1e-3
 
 
+def test_weighted_rrf():
+    from ray_app.store import SearchHit, fuse_rrf
+
+    def hits(*ids):
+        return [SearchHit("chunk", i, "d", "t", "x", 0.0) for i in ids]
+
+    a, b = hits("x", "y"), hits("y", "z")
+    assert [h.id for h in fuse_rrf([a, b], 3, rrf_k=1)] == ["y", "x", "z"]  # y: 1/3 + 1/2
+    assert [h.id for h in fuse_rrf([a, b], 3, rrf_k=1, weights=(1.0, 0.1))] == ["x", "y", "z"]  # x 1/2 > y 1/3+0.05
+
+
 def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tmp_path):
     records = list(wiki.build_records())[::200]  # 51 articles across the alphabet
     totals = ingest_inline(records, database_url)
@@ -34,9 +45,13 @@ def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tm
         assert 0 <= m["r_at_1"] <= m["r_at_10"] <= 1 and m["mrr"] <= m["ndcg_at_10"] + 1e-9
     assert report["modes"]["vector"]["r_at_10"] >= 0.8
     assert report["modes"]["hybrid"]["r_at_10"] >= report["modes"]["vector"]["r_at_10"]
+    sweep = report["text_weight_sweep"]
+    for half in ("dev", "test"):  # text weight 0 ranks exactly as vector search does
+        assert sweep["halves"][half]["0.0"] == sweep["halves"][half]["vector"]
+    assert sweep["best_on_dev"] in sweep["weights"] and report["hybrid_text_weight"] == 0.5
     saved = json.loads((tmp_path / "retrieval.json").read_text())
     assert saved["modes"] == report["modes"] and saved["command"] == "prism eval retrieval"
-    assert "| hybrid |" in (tmp_path / "retrieval.md").read_text()
+    assert "| hybrid |" in (tmp_path / "retrieval.md").read_text() and "| vector only |" in (tmp_path / "retrieval.md").read_text()
 
 
 def test_eval_retrieval_without_wiki_documents_is_a_one_line_error(database_url, tmp_path):
