@@ -1,9 +1,14 @@
 """`prism serve up --detach` returns once healthy and prints the URL; `status` and `down` work (slow)."""
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -35,3 +40,58 @@ def test_up_detach_status_down(database_url, tmp_path):
     assert json.loads(down.stdout)["stopped"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+@pytest.mark.slow
+def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
+    """`serve deploy serving/config.yaml` (Ray's own CLI) onto a `ray start --head` cluster serves the API."""
+    import yaml
+
+    from serving.app import CONFIG_PATH
+
+    bin_dir = Path(sys.executable).parent
+    http_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
+    config = yaml.safe_load(CONFIG_PATH.read_text())
+    config["http_options"]["port"] = http_port
+    deploy_file = tmp_path / "config.yaml"
+    deploy_file.write_text(yaml.safe_dump(config))
+    # Replicas inherit the raylet's environment: the database and the models of this test session.
+    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()))
+    ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    # --block keeps `ray start` in the foreground; its own process group holds the whole cluster, so the
+    # test stops exactly this cluster (`ray stop` would stop every Ray on the machine).
+    ray_start = [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "2",
+                 "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+                 "--node-ip-address", "127.0.0.1", "--temp-dir", ray_temp]
+    cluster = subprocess.Popen(ray_start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    url, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_for(dashboard + "/api/version", 300)
+        deploy = subprocess.run([str(bin_dir / "serve"), "deploy", str(deploy_file), "-a", dashboard],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stderr[-2000:]
+        _wait_for(url + "/healthz", 600)
+        assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
+        search = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 3}, timeout=120)
+        assert search.status_code == 200 and "results" in search.json()
+        bad = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 0}, timeout=60)
+        assert bad.status_code == 422 and "error" in bad.json()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cluster.pid, signal.SIGTERM)
+            try:
+                cluster.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(cluster.pid, signal.SIGKILL)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def _wait_for(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(3)
+    raise AssertionError(f"{url} did not answer within {timeout_s:.0f} s")
