@@ -160,21 +160,43 @@ def stop_token_ids(tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def encode_left_padded(tokenizer, prompts: list[str]):
+    """Tokenize prompts into one left-padded batch: ``(input_ids, attention_mask, position_ids)``.
+
+    Left padding puts every prompt's last token in the last column, so one decode step appends
+    one column for all rows; positions count real tokens only, so padding does not shift RoPE.
+    """
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    mask = enc["attention_mask"]
+    return enc["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def text_delta(tokenizer, tokens: list[int], shown: str) -> tuple[str, str]:
+    """The text that the newest of ``tokens`` adds to ``shown``, and the text now shown.
+
+    A token that ends inside a multi-byte UTF-8 character decodes to a trailing "\ufffd"; its text
+    is held back (delta ``""``) until a later token completes the character.
+    """
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if text.endswith("\ufffd"):
+        return "", shown
+    return text[len(shown):], text
+
+
 def stream_tokens(llm, prompts: list[str], max_new_tokens: list[int] | int) -> Iterator[list[str | None]]:
     """Greedy decoding of several prompts at once, one shared forward pass per step.
 
     Prompts are left-padded into one batch and decoded with a KV cache. Each step yields one
     item per prompt: the text it added this step (maybe ``""``), or ``None`` once it has
     finished (stop token or its own ``max_new_tokens``). Ends when every prompt has finished.
+    The batch is static; :class:`ray_app.batching.ContinuousBatcher` lets prompts join and
+    leave between steps.
     """
     import torch
 
     tok, model = llm.tokenizer, llm.model
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    input_ids, mask = enc["input_ids"], enc["attention_mask"]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, mask, positions = encode_left_padded(tok, prompts)
     stops, pad = stop_token_ids(tok), tok.pad_token_id
     tokens: list[list[int]] = [[] for _ in prompts]
     texts = [""] * len(prompts)
@@ -192,9 +214,8 @@ def stream_tokens(llm, prompts: list[str], max_new_tokens: list[int] | int) -> I
                 deltas.append(None)
                 continue
             tokens[i].append(tid)
-            text = tok.decode(tokens[i], skip_special_tokens=True)
-            deltas.append(text[len(texts[i]):] if not text.endswith("\ufffd") else "")
-            texts[i] = text if not text.endswith("\ufffd") else texts[i]
+            delta, texts[i] = text_delta(tok, tokens[i], texts[i])
+            deltas.append(delta)
             done[i] = step + 1 >= limits[i]
         yield deltas
         if all(done):

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted image upload.")
     max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
     max_new_tokens: int = Field(default=160, ge=1, le=2048, description="Generation limit for answers.")
+    fusion_max_batch_size: int = Field(
+        default=16, ge=1, le=256, description="Answers the fusion deployment decodes together; more wait for a slot."
+    )
 
     @field_validator("database_url")
     @classmethod

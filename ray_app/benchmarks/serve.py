@@ -170,17 +170,15 @@ def explain(report: dict) -> list[str]:
     if not report["endpoints"]["ask"]["requests"]:
         notes.append(
             "No ask completed inside the run window plus Locust's 60 s stop timeout, so the ask rows are empty "
-            "(not failed: Locust drops requests still in flight when it stops users). Asks queue at the single fusion "
-            "replica, whose static @serve.batch decodes up to 8 prompts x max_new_tokens steps before the next batch "
-            "starts; on 2 shared CPUs a batch step takes seconds, so queued asks wait minutes for their first token.")
+            "(not failed: Locust drops requests still in flight when it stops users). Asks queue at the fusion "
+            "replica for a slot in its continuous batch; see the stage table for where their time went.")
     if not report["targets_met"]["ask_ttft_p95_ms"] and p50:
         before = p50.get("vision_ms", 0) + p50.get("retrieval_ms", 0)
         waiting = max(p50.get("ttft_ms", 0) - before, 0)
         notes.append(
             f"Ask time to first token misses the target: of a median {p50.get('ttft_ms', 0):,.0f} ms, vision + retrieval "
-            f"take {before:,.0f} ms and {waiting:,.0f} ms is spent in the fusion deployment, queued behind the batch "
-            "being decoded and then in prefill. The @serve.batch decode is static (a request that arrives while a batch "
-            "decodes waits for all of it), and one SmolLM2-135M replica on shared CPUs decodes each step for the whole batch.")
+            f"take {before:,.0f} ms and {waiting:,.0f} ms is spent in the fusion deployment: waiting for a slot in the "
+            "continuous batch, then the prefill of the prompt, while the same CPUs decode every running answer.")
     if report["endpoints"]["ask"]["requests"]:
         notes.append("Ask rows: p50/p95/p99 are Locust's time to the response headers (the stream opening); time to "
                      "first token is the TTFT columns, and the full answer time is total_ms in the stage table.")

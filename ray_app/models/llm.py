@@ -104,7 +104,8 @@ def load_llm(name: str | None = None, adapter: str | None = None, settings: Sett
             raise ModelNotAvailable(f"adapter folder {adapter!r} has no adapter_config.json (set PRISM_LLM_ADAPTER)")
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        # Merged into the base weights: the same function, one matmul per projection instead of two.
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return LoadedLLM(model.eval(), tokenizer, name, adapter)
 
 
