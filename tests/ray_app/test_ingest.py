@@ -195,3 +195,23 @@ def test_bench_exact_search_in_blocks_matches_the_full_matrix_and_names_reports(
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     assert (exact_top_k(corpus, queries, 10, block=700) == exact_neighbours(corpus, queries, 10)).all()
     assert [report_name(n) for n in (1_000_000, 20_000, 1234)] == ["ingest-1m", "ingest-20k", "ingest-1234"]
+
+
+def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_path):
+    """A killed segment leaves heartbeats; the next run's report sums both segments' seconds."""
+    import json
+
+    from ray_app.benchmarks.ingest import Heartbeat, segments
+
+    progress = tmp_path / "progress.jsonl"
+    killed = Heartbeat(progress, store.url, every=3600)
+    killed.beat("start")
+    killed.beat()  # ...then SIGKILL: no "end" entry
+    with Heartbeat(progress, store.url, every=3600):
+        pass
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [e["event"] for e in lines] == ["start", "beat", "start", "end"]
+    runs = segments(progress)
+    assert [r["completed"] for r in runs] == [False, True]
+    assert all(r["documents_before"] == r["documents_after"] == 0 and r["seconds"] >= 0 for r in runs)
+    assert segments(tmp_path / "missing.jsonl") == []
