@@ -116,14 +116,23 @@ def demo(
     if not settings.database_url:
         start_embedded(settings.pg_dir)
     before = database_status()
-    steps: dict = {"corpus_built": build_demo_corpus(quiet or json_out)}
-    steps["image_encoder"] = ensure_image_encoder(quiet or json_out)
-    steps["ingest"] = ensure_ingested(before["documents"], quiet or json_out) or "unchanged"
+    timings: dict[str, float] = {"database": round(time.perf_counter() - started, 1)}
+
+    def timed(name: str, step, *args):
+        t0 = time.perf_counter()
+        out = step(*args)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        return out
+
+    steps: dict = {"corpus_built": timed("corpus", build_demo_corpus, quiet or json_out)}
+    steps["image_encoder"] = timed("image_encoder", ensure_image_encoder, quiet or json_out)
+    steps["ingest"] = timed("ingest", ensure_ingested, before["documents"], quiet or json_out) or "unchanged"
     status = database_status()
     result = {"database": status, "steps": steps}
     if serve:
-        result["serve"] = ensure_serving(quiet or json_out)
+        result["serve"] = timed("serve", ensure_serving, quiet or json_out)
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["step_seconds"] = timings
 
     def human(r: dict) -> None:
         s = r["database"]
