@@ -204,8 +204,8 @@ def stream_tokens(llm, prompts: list[str], max_new_tokens: list[int] | int) -> I
     past = None
     for step in range(max(limits)):
         with torch.inference_mode():
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=past, use_cache=True)
+        past = out.cache
         next_ids = out.logits[:, -1, :].argmax(-1)
         deltas: list[str | None] = []
         for i, tid in enumerate(next_ids.tolist()):

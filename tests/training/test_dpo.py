@@ -47,6 +47,17 @@ def test_sequence_logps_sums_only_labelled_tokens():
     assert float(sequence_logps(logits, both)[0]) == pytest.approx(expected + math.log(2 / 3), abs=1e-6)
 
 
+def test_chosen_nll_is_the_mean_per_token_nll_of_the_chosen_half():
+    import torch
+
+    from training.dpo import chosen_nll
+
+    # chosen rows (first half): 2 and 4 answer tokens; rejected rows are ignored
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 1, 2, 3, 4], [-100, 7, 7, 7, 7], [-100, 7, 7, 7, 7]])
+    value = chosen_nll(torch.tensor([-2.0, -8.0]), labels)
+    assert float(value) == pytest.approx((2.0 / 2 + 8.0 / 4) / 2)
+
+
 @pytest.fixture(scope="module")
 def sft_adapter(tmp_path_factory) -> Path:
     """A tiny-Llama 'SFT' LoRA adapter: random non-zero LoRA weights, saved like the SFT job saves them."""
