@@ -65,7 +65,17 @@ def test_aggregate_rates():
     assert m["not_in_sources_accuracy"] == 0.5
     assert m["citation_rate"] == 0.5
     assert m["grounding_rate"] == 1.0  # "BANANA" has no checkable sentence; the other sentence is supported
-    assert m["n_questions"] == 4
+    assert m["n_questions"] == 4 and m["degenerate_rate"] == 0.0
+
+
+def test_repetition_loops_are_flagged():
+    from ray_app.evaluation.answers import is_degenerate, score_answer
+
+    looping = "Paris is the capital of France [1]. " + "[1] " * 20
+    assert is_degenerate(looping) and score_answer(EXAMPLE, looping)["degenerate"]
+    assert is_degenerate("Paris is nice. " * 6)
+    assert not is_degenerate("Paris is the capital and largest city of France, on the Seine [1].")
+    assert not is_degenerate("[1] [1] [1]")  # too short to call a loop
 
 
 def test_pick_questions_covers_every_kind():
