@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     max_parallel_maintenance_workers: int = Field(default=2, ge=0, le=64)
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
     rrf_text_weight: float = Field(
-        default=0.5, ge=0.0, le=1.0,
+        default=0.25, ge=0.0, le=1.0,
         description="Weight of the full-text ranking in hybrid search (the vector ranking weighs 1); chosen on "
                     "the dev half of the wiki retrieval evaluation (docs/reports/retrieval.md).")
 

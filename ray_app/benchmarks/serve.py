@@ -45,6 +45,8 @@ def command(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The Prism app under test."),
     spawn_rate: float = typer.Option(10.0, "--spawn-rate", help="Users started per second."),
     overhead_requests: int = typer.Option(400, "--overhead-requests", min=0, help="Requests per no-op server (0: skip)."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="After the load, time the fusion LLM's prefill "
+                                 "and decode steps in-process on the load mix's prompts (needs the app's database)."),
     out: Path | None = typer.Option(None, "--out", help="Write OUT.json and OUT.md (e.g. docs/reports/serve-100users)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -55,6 +57,8 @@ def command(
     report["app"] = health
     if overhead_requests:
         report["serve_overhead"] = measure_overhead(overhead_requests)
+    if profile:
+        report["fusion_profile"] = fusion_profile()
     report["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
     report["notes"] = explain(report)
     if out is not None:
@@ -179,6 +183,22 @@ def explain(report: dict) -> list[str]:
             f"Ask time to first token misses the target: of a median {p50.get('ttft_ms', 0):,.0f} ms, vision + retrieval "
             f"take {before:,.0f} ms and {waiting:,.0f} ms is spent in the fusion deployment: waiting for a slot in the "
             "continuous batch, then the prefill of the prompt, while the same CPUs decode every running answer.")
+    prof = report.get("fusion_profile")
+    if prof and not report["targets_met"]["ask_ttft_p95_ms"]:
+        offered = report["users"] * 0.4 / 3.0  # 40 % asks, mean think time 3 s, if answers took no time
+        big = max(prof["decode_step_ms_by_batch"], key=int)
+        notes.append(
+            f"Measured cost of one ask in the fusion step (same model, adapter and threads, in-process after the load): "
+            f"a median prompt of {prof['prompt_tokens_p50']} tokens (up to {prof.get('k', 5)} numbered passages) takes "
+            f"{prof['prefill_ms_p50']:,.0f} ms to prefill; a decode step takes "
+            f"{prof['decode_step_ms_by_batch'].get('1', 0):,.0f} ms for one row and {prof['decode_step_ms_by_batch'][big]:,.0f} ms "
+            f"for {big} rows. With {prof['max_new_tokens']} new tokens that is about {prof['cpu_seconds_per_answer']:.2f} s of "
+            f"the machine per answer even at full batch, a capacity of about {prof['answers_per_s_capacity']:.2f} answers/s. "
+            f"{report['users']} users at this mix would ask about {offered:.0f} questions/s if answers were instant, "
+            f"so asks queue for a batch slot and TTFT grows with the queue; continuous batching cuts the wait to one "
+            f"step once a slot is free, but no batching removes a {offered / max(prof['answers_per_s_capacity'], 1e-9):.0f}x "
+            "shortfall of compute. Meeting the 2 s target at 100 users needs that much more LLM compute (more or larger "
+            "fusion replicas on more cores, a GPU, a smaller or quantised model, or shorter prompts).")
     if report["endpoints"]["ask"]["requests"]:
         notes.append("Ask rows: p50/p95/p99 are Locust's time to the response headers (the stream opening); time to "
                      "first token is the TTFT columns, and the full answer time is total_ms in the stage table.")
@@ -272,6 +292,85 @@ def measure_overhead(n: int) -> dict:
     results["overhead_p50_ms"] = round(results["serve"]["p50_ms"] - results["uvicorn"]["p50_ms"], 2)
     results["overhead_p95_ms"] = round(results["serve"]["p95_ms"] - results["uvicorn"]["p95_ms"], 2)
     return results
+
+
+# ------------------------------------------------------------------------------------- fusion cost
+
+
+def load_mix() -> tuple[list[str], int]:
+    """The load mix's text questions and ``max_new_tokens``, read from the locustfile without
+    importing it (importing locust monkey-patches threads with gevent)."""
+    import ast
+
+    values = {}
+    for node in ast.parse(LOCUSTFILE.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id == "QUESTIONS":
+                values["questions"] = ast.literal_eval(node.value)
+            elif node.targets[0].id == "MAX_NEW_TOKENS":  # int(os.environ.get("...", "48"))
+                values["max_new_tokens"] = int(os.environ.get("PRISM_LOAD_MAX_NEW_TOKENS", node.value.args[0].args[1].value))
+    return values["questions"], values["max_new_tokens"]
+
+
+def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
+    """Milliseconds per greedy decode step with ``rows`` copies of ``prompt`` in the batch (stop tokens ignored)."""
+    import torch
+
+    from ray_app.answer import encode_left_padded
+
+    input_ids, mask, positions = encode_left_padded(llm.tokenizer, [prompt] * rows)
+    with torch.inference_mode():
+        out = llm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache, positions = out.cache, positions[:, -1:]
+        started = time.perf_counter()
+        for _ in range(steps):
+            next_ids = out.logits[:, -1, :].argmax(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
+            positions = positions + 1
+            out = llm.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> dict:
+    """What one ask costs the fusion step on this machine, measured in-process after the load.
+
+    The load mix's questions are retrieved against the app's database and rendered into the
+    serving prompt; then: prompt tokens, the prefill of each prompt alone, and the time of one
+    decode step with ``B`` rows of the median prompt, with the replicas' model and adapter
+    (``PRISM_LLM_ADAPTER``) and threads (``PRISM_FUSION_THREADS``, else all CPUs).
+    """
+    import torch
+
+    from ray_app.answer import AskOptions, render_prompt, retrieve_passages, stream_tokens
+    from ray_app.models.llm import load_llm
+    from ray_app.models.text import get_text_embedder
+    from ray_app.retrieval import get_store
+
+    torch.set_num_threads(max(1, int(os.environ.get("PRISM_FUSION_THREADS", os.cpu_count() or 1))))
+    questions, new_tokens = load_mix()
+    llm, store, embedder = load_llm(), get_store(), get_text_embedder()
+    k = AskOptions().k  # what the load's asks use
+    prompts = [render_prompt(llm.tokenizer, q, retrieve_passages(q, None, k, store, embedder).passages, None)
+               for q in questions]
+    tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    typical = prompts[int(np.argsort(tokens)[len(tokens) // 2])]  # the median-length prompt
+    next(stream_tokens(llm, [typical], 2))  # warm-up
+    prefill = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        next(stream_tokens(llm, [prompt], 2))  # the first yield comes right after the prefill pass
+        prefill.append(time.perf_counter() - started)
+    decode = {str(b): round(decode_step_ms(llm, typical, b, steps), 1) for b in batch_sizes}
+    prefill_ms = float(np.median(prefill) * 1000)
+    biggest = str(max(batch_sizes))
+    per_answer_s = (prefill_ms + new_tokens * decode[biggest] / int(biggest)) / 1000
+    return {
+        "k": k, "prompt_tokens_p50": int(np.median(tokens)), "prompt_tokens_max": int(max(tokens)),
+        "prefill_ms_p50": round(prefill_ms, 1), "decode_step_ms_by_batch": decode,
+        "max_new_tokens": new_tokens, "threads": torch.get_num_threads(),
+        "cpu_seconds_per_answer": round(per_answer_s, 2),
+        "answers_per_s_capacity": round(1 / per_answer_s, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -48,7 +48,7 @@ def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tm
     sweep = report["text_weight_sweep"]
     for half in ("dev", "test"):  # text weight 0 ranks exactly as vector search does
         assert sweep["halves"][half]["0.0"] == sweep["halves"][half]["vector"]
-    assert sweep["best_on_dev"] in sweep["weights"] and report["hybrid_text_weight"] == 0.5
+    assert sweep["best_on_dev"] in sweep["weights"] and report["hybrid_text_weight"] == 0.25
     saved = json.loads((tmp_path / "retrieval.json").read_text())
     assert saved["modes"] == report["modes"] and saved["command"] == "prism eval retrieval"
     assert "| hybrid |" in (tmp_path / "retrieval.md").read_text() and "| vector only |" in (tmp_path / "retrieval.md").read_text()
