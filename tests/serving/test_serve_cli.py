@@ -56,7 +56,8 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
     deploy_file = tmp_path / "config.yaml"
     deploy_file.write_text(yaml.safe_dump(config))
     # Replicas inherit the raylet's environment: the database and the models of this test session.
-    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()))
+    # RAY_AUTH_MODE=token (Ray's default for new clusters) also makes the `serve deploy` client send the token.
+    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()), RAY_AUTH_MODE="token")
     ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     # --block keeps `ray start` in the foreground; its own process group holds the whole cluster, so the
     # test stops exactly this cluster (`ray stop` would stop every Ray on the machine).
@@ -67,7 +68,7 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
                                start_new_session=True)
     url, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
     try:
-        _wait_for(dashboard + "/api/version", 300)
+        _wait_for(dashboard + "/api/version", 300, up_if=lambda status: status < 500)  # 401: token auth is on
         deploy = subprocess.run([str(bin_dir / "serve"), "deploy", str(deploy_file), "-a", dashboard],
                                 env=env, capture_output=True, text=True, timeout=300)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
@@ -87,11 +88,11 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
-def _wait_for(url: str, timeout_s: float) -> None:
+def _wait_for(url: str, timeout_s: float, up_if=lambda status: status == 200) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=5).status_code == 200:
+            if up_if(httpx.get(url, timeout=5).status_code):
                 return
         time.sleep(3)
     raise AssertionError(f"{url} did not answer within {timeout_s:.0f} s")
