@@ -67,7 +67,7 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url):
     records = list(wiki.build_records(limit=60))
     write_shards(records, tmp_path / "shards", "wiki", shard_rows=20)
     port, dash = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DATABASE_URL": database_url}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DATABASE_URL": database_url, "RAY_AUTH_MODE": "token"}
     head = start_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dash}",
                        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=1",
                        f"--temp-dir=/tmp/rt{port}"], env, tmp_path / "head.log")
@@ -77,11 +77,14 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url):
         worker = start_node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"],
                             env, tmp_path / "worker.log")
         wait_for_nodes(f"127.0.0.1:{port}", 2, env)
-        runtime_env = {"env_vars": {"DATABASE_URL": database_url, "PRISM_HOME": os.environ["PRISM_HOME"]}}
+        # The working dir is uploaded; local state and build folders stay behind (Ray reads .gitignore,
+        # not .git/info/exclude).
+        runtime_env = {"env_vars": {"DATABASE_URL": database_url, "PRISM_HOME": os.environ["PRISM_HOME"]},
+                       "excludes": [".prism*", ".venv", ".gpu", ".whl", ".git"]}
         job = subprocess.run(
             [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".",
              "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--embed-actors", "2",
+             sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--embed-actors", "2",
              "--threads", "1", "--batch-docs", "8"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
         )
