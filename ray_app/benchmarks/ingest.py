@@ -219,14 +219,6 @@ def search_quality(store, queries: np.ndarray, k: int = 10) -> dict:
     }
 
 
-def runs_chunks(url: str) -> int:
-    """Chunks in the store: a resumed run's total, which no single segment's counters hold."""
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
-
-
 def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
     """Embeddings of the first chunk of ``n`` synthetic documents after the N ingested ones."""
     from ray_app.chunking import Chunker
@@ -266,7 +258,8 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
     if len(runs) > 1:  # resumed: rates over every segment's working seconds, not just the last one
         active = sum(s["seconds"] for s in runs) - pipeline["index_build_s"]
         pipeline["docs_per_s"] = round(pipeline["documents"] / active, 2)
-        pipeline["chunks"] = runs_chunks(url)
+        with Store(url) as store:  # a resumed run's total, which no single segment's counters hold
+            pipeline["chunks"] = store.counts()["chunks"]
         pipeline["embed_per_s"] = round(pipeline["chunks"] / active, 2)
     with Store(url) as store:
         texts = sample_chunk_texts(store, bare_sample)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.harness import free_port
+from tests.serving.harness import free_port, wait_healthy
 
 
 @pytest.mark.slow
@@ -68,11 +68,11 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
                                start_new_session=True)
     url, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
     try:
-        _wait_for(dashboard + "/api/version", 300, up_if=lambda status: status < 500)  # 401: token auth is on
+        _wait_for_dashboard(dashboard, 300)
         deploy = subprocess.run([str(bin_dir / "serve"), "deploy", str(deploy_file), "-a", dashboard],
                                 env=env, capture_output=True, text=True, timeout=300)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
-        _wait_for(url + "/healthz", 600)
+        wait_healthy(url)
         assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
         search = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 3}, timeout=120)
         assert search.status_code == 200 and "results" in search.json()
@@ -88,11 +88,12 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
-def _wait_for(url: str, timeout_s: float, up_if=lambda status: status == 200) -> None:
+def _wait_for_dashboard(url: str, timeout_s: float) -> None:
+    """Until the dashboard answers at all (with token auth on, its first answer is a 401)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if up_if(httpx.get(url, timeout=5).status_code):
-                return
+            httpx.get(url + "/api/version", timeout=5)
+            return
         time.sleep(3)
-    raise AssertionError(f"{url} did not answer within {timeout_s:.0f} s")
+    raise AssertionError(f"the dashboard at {url} did not answer within {timeout_s:.0f} s")
