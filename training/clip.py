@@ -286,8 +286,16 @@ def restore_checkpoint(checkpoint, model, optimizer) -> int:
 
 
 def maybe_crash(step: int, cfg: TrainConfig, marker: Path) -> None:
-    """Testing hook: rank 0 dies (no cleanup, like a lost node) the first time it reaches ``crash_at_step``."""
+    """Testing hook: rank 0 dies (no cleanup, like a lost node) the first time it reaches ``crash_at_step``.
+
+    It first waits until the controller has committed every report made so far: a report still in
+    a worker's queue dies with the worker, and then the restart would not find the checkpoint this
+    hook is meant to test (a race that showed up on a loaded CI machine).
+    """
     if cfg.crash_at_step == step and not marker.exists():
+        import ray.train
+
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(step))
         os._exit(1)
