@@ -449,7 +449,12 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
 
     # Small blocks keep the pipeline streaming: Ray Data otherwise coalesces a whole Parquet file
     # into one block, and nothing is written until every document of that file is embedded.
-    ray.data.DataContext.get_current().target_max_block_size = config.block_bytes
+    context = ray.data.DataContext.get_current()
+    context.target_max_block_size = config.block_bytes
+    # The V2 Parquet reader adds a ListFiles task that always asks for 1 whole CPU: on nodes of
+    # 1 CPU whose actors already hold a fraction each, it never schedules and the job hangs. The
+    # classic reader honours ``num_cpus`` below.
+    context.use_datasource_v2 = False
     ds = ray.data.read_parquet(str(config.input_dir), file_extensions=["parquet"], num_cpus=0.25)
     ds = ds.map_batches(
         PrepareDocuments, fn_constructor_kwargs={"home": home, "database_url": url, "chunk": config.chunk,

@@ -6,6 +6,7 @@ persist across runs in ``.prism-test/`` so only the first run pays for conversio
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def store(database_url: str):
 
     with Store(database_url) as s:
         yield s
+
+
+@pytest.fixture()
+def ray_token_env() -> dict[str, str]:
+    """Environment for a `ray start` cluster with token auth and its own token.
+
+    `ray start` never creates ~/.ray/auth_token (only `ray.init` of a new local cluster does), so a
+    cluster test must not depend on what an earlier run left there.
+    """
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture(scope="session")

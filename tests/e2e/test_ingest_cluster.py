@@ -6,6 +6,7 @@ exactly the processes it started (never `ray stop`, which would stop every Ray o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,15 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from ray_app.corpus import wiki
 from ray_app.corpus.schema import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
@@ -63,15 +60,15 @@ def wait_for_nodes(address: str, n: int, env: dict, timeout: float = 240) -> Non
     raise TimeoutError(f"the cluster at {address} did not reach {n} nodes")
 
 
-def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url):
+def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url, ray_token_env):
     records = list(wiki.build_records(limit=60))
     write_shards(records, tmp_path / "shards", "wiki", shard_rows=20)
     port, dash = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DATABASE_URL": database_url, "RAY_AUTH_MODE": "token"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"DATABASE_URL": database_url, **ray_token_env}
     head = start_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dash}",
                        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=1",
                        f"--temp-dir=/tmp/rt{port}"], env, tmp_path / "head.log")
-    worker = None
+    worker, job_id = None, f"prism-ingest-test-{port}"
     try:
         wait_for_nodes(f"127.0.0.1:{port}", 1, env)
         worker = start_node([f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"],
@@ -82,7 +79,7 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url):
         runtime_env = {"env_vars": {"DATABASE_URL": database_url, "PRISM_HOME": os.environ["PRISM_HOME"]},
                        "excludes": [".prism*", ".venv", ".gpu", ".whl", ".git"]}
         job = subprocess.run(
-            [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".",
+            [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".", "--submission-id", job_id,
              "--runtime-env-json", json.dumps(runtime_env), "--",
              sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--embed-actors", "2",
              "--threads", "1", "--batch-docs", "8"],
@@ -94,6 +91,10 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url):
         counts = store.counts()
         assert counts["documents"] == len(records) and counts["chunks"] == summary["chunks"] >= len(records)
     finally:
+        # A job that outlives the test (it failed or timed out) would keep its driver process.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([RAY, "job", "stop", f"--address=http://127.0.0.1:{dash}", job_id], env=env,
+                           capture_output=True, timeout=60)
         for proc in (worker, head):
             if proc is not None:
                 stop_node(proc)

@@ -43,7 +43,7 @@ def test_up_detach_status_down(database_url, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
+def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_env):
     """`serve deploy serving/config.yaml` (Ray's own CLI) onto a `ray start --head` cluster serves the API."""
     import yaml
 
@@ -56,8 +56,8 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path):
     deploy_file = tmp_path / "config.yaml"
     deploy_file.write_text(yaml.safe_dump(config))
     # Replicas inherit the raylet's environment: the database and the models of this test session.
-    # RAY_AUTH_MODE=token (Ray's default for new clusters) also makes the `serve deploy` client send the token.
-    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()), RAY_AUTH_MODE="token")
+    # Token auth (Ray's default for new clusters); the same variables make the `serve deploy` client send it.
+    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()), **ray_token_env)
     ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     # --block keeps `ray start` in the foreground; its own process group holds the whole cluster, so the
     # test stops exactly this cluster (`ray stop` would stop every Ray on the machine).
