@@ -80,11 +80,15 @@ class IngestConfig:
             leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
         backend: 'onnx' or 'torch' (None: settings).
         batch_docs: documents per ``map_batches`` batch.
+        embed_batch_docs: documents per batch of the text-embedding stage. Bigger batches pad less
+            (the embedder sorts a batch's texts by length); their output is still cut into blocks
+            of ``block_bytes``, so write transactions stay small.
         block_bytes: Ray Data's target block size; a block is written in one transaction.
         chunk: chunk budget and overlap.
         image_encoder: open_clip checkpoint folder; None uses the default one when it exists.
         num_cpus: CPUs for a local Ray (None: all).
-        rebuild_index: drop and rebuild the HNSW indexes; None decides by load size.
+        rebuild_index: drop the HNSW and full-text indexes before loading and build them after; None
+            decides by load size (when the input is at least as big as what the store holds).
         database_url: resolved on the driver when None.
         home: PRISM_HOME made absolute on the driver, so workers find the same model caches.
     """
@@ -96,6 +100,7 @@ class IngestConfig:
     embed_cpus: float = 0.5
     backend: str | None = None
     batch_docs: int = 128
+    embed_batch_docs: int = 768
     block_bytes: int = 512 * 1024
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     image_encoder: Path | None = None
@@ -106,8 +111,8 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         self.input_dir = Path(self.input_dir)
-        if self.embed_actors < 1 or self.batch_docs < 1:
-            raise ValueError("embed_actors and batch_docs must be at least 1")
+        if self.embed_actors < 1 or self.batch_docs < 1 or self.embed_batch_docs < 1:
+            raise ValueError("embed_actors, batch_docs and embed_batch_docs must be at least 1")
         if self.backend not in (None, "onnx", "torch"):
             raise ValueError(f"backend must be 'onnx' or 'torch', got {self.backend!r}")
 
@@ -308,7 +313,10 @@ class EmbedText:
         from ray_app.models.text import TextEmbedder
 
         threads = threads or max(1, (os.cpu_count() or 1) // actors)
-        self.embedder = TextEmbedder(backend=backend, threads=threads)
+        # No spinning: the actor shares the cores with the prepare and write stages, PostgreSQL and
+        # Ray itself, and spinning threads take CPU from them while the whole op waits for a
+        # preempted thread (measured on 3,000 documents: 28.8 ms per chunk without, 30.8 with).
+        self.embedder = TextEmbedder(backend=backend, threads=threads, spin=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -469,7 +477,7 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
     return ds.map_batches(
         EmbedText, fn_constructor_kwargs={"home": home, "database_url": url, "backend": config.backend,
                                           "threads": config.embed_threads, "actors": config.embed_actors},
-        batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=config.embed_actors),
+        batch_size=config.embed_batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=config.embed_actors),
         num_cpus=config.embed_cpus,
     )
 
@@ -527,7 +535,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
         before = store.counts()
         rebuild = config.rebuild_index if config.rebuild_index is not None else n_input >= before["documents"]
         if rebuild:
-            _drop_indexes(url)
+            store.drop_bulk_indexes()
     owns_ray = init_ray(config.address, config.num_cpus, log_to_driver=True)
     try:
         sink = PgvectorDatasink(home, url)
@@ -543,14 +551,6 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
         index_seconds = time.perf_counter() - index_started
         after = store.counts()
     return summarise(totals, load_seconds, index_seconds, after, encoder)
-
-
-def _drop_indexes(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("chunks", "images"):
-            conn.execute(f"DROP INDEX IF EXISTS {table}_embedding_hnsw")
 
 
 def summarise(totals: Counter, load_seconds: float, index_seconds: float, store_counts: dict,

@@ -111,6 +111,93 @@ class Heartbeat:
         self.beat("end")
 
 
+CPU_GROUPS = ("embed actor", "prepare actor", "other Ray workers", "Ray system", "PostgreSQL", "driver", "other")
+
+
+def cpu_group(cmdline: str, name: str, pid: int, driver_pid: int) -> str:
+    """Which part of the pipeline a process is, from its command line (Ray workers set their title)."""
+    if pid == driver_pid:
+        return "driver"
+    if "MapBatches(EmbedText)" in cmdline:
+        return "embed actor"
+    if "MapBatches(PrepareDocuments)" in cmdline:
+        return "prepare actor"
+    if cmdline.startswith("ray::"):  # read and write tasks, idle workers, Ray Data's stats actors
+        return "other Ray workers"
+    if name.startswith("postgres"):
+        return "PostgreSQL"
+    if "/ray/" in cmdline or name in ("raylet", "gcs_server"):
+        return "Ray system"
+    return "other"
+
+
+def _busy_seconds(times) -> float:
+    """Non-idle CPU seconds since boot (Linux counts guest time inside user and nice already)."""
+    return sum(getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+class CpuProfile:
+    """CPU seconds each process group used on this machine while the pipeline ran.
+
+    Every process is sampled every ``every`` seconds (user + system time); a process that existed
+    at the start counts from its first sample, a newer one from zero, and one that exits between
+    samples keeps its last sample (losing at most ``every`` seconds). Also the machine's busy
+    CPU seconds against what its cores could give over the same wall time.
+    """
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self._first: dict[tuple, float] = {}
+        self._last: dict[tuple, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self, initial: bool = False) -> None:
+        import psutil
+
+        for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times", "create_time"]):
+            info = proc.info
+            if info["cpu_times"] is None:
+                continue
+            key = (info["pid"], info["create_time"])
+            used = info["cpu_times"].user + info["cpu_times"].system
+            self._first.setdefault(key, used if initial else 0.0)
+            group = cpu_group(" ".join(info["cmdline"] or []), info["name"] or "", info["pid"], os.getpid())
+            if key in self._last and not info["cmdline"]:  # an exited worker (zombie) has no command line left
+                group = self._last[key][0]
+            self._last[key] = (group, used)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self) -> CpuProfile:
+        import psutil
+
+        self._wall, self._machine = time.perf_counter(), psutil.cpu_times()
+        self.sample(initial=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import psutil
+
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        wall = time.perf_counter() - self._wall
+        end = psutil.cpu_times()
+        self.available_s = wall * (psutil.cpu_count() or 1)
+        self.busy_s = _busy_seconds(end) - _busy_seconds(self._machine)
+        self.by_group = dict.fromkeys(CPU_GROUPS, 0.0)
+        for key, (group, used) in self._last.items():
+            self.by_group[group] += used - self._first[key]
+
+    def summary(self) -> dict:
+        return {"available_s": round(self.available_s, 1), "busy_s": round(self.busy_s, 1),
+                "by_group_s": {g: round(s, 1) for g, s in self.by_group.items()}}
+
+
 def segments(progress: Path) -> list[dict]:
     """Per segment of a resumed run: start/end time, documents in the store at both, load average."""
     by_segment: dict[str, list[dict]] = {}
@@ -137,17 +224,19 @@ def sample_chunk_texts(store, limit: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def bare_embed(texts: list[str], backend: str | None, threads: int) -> float:
-    """Texts per second of a plain single-process loop over ``TextEmbedder.embed``."""
+def bare_embed(texts: list[str], backend: str | None, threads: int) -> tuple[float, float]:
+    """Texts per second of a plain single-process loop over ``TextEmbedder.embed``, and the CPU
+    milliseconds (all its threads) it spent per text."""
     from ray_app.models.text import TextEmbedder
 
     embedder = TextEmbedder(backend=backend, threads=threads)
     embedder.embed(texts[:64])  # warm-up: first-call allocations
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     batch = 1024
     for i in range(0, len(texts), batch):
         embedder.embed(texts[i : i + batch])
-    return len(texts) / (time.perf_counter() - started)
+    cpu_ms = 1000 * (time.process_time() - cpu_started) / max(len(texts), 1)
+    return len(texts) / (time.perf_counter() - started), cpu_ms
 
 
 def bare_copy(store, limit: int, with_tsvector: bool = False) -> tuple[float, int]:
@@ -246,11 +335,11 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
     if not resume:
         progress.unlink(missing_ok=True)
     build = synthetic_corpus(workdir, docs, seed, resume)
-    url = fresh_database(resolve_url(), "prism_bench_ingest", keep=resume)
+    url = fresh_database(resolve_url(), "prism_bench_" + report_name(docs).replace("-", "_"), keep=resume)
     threads = threads or os.cpu_count() or 1
     with Store(url):  # applies the migrations, so the heartbeat can count documents
         pass
-    with Heartbeat(progress, url):
+    with Heartbeat(progress, url), CpuProfile() as cpu:
         pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
                               rebuild_index=True, batch_docs=256)
     runs = segments(progress)
@@ -263,7 +352,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         pipeline["embed_per_s"] = round(pipeline["chunks"] / active, 2)
     with Store(url) as store:
         texts = sample_chunk_texts(store, bare_sample)
-        bare_embed_per_s = bare_embed(texts, backend, threads)
+        bare_embed_per_s, bare_cpu_ms = bare_embed(texts, backend, threads)
         bare_copy_per_s, copied = bare_copy(store, bare_sample)
         bare_copy_tsv_per_s, _ = bare_copy(store, bare_sample, with_tsvector=True)
         quality = search_quality(store, held_out_queries(docs, seed, queries))
@@ -275,6 +364,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "pipeline_docs_per_s": pipeline["docs_per_s"],
         "pipeline_embed_per_s": pipeline["embed_per_s"],
         "bare_embed_per_s": round(bare_embed_per_s, 2),
+        "bare_embed_cpu_ms_per_text": round(bare_cpu_ms, 1),
         "embed_ratio": round(pipeline["embed_per_s"] / bare_embed_per_s, 3),
         "pipeline_write_chunks_per_s": round(pipeline_copy_per_s, 2),
         "bare_copy_rows_per_s": round(bare_copy_per_s, 2),
@@ -288,6 +378,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "bare_sample": {"texts": len(texts), "copy_rows": copied},
         "held_out_queries": queries,
         "stage_busy_s": pipeline["stage_busy_s"],
+        "cpu_profile": cpu.summary(),
         "load_seconds": pipeline["load_seconds"],
         "corpus_build_s": build["seconds"],
         "seconds": round(time.perf_counter() - started, 1),
@@ -310,8 +401,8 @@ def render_markdown(r: dict, command: str) -> str:
     lines = [
         f"# Ingest benchmark: {r['documents']:,} synthetic documents",
         "",
-        f"Generated by `{command}` on this machine ({r['cpu_count']} CPUs, load average at the end "
-        f"{r['load_average'][0]}; other jobs shared the cores). Backend {r['backend']}, {r['threads']} threads.",
+        f"Generated by `{command}` on this machine ({r['cpu_count']} CPUs; 1-minute load average at the end "
+        f"{r['load_average'][0]}, the benchmark's own work included). Backend {r['backend']}, {r['threads']} threads.",
         "",
         "| measure | value | target |",
         "|---|---|---|",
@@ -333,6 +424,21 @@ def render_markdown(r: dict, command: str) -> str:
         f"embed {busy['embed']:.1f}, Store.write {busy['write']:.1f}; pipeline wall time (load) "
         f"{r['load_seconds']:.1f} s.",
     ]
+    if cpu := r.get("cpu_profile"):
+        groups = cpu["by_group_s"]
+        others = sum(v for g, v in groups.items() if g != "embed actor")
+        lines += [
+            "",
+            f"CPU while the pipeline ran (`cpu_profile`, sampled per process): the cores could give "
+            f"{cpu['available_s']:,.0f} CPU-s and {cpu['busy_s']:,.0f} were used: "
+            + ", ".join(f"{g} {v:,.0f}" for g, v in groups.items())
+            + f". The embed actor got {groups['embed actor'] / max(cpu['available_s'], 1e-9):.0%} of the cores "
+            f"({1000 * groups['embed actor'] / max(r['chunks'], 1):.0f} CPU-ms per chunk"
+            + (f"; the bare loop, which has the cores to itself, {r['bare_embed_cpu_ms_per_text']:.0f} CPU-ms per text"
+               if "bare_embed_cpu_ms_per_text" in r else "")
+            + f"), the rest of the pipeline and Ray {others / max(cpu['available_s'], 1e-9):.0%}, and "
+            f"{1 - cpu['busy_s'] / max(cpu['available_s'], 1e-9):.0%} stayed idle (start-up, fill and drain).",
+        ]
     runs = r.get("segments", [])
     if len(runs) > 1:
         lines += ["", f"The run was killed and resumed: {len(runs)} segments. Pipeline rates are over their summed "
@@ -350,15 +456,16 @@ def render_markdown(r: dict, command: str) -> str:
             f"- embed_ratio: the embed actor was busy {busy['embed']:.0f} s of {r['load_seconds']:.0f} s wall "
             f"({util:.0%}); the rest is Ray and actor start-up, model loading and pipeline fill/drain, which a "
             f"{r['documents']:,}-document run does not amortise. Inside the actor a chunk took {per_chunk:.0f} ms, "
-            f"in the bare loop {1000 / max(r['bare_embed_per_s'], 1e-9):.0f} ms; with other jobs on the same cores "
-            "(load average above) the two phases did not see the same CPU.")
+            f"in the bare loop {1000 / max(r['bare_embed_per_s'], 1e-9):.0f} ms (wall).")
     if "copy_ratio" in r["met"] and not r["met"]["copy_ratio"]:
         tsv = r.get("bare_copy_tsvector_rows_per_s")
         lines.append(
             f"- copy_ratio: `Store.write` was busy {busy['write']:.1f} s for {r['chunks']:,} chunk rows plus "
             f"{r['documents']:,} document rows; per block it also creates staging tables, runs "
-            "`INSERT ... ON CONFLICT`, fills the generated `tsvector` column and its GIN index, in one transaction "
-            "per block of a few hundred rows, where the bare COPY streams plain rows into an unindexed table.")
+            "`INSERT ... ON CONFLICT` (checking the primary key, the `(doc_id, ord)` key and the foreign key to "
+            "`documents`) and fills the generated `tsvector` column, in one transaction per block of a few hundred "
+            "rows, where the bare COPY streams plain rows into an unindexed table. (The HNSW and GIN indexes are "
+            "dropped for this bulk load and built after it, in `index_build_s`.)")
         if tsv:
             lines.append(
                 f"  Measured in the same run: the same bare COPY into a table that only adds the generated "
@@ -368,8 +475,10 @@ def render_markdown(r: dict, command: str) -> str:
                 f"reaches {r['copy_ratio_vs_tsvector_copy']:.2f}.")
     if r["documents"] < 1_000_000:
         lines += ["", "**The 1,000,000-document run is pending.** This report is a smaller run of the same "
-                  "command. To produce `ingest-1m.{json,md}` (hours on 2 cores; run it in the background):", "",
-                  "```", "nohup prism bench ingest --docs 1000000 --json > ingest-1m.log 2>&1 &", "```"]
+                  "command. To produce `ingest-1m.{json,md}` (hours on 2 cores; run it in the background, and "
+                  "run it again to continue after it is killed):", "",
+                  "```", "nohup nice -n 19 prism bench ingest --docs 1000000 --resume --json >> ingest-1m.out "
+                  "2>> ingest-1m.log &", "```"]
     lines += ["", "The numbers are in the JSON file next to this one.", ""]
     return "\n".join(lines)
 

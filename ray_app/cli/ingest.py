@@ -38,12 +38,14 @@ def command(
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per embedding actor."),
     backend: str | None = typer.Option(None, "--backend", help="Embedding backend: onnx (default) or torch."),
     batch_docs: int = typer.Option(128, "--batch-docs", min=1, help="Documents per map_batches batch."),
+    embed_batch_docs: int = typer.Option(768, "--embed-batch-docs", min=1,
+                                         help="Documents per text-embedding batch (bigger pads less)."),
     chunk_tokens: int = typer.Option(200, "--chunk-tokens", min=8, help="Token budget per chunk."),
     overlap_tokens: int = typer.Option(32, "--overlap-tokens", min=0, help="Token overlap between chunks."),
     image_encoder: Path | None = typer.Option(None, "--image-encoder", help="open_clip checkpoint folder."),
     num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, help="CPUs for a local Ray."),
     rebuild_index: bool | None = typer.Option(None, "--rebuild-index/--keep-index",
-                                              help="Drop and rebuild HNSW indexes (default: when bulk loading)."),
+                                              help="Drop the HNSW and full-text indexes and rebuild them after (default: when bulk loading)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Chunk, embed and load a corpus into pgvector with Ray Data; idempotent and resumable."""
@@ -55,7 +57,7 @@ def command(
     with stdout_to_stderr(json_out):
         summary = run_ingest(
             input_dir, address, embed_actors=embed_actors, embed_threads=threads, backend=backend,
-            batch_docs=batch_docs, chunk=ChunkConfig(chunk_tokens, overlap_tokens), image_encoder=image_encoder,
+            batch_docs=batch_docs, embed_batch_docs=embed_batch_docs, chunk=ChunkConfig(chunk_tokens, overlap_tokens), image_encoder=image_encoder,
             num_cpus=num_cpus, rebuild_index=rebuild_index,
         )
 

@@ -45,6 +45,8 @@ class TextEmbedder:
         backend: 'onnx' (default on CPU) or 'torch' (runs on CUDA when a GPU is present).
         max_tokens: truncation length.
         threads: intra-op threads for either backend (None: library default).
+        spin: let ONNX Runtime's idle intra-op threads spin (fastest alone on the cores; a process
+            that shares them with other busy ones, like the ingest's embed actor, does better without).
         settings: where the ONNX cache lives.
     """
 
@@ -54,6 +56,7 @@ class TextEmbedder:
         backend: str | None = None,
         max_tokens: int | None = None,
         threads: int | None = None,
+        spin: bool = True,
         settings: Settings | None = None,
     ):
         from transformers import AutoTokenizer
@@ -65,6 +68,7 @@ class TextEmbedder:
         self.folder = resolve_text_model(self.model_name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.threads = threads
+        self.spin = spin
         if self.backend == "torch":
             self._torch_model = self._load_torch()
         elif self.backend == "onnx":
@@ -102,6 +106,7 @@ class TextEmbedder:
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:

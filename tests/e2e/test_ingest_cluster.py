@@ -82,7 +82,7 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url, ray_tok
             [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".", "--submission-id", job_id,
              "--runtime-env-json", json.dumps(runtime_env), "--",
              sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--embed-actors", "2",
-             "--threads", "1", "--batch-docs", "8"],
+             "--threads", "1", "--batch-docs", "8", "--embed-batch-docs", "8"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
         )
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

@@ -116,7 +116,7 @@ def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable
     from ray_app.retrieval import search_corpus
 
     shards, good = corpus
-    first = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8)
+    first = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8, embed_batch_docs=8)
     n_images = sum(1 for r in good if r["image"])
     assert first["documents"] == first["written"] == len(good)
     assert first["chunks"] == expected_chunks(good)
@@ -126,6 +126,9 @@ def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable
     counts = store.counts()
     assert counts == {"documents": len(good), "chunks": first["chunks"], "images": n_images}
     assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
+    with store.pool.connection() as conn:  # a bulk load drops these and builds them again after
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN ('chunks', 'images')")}
+    assert {"chunks_embedding_hnsw", "images_embedding_hnsw", "chunks_tsv_idx"} <= indexes
 
     # Search: each wiki description finds its article.
     articles = {a["title"]: a for a in wiki.load_wiki_records()}
@@ -144,7 +147,7 @@ def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable
     changed = [{**r, "text": "Now a single short sentence."} if r["id"] == longest["id"] else r for r in good[:20]]
     write_shards(changed, shards, "a")
     try:
-        second = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8)
+        second = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8, embed_batch_docs=8)
     finally:
         write_shards(good[:20], shards, "a")
     assert second["written"] == 1 and second["unchanged"] == len(good) - 1 and second["skipped"] == 4
@@ -158,7 +161,7 @@ def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_pat
     records = list(wiki.build_records(limit=120))
     write_shards(records, tmp_path / "shards", "wiki", shard_rows=40)
     env = {**os.environ, "DATABASE_URL": database_url, "RAY_ADDRESS": ""}
-    cmd = [sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--batch-docs", "4",
+    cmd = [sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--batch-docs", "4", "--embed-batch-docs", "4",
            "--num-cpus", "2"]
     threshold = random.Random().randint(1, len(records) - 1)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -215,3 +218,23 @@ def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_
     assert [r["completed"] for r in runs] == [False, True]
     assert all(r["documents_before"] == r["documents_after"] == 0 and r["seconds"] >= 0 for r in runs)
     assert segments(tmp_path / "missing.jsonl") == []
+
+
+def test_bench_cpu_profile_attributes_cpu_time_to_the_process_that_spent_it():
+    from ray_app.benchmarks.ingest import CPU_GROUPS, CpuProfile, cpu_group
+
+    assert cpu_group("ray::MapWorker(MapBatches(EmbedText))", "ray::MapWorker", 10, 1) == "embed actor"
+    assert cpu_group("ray::MapWorker(MapBatches(PrepareDocuments))", "ray::MapWorker", 10, 1) == "prepare actor"
+    assert cpu_group("ray::Write", "ray::Write", 10, 1) == "other Ray workers"
+    assert cpu_group("postgres: postgres prism [local] COPY", "postgres", 10, 1) == "PostgreSQL"
+    assert cpu_group("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x", "raylet", 10, 1) == "Ray system"
+    assert cpu_group("anything", "python", 1, 1) == "driver"
+
+    with CpuProfile(every=0.05) as profile:
+        start = time.process_time()
+        while time.process_time() - start < 0.5:  # half a CPU-second in this process, however loaded the machine
+            sum(range(1000))
+    summary = profile.summary()
+    assert set(summary["by_group_s"]) == set(CPU_GROUPS)
+    assert summary["by_group_s"]["driver"] >= 0.45
+    assert 0.45 <= summary["busy_s"] <= summary["available_s"] + 0.5
