@@ -44,8 +44,9 @@ def command(
     overlap_tokens: int = typer.Option(32, "--overlap-tokens", min=0, help="Token overlap between chunks."),
     image_encoder: Path | None = typer.Option(None, "--image-encoder", help="open_clip checkpoint folder."),
     num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, help="CPUs for a local Ray."),
-    rebuild_index: bool | None = typer.Option(None, "--rebuild-index/--keep-index",
-                                              help="Drop the HNSW and full-text indexes and rebuild them after (default: when bulk loading)."),
+    rebuild_index: bool | None = typer.Option(
+        None, "--rebuild-index/--keep-index",
+        help="Drop the HNSW and full-text indexes and build them after the load (default: when bulk loading)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Chunk, embed and load a corpus into pgvector with Ray Data; idempotent and resumable."""
@@ -57,8 +58,8 @@ def command(
     with stdout_to_stderr(json_out):
         summary = run_ingest(
             input_dir, address, embed_actors=embed_actors, embed_threads=threads, backend=backend,
-            batch_docs=batch_docs, embed_batch_docs=embed_batch_docs, chunk=ChunkConfig(chunk_tokens, overlap_tokens), image_encoder=image_encoder,
-            num_cpus=num_cpus, rebuild_index=rebuild_index,
+            batch_docs=batch_docs, embed_batch_docs=embed_batch_docs, chunk=ChunkConfig(chunk_tokens, overlap_tokens),
+            image_encoder=image_encoder, num_cpus=num_cpus, rebuild_index=rebuild_index,
         )
 
     def human(s: dict) -> None:

@@ -79,8 +79,8 @@ def test_ingest_job_on_a_two_node_cluster(tmp_path, store, database_url, ray_tok
         runtime_env = {"env_vars": {"DATABASE_URL": database_url, "PRISM_HOME": os.environ["PRISM_HOME"]},
                        "excludes": [".prism*", ".venv", ".gpu", ".whl", ".git"]}
         job = subprocess.run(
-            [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".", "--submission-id", job_id,
-             "--runtime-env-json", json.dumps(runtime_env), "--",
+            [RAY, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".",
+             "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
              sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--embed-actors", "2",
              "--threads", "1", "--batch-docs", "8", "--embed-batch-docs", "8"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=900,

@@ -161,8 +161,8 @@ def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_pat
     records = list(wiki.build_records(limit=120))
     write_shards(records, tmp_path / "shards", "wiki", shard_rows=40)
     env = {**os.environ, "DATABASE_URL": database_url, "RAY_ADDRESS": ""}
-    cmd = [sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--batch-docs", "4", "--embed-batch-docs", "4",
-           "--num-cpus", "2"]
+    cmd = [sys.executable, "-m", "ray_app.ingest", str(tmp_path / "shards"), "--json", "--batch-docs", "4",
+           "--embed-batch-docs", "4", "--num-cpus", "2"]
     threshold = random.Random().randint(1, len(records) - 1)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
