@@ -20,20 +20,9 @@ from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
+from ray_app.benchmarks.load_mix import IMAGE_QUESTIONS, MAX_NEW_TOKENS, QUESTIONS, SEARCHES
+
 STAMPS = Path(os.environ.get("PRISM_LOAD_STAMPS", "/usr/share/tuxpaint/stamps"))
-SEARCHES = [
-    "frog habitat", "where do tigers live", "planets of the solar system", "how rockets work", "coffee caffeine",
-    "the Moon landing", "birds that cannot fly", "volcano eruption", "photosynthesis in plants", "ancient Rome",
-    "World War II", "the human heart", "electricity and magnetism", "jazz music", "the Pacific Ocean",
-    "dinosaurs extinction", "the Renaissance painters", "computer programming", "climate change", "the speed of light",
-]
-QUESTIONS = [
-    "Where do frogs live?", "What is a tiger?", "How does a rocket fly in space?", "What is coffee made from?",
-    "What is the Moon?", "Why do birds have feathers?", "What causes earthquakes?", "Who painted the Mona Lisa?",
-    "What is photosynthesis?", "How does the heart pump blood?",
-]
-IMAGE_QUESTIONS = ["What is this?", "What is this and where does it live?", "What is in this picture?"]
-MAX_NEW_TOKENS = int(os.environ.get("PRISM_LOAD_MAX_NEW_TOKENS", "48"))
 
 
 def _load_images(limit: int = 12) -> list[str]:

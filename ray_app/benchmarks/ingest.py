@@ -71,17 +71,39 @@ def synthetic_corpus(workdir: Path, docs: int, seed: int, resume: bool) -> dict:
     return build
 
 
-class Heartbeat:
+class _Periodic:
+    """Calls ``tick`` every ``every`` seconds on a daemon thread, between ``start`` and ``stop``."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.tick()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Heartbeat(_Periodic):
     """Appends ``{"segment", "t", "documents"}`` to ``progress.jsonl`` every ``every`` seconds.
 
     A killed run leaves its last heartbeat behind, so the next run can count the seconds it worked.
     """
 
     def __init__(self, path: Path, url: str, every: float = 30.0):
-        self.path, self.url, self.every = path, url, every
+        super().__init__(every)
+        self.path, self.url = path, url
         self.segment = uuid.uuid4().hex[:8]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def beat(self, event: str = "beat") -> None:
         import psycopg
@@ -93,21 +115,19 @@ class Heartbeat:
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.beat()
-            except Exception:  # a missed beat only shortens the counted time
-                pass
+    def tick(self) -> None:
+        try:
+            self.beat()
+        except Exception:  # a missed beat only shortens the counted time
+            pass
 
     def __enter__(self) -> Heartbeat:
         self.beat("start")
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         self.beat("end")
 
 
@@ -136,7 +156,7 @@ def _busy_seconds(times) -> float:
     return sum(getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
-class CpuProfile:
+class CpuProfile(_Periodic):
     """CPU seconds each process group used on this machine while the pipeline ran.
 
     Every process is sampled every ``every`` seconds (user + system time); a process that existed
@@ -146,11 +166,9 @@ class CpuProfile:
     """
 
     def __init__(self, every: float = 2.0):
-        self.every = every
+        super().__init__(every)
         self._first: dict[tuple, float] = {}
         self._last: dict[tuple, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self, initial: bool = False) -> None:
         import psutil
@@ -167,23 +185,21 @@ class CpuProfile:
                 group = self._last[key][0]
             self._last[key] = (group, used)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.sample()
+    def tick(self) -> None:
+        self.sample()
 
     def __enter__(self) -> CpuProfile:
         import psutil
 
         self._wall, self._machine = time.perf_counter(), psutil.cpu_times()
         self.sample(initial=True)
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         import psutil
 
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         self.sample()
         wall = time.perf_counter() - self._wall
         end = psutil.cpu_times()

@@ -297,21 +297,6 @@ def measure_overhead(n: int) -> dict:
 # ------------------------------------------------------------------------------------- fusion cost
 
 
-def load_mix() -> tuple[list[str], int]:
-    """The load mix's text questions and ``max_new_tokens``, read from the locustfile without
-    importing it (importing locust monkey-patches threads with gevent)."""
-    import ast
-
-    values = {}
-    for node in ast.parse(LOCUSTFILE.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id == "QUESTIONS":
-                values["questions"] = ast.literal_eval(node.value)
-            elif node.targets[0].id == "MAX_NEW_TOKENS":  # int(os.environ.get("...", "48"))
-                values["max_new_tokens"] = int(os.environ.get("PRISM_LOAD_MAX_NEW_TOKENS", node.value.args[0].args[1].value))
-    return values["questions"], values["max_new_tokens"]
-
-
 def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
     """Milliseconds per greedy decode step with ``rows`` copies of ``prompt`` in the batch (stop tokens ignored)."""
     import torch
@@ -342,16 +327,16 @@ def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> di
     import torch
 
     from ray_app.answer import AskOptions, render_prompt, retrieve_passages, stream_tokens
+    from ray_app.benchmarks.load_mix import MAX_NEW_TOKENS, QUESTIONS
     from ray_app.models.llm import load_llm
     from ray_app.models.text import get_text_embedder
     from ray_app.retrieval import get_store
 
     torch.set_num_threads(max(1, int(os.environ.get("PRISM_FUSION_THREADS", os.cpu_count() or 1))))
-    questions, new_tokens = load_mix()
     llm, store, embedder = load_llm(), get_store(), get_text_embedder()
     k = AskOptions().k  # what the load's asks use
     prompts = [render_prompt(llm.tokenizer, q, retrieve_passages(q, None, k, store, embedder).passages, None)
-               for q in questions]
+               for q in QUESTIONS]
     tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     typical = prompts[int(np.argsort(tokens)[len(tokens) // 2])]  # the median-length prompt
     next(stream_tokens(llm, [typical], 2))  # warm-up
@@ -363,11 +348,11 @@ def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> di
     decode = {str(b): round(decode_step_ms(llm, typical, b, steps), 1) for b in batch_sizes}
     prefill_ms = float(np.median(prefill) * 1000)
     biggest = str(max(batch_sizes))
-    per_answer_s = (prefill_ms + new_tokens * decode[biggest] / int(biggest)) / 1000
+    per_answer_s = (prefill_ms + MAX_NEW_TOKENS * decode[biggest] / int(biggest)) / 1000
     return {
         "k": k, "prompt_tokens_p50": int(np.median(tokens)), "prompt_tokens_max": int(max(tokens)),
         "prefill_ms_p50": round(prefill_ms, 1), "decode_step_ms_by_batch": decode,
-        "max_new_tokens": new_tokens, "threads": torch.get_num_threads(),
+        "max_new_tokens": MAX_NEW_TOKENS, "threads": torch.get_num_threads(),
         "cpu_seconds_per_answer": round(per_answer_s, 2),
         "answers_per_s_capacity": round(1 / per_answer_s, 2),
     }

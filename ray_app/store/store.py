@@ -170,17 +170,15 @@ class Store:
             ).fetchone()
         return {"documents": row[0], "chunks": row[1], "images": row[2]}
 
-    def build_indexes(self, drop_first: bool = False) -> None:
-        """(Re)build the HNSW indexes with parallel maintenance workers, and the full-text GIN index
-        if a bulk load dropped it (see ``drop_bulk_indexes``)."""
+    def build_indexes(self) -> None:
+        """Build the HNSW and full-text indexes a bulk load dropped (``drop_bulk_indexes``), the HNSW
+        ones with parallel maintenance workers; indexes that exist are left as they are."""
         s = self.settings
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"SET maintenance_work_mem = '{_safe_setting(s.maintenance_work_mem)}'")
             conn.execute(f"SET max_parallel_maintenance_workers = {int(s.max_parallel_maintenance_workers)}")
             conn.execute("CREATE INDEX IF NOT EXISTS chunks_tsv_idx ON chunks USING gin (tsv)")
             for table in ("chunks", "images"):
-                if drop_first:
-                    conn.execute(f"DROP INDEX IF EXISTS {table}_embedding_hnsw")
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {table}_embedding_hnsw ON {table} USING hnsw "
                     f"(embedding vector_cosine_ops) WITH (m = {int(s.hnsw_m)}, ef_construction = {int(s.hnsw_ef_construction)})"
