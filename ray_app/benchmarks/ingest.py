@@ -230,6 +230,37 @@ def segments(progress: Path) -> list[dict]:
     return sorted(out, key=lambda s: s["started"])
 
 
+def progress_summary(progress: Path, target: int, window_s: float = 3600.0, now: float | None = None) -> dict:
+    """Where a resumable run stands, from its heartbeats alone (nothing is started or queried).
+
+    ``recent_docs_per_s`` is the rate over the last ``window_s`` seconds of the newest segment (past
+    its start-up), and ``eta_s`` the remaining documents at that rate. ``running``: the newest segment
+    has not ended and beat within the last two minutes.
+    """
+    beats = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    if not beats:
+        raise FileNotFoundError(f"no heartbeats in {progress}: start the run with --resume first")
+    runs = segments(progress)
+    newest = [b for b in beats if b["segment"] == runs[-1]["segment"]]
+    window = [b for b in newest if b["t"] >= newest[-1]["t"] - window_s]
+    span = window[-1]["t"] - window[0]["t"]
+    rate = (window[-1]["documents"] - window[0]["documents"]) / span if span > 0 else 0.0
+    stored = newest[-1]["documents"]
+    now = time.time() if now is None else now
+    return {
+        "target_documents": target,
+        "documents": stored,
+        "fraction_done": round(stored / target, 4),
+        "segments": len(runs),
+        "working_seconds": round(sum(s["seconds"] for s in runs), 1),
+        "recent_docs_per_s": round(rate, 2),
+        "recent_window_s": round(span, 1),
+        "eta_s": round((target - stored) / rate) if rate > 0 and stored < target else None,
+        "running": newest[-1]["event"] != "end" and now - newest[-1]["t"] < 120,
+        "last_beat_age_s": round(now - newest[-1]["t"], 1),
+    }
+
+
 def sample_chunk_texts(store, limit: int) -> list[str]:
     """"Title: text" for up to ``limit`` stored chunks (a spread: ids are hashes)."""
     with store.pool.connection() as conn:
@@ -520,16 +551,21 @@ def command(
                                 "killed run in --workdir and continue it (for multi-hour runs)."),
     out: Path = typer.Option(Path("docs/reports"), "--out", help="Where ingest-<N>.{json,md} are written."),
     write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
+    progress: bool = typer.Option(False, "--progress", help="Only print where a --resume run of this --docs "
+                                  "stands (documents stored, recent rate, ETA) from its heartbeats; runs nothing."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Pipeline throughput vs a bare embed loop and a bare COPY; HNSW build, recall@10, latency."""
     from ray_app.cli.ingest import stdout_to_stderr
 
-    with stdout_to_stderr(json_out):
-        if resume and workdir is None:
-            from ray_app.settings import get_settings
+    if (resume or progress) and workdir is None:
+        from ray_app.settings import get_settings
 
-            workdir = get_settings().home / "bench" / report_name(docs)
+        workdir = get_settings().home / "bench" / report_name(docs)
+    if progress:
+        emit(progress_summary(workdir / "progress.jsonl", docs), json_out, lambda r: console.print_json(json.dumps(r)))
+        return
+    with stdout_to_stderr(json_out):
         result = run_benchmark(docs, seed, workdir, bare_sample, threads, queries=queries, resume=resume)
     command_line = (f"prism bench ingest --docs {docs} --bare-sample {bare_sample} --queries {queries}"
                     + (" --resume" if resume else "") + " --json")

@@ -220,6 +220,36 @@ def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_
     assert segments(tmp_path / "missing.jsonl") == []
 
 
+def test_bench_progress_reports_the_newest_segments_recent_rate_and_eta(tmp_path):
+    """`prism bench ingest --progress`: stored documents, the last hour's rate and the ETA, from heartbeats."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ray_app.benchmarks.ingest import progress_summary
+    from ray_app.cli.root import app
+
+    progress = tmp_path / "progress.jsonl"
+    beats = [("a", "start", 0, 0), ("a", "end", 100, 1000),  # an older, finished segment
+             ("b", "start", 200, 1000)] + [("b", "beat", 200 + 30 * i, 1000 + 600 * i) for i in range(1, 201)]
+    progress.write_text("".join(json.dumps({"segment": s, "event": e, "t": t, "documents": d, "load_average": 1.0})
+                                + "\n" for s, e, t, d in beats))
+    now = 200 + 30 * 200 + 5
+    summary = progress_summary(progress, target=1_000_000, window_s=3600, now=now)
+    assert summary["documents"] == 121_000 and summary["fraction_done"] == 0.121
+    assert summary["segments"] == 2 and summary["working_seconds"] == 100 + 6000
+    assert summary["recent_window_s"] == 3600 and summary["recent_docs_per_s"] == 20.0  # 600 docs / 30 s
+    assert summary["eta_s"] == round((1_000_000 - 121_000) / 20) and summary["running"] is True
+    assert progress_summary(progress, target=1_000_000, now=now + 600)["running"] is False  # heartbeats stopped
+
+    out = CliRunner().invoke(app, ["bench", "ingest", "--docs", "1000000", "--workdir", str(tmp_path),
+                                   "--progress", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["documents"] == 121_000
+    missing = CliRunner().invoke(app, ["bench", "ingest", "--docs", "10", "--workdir", str(tmp_path / "none"),
+                                       "--progress", "--json"])
+    assert missing.exit_code == 2 and "no heartbeats" in missing.output
+
+
 def test_bench_cpu_profile_attributes_cpu_time_to_the_process_that_spent_it():
     from ray_app.benchmarks.ingest import CPU_GROUPS, CpuProfile, cpu_group
 
