@@ -337,22 +337,34 @@ def exact_top_k(corpus: np.ndarray, queries: np.ndarray, k: int, block: int = 10
     return best_ids
 
 
-def search_quality(store, queries: np.ndarray, k: int = 10) -> dict:
-    """Recall@k of HNSW search against exact search, and single-query search latency."""
+EF_SEARCH_SWEEP = (40, 160, 320)
+
+
+def search_quality(store, queries: np.ndarray, k: int = 10, sweep: tuple[int, ...] = EF_SEARCH_SWEEP) -> dict:
+    """Recall@k of HNSW search against exact search, and single-query search latency, at the
+    store's ``hnsw_ef_search`` (the headline numbers) and at each beam width in ``sweep``."""
+    from ray_app.store import Store
+
     ids, corpus = load_vectors(store)
-    exact = exact_top_k(corpus, queries, k)
-    latencies, recalls = [], []
-    for q, truth in zip(queries, exact, strict=True):
-        started = time.perf_counter()
-        hits = store.search_vector(q, k)
-        latencies.append((time.perf_counter() - started) * 1000)
-        truth_ids = {ids[i] for i in truth}
-        recalls.append(len(truth_ids & {h.id for h in hits}) / k)
-    return {
-        "recall_at_10": round(float(np.mean(recalls)), 4),
-        "search_p50_ms": round(float(np.percentile(latencies, 50)), 2),
-        "search_p95_ms": round(float(np.percentile(latencies, 95)), 2),
-    }
+    truth = [{ids[i] for i in row} for row in exact_top_k(corpus, queries, k)]
+
+    def measure(s) -> dict:
+        latencies, recalls = [], []
+        for q, expected in zip(queries, truth, strict=True):
+            started = time.perf_counter()
+            hits = s.search_vector(q, k)
+            latencies.append((time.perf_counter() - started) * 1000)
+            recalls.append(len(expected & {h.id for h in hits}) / k)
+        return {"ef_search": s.settings.hnsw_ef_search, "recall_at_10": round(float(np.mean(recalls)), 4),
+                "search_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                "search_p95_ms": round(float(np.percentile(latencies, 95)), 2)}
+
+    headline = measure(store)
+    curve = []
+    for ef in sorted(set(sweep) - {store.settings.hnsw_ef_search}):
+        with Store(store.url, settings=store.settings.model_copy(update={"hnsw_ef_search": ef}), migrate=False) as s:
+            curve.append(measure(s))
+    return {**headline, "ef_search_sweep": sorted([headline, *curve], key=lambda m: m["ef_search"])}
 
 
 def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
@@ -464,6 +476,14 @@ def render_markdown(r: dict, command: str) -> str:
         f"| HNSW build s | {r['index_build_s']:.1f} | |",
         f"| recall@10 (HNSW vs exact, {r['held_out_queries']:,} held-out queries) | {r['recall_at_10']:.3f} | >= 0.95 |",
         f"| search p50 / p95 ms | {r['search_p50_ms']:.1f} / {r['search_p95_ms']:.1f} | p95 <= 50 |",
+    ]
+    if sweep := r.get("ef_search_sweep"):
+        lines += ["", f"Recall and latency against the HNSW query beam (`hnsw.ef_search`; the rows above use "
+                  f"{r['ef_search']}, the `PRISM_HNSW_EF_SEARCH` setting):", "",
+                  "| ef_search | recall@10 | p50 ms | p95 ms |", "|---|---|---|---|"]
+        lines += [f"| {m['ef_search']} | {m['recall_at_10']:.3f} | {m['search_p50_ms']:.1f} | {m['search_p95_ms']:.1f} |"
+                  for m in sweep]
+    lines += [
         "",
         "## Where the time went (measured)",
         "",
@@ -528,14 +548,6 @@ def render_markdown(r: dict, command: str) -> str:
                   "2>> ingest-1m.log &", "```"]
     lines += ["", "The numbers are in the JSON file next to this one.", ""]
     return "\n".join(lines)
-
-
-def render_report(json_path: Path) -> Path:
-    """Re-render the Markdown next to a saved benchmark JSON (same renderer as the run)."""
-    result = json.loads(json_path.read_text())
-    md_path = json_path.with_suffix(".md")
-    md_path.write_text(render_markdown(result, result["command"]))
-    return md_path
 
 
 @handle_errors

@@ -187,14 +187,6 @@ def render_markdown(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def render_report(json_path: Path) -> Path:
-    """Re-render ``retrieval.md`` from a saved ``retrieval.json`` (same renderer as the run)."""
-    result = json.loads(json_path.read_text())
-    md_path = json_path.with_suffix(".md")
-    md_path.write_text(render_markdown(result, result["command"]))
-    return md_path
-
-
 def write_report(result: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "retrieval.json", out_dir / "retrieval.md"

@@ -200,6 +200,43 @@ def test_bench_exact_search_in_blocks_matches_the_full_matrix_and_names_reports(
     assert [report_name(n) for n in (1_000_000, 20_000, 1234)] == ["ingest-1m", "ingest-20k", "ingest-1234"]
 
 
+def test_bench_search_quality_measures_hnsw_recall_against_exact_search_per_ef_search(store):
+    """Recall@10 and latency through the real HNSW index, at the configured beam and the sweep's."""
+    import numpy as np
+
+    from ray_app.benchmarks.ingest import search_quality
+    from ray_app.store import ChunkRow, DocumentRow
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(400, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.write([DocumentRow(id=f"d{i}", source="t", title=f"D{i}", content_hash="h", n_chunks=1) for i in range(400)],
+                [ChunkRow(f"d{i}", 0, f"text {i}", v) for i, v in enumerate(vectors)])
+    store.build_indexes()
+    queries = vectors[:30] + 0.05 * rng.normal(size=(30, 384)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    quality = search_quality(store, queries, sweep=(10, 40))
+    beams = [m["ef_search"] for m in quality["ef_search_sweep"]]
+    assert beams == sorted({10, 40, store.settings.hnsw_ef_search}) and quality["ef_search"] == store.settings.hnsw_ef_search
+    assert quality["recall_at_10"] == 1.0  # 400 vectors: the default beam finds the exact neighbours
+    assert all(0 < m["recall_at_10"] <= 1 and 0 < m["search_p50_ms"] <= m["search_p95_ms"] for m in quality["ef_search_sweep"])
+
+
+def test_bench_report_renders_a_saved_run_with_its_ef_search_sweep():
+    """The Markdown renderer on the committed 10k report's JSON, plus a beam sweep as a new run has."""
+    import json
+
+    from ray_app.benchmarks.ingest import render_markdown
+
+    saved = json.loads((Path(__file__).parents[2] / "docs/reports/ingest-10k.json").read_text())
+    sweep = [{"ef_search": ef, "recall_at_10": r, "search_p50_ms": 1.0, "search_p95_ms": 2.0}
+             for ef, r in ((40, 0.97), (80, 0.99))]
+    text = render_markdown({**saved, "ef_search": 80, "ef_search_sweep": sweep}, saved["command"])
+    assert "| 40 | 0.970 | 1.0 | 2.0 |" in text and "the rows above use 80" in text
+    assert "Targets missed: copy_ratio." in text and "1,000,000-document run is pending" in text
+    assert "Recall and latency" not in render_markdown(saved, saved["command"])  # reports from before the sweep
+
+
 def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_path):
     """A killed segment leaves heartbeats; the next run's report sums both segments' seconds."""
     import json
