@@ -13,6 +13,7 @@ database are kept in ``--workdir`` and reused, a killed run picks up where the s
 ingest skips complete documents), and a heartbeat in ``<workdir>/progress.jsonl`` records, every
 30 s, how many documents the store holds. The pipeline rates of a resumed run are computed over the
 summed active seconds of all its segments (from each segment's start to its last heartbeat or end).
+``--progress`` prints where such a run stands (documents stored, recent rate, ETA) from the heartbeats.
 """
 
 from __future__ import annotations
@@ -570,12 +571,15 @@ def command(
     """Pipeline throughput vs a bare embed loop and a bare COPY; HNSW build, recall@10, latency."""
     from ray_app.cli.ingest import stdout_to_stderr
 
+    def human(r: dict) -> None:
+        console.print_json(json.dumps(r))
+
     if (resume or progress) and workdir is None:
         from ray_app.settings import get_settings
 
         workdir = get_settings().home / "bench" / report_name(docs)
     if progress:
-        emit(progress_summary(workdir / "progress.jsonl", docs), json_out, lambda r: console.print_json(json.dumps(r)))
+        emit(progress_summary(workdir / "progress.jsonl", docs), json_out, human)
         return
     with stdout_to_stderr(json_out):
         result = run_benchmark(docs, seed, workdir, bare_sample, threads, queries=queries, resume=resume)
@@ -586,8 +590,4 @@ def command(
         name = report_name(docs)
         (out / f"{name}.json").write_text(json.dumps({**result, "command": command_line}, indent=2) + "\n")
         (out / f"{name}.md").write_text(render_markdown(result, command_line))
-
-    def human(r: dict) -> None:
-        console.print_json(json.dumps(r))
-
     emit(result, json_out, human)
