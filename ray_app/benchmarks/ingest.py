@@ -215,11 +215,16 @@ class CpuProfile(_Periodic):
                 "by_group_s": {g: round(s, 1) for g, s in self.by_group.items()}}
 
 
-def segments(progress: Path) -> list[dict]:
-    """Per segment of a resumed run: start/end time, documents in the store at both, load average."""
+def read_beats(progress: Path) -> list[dict]:
+    """The heartbeat entries of ``progress.jsonl`` in the order written (none if it does not exist)."""
+    return [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+
+
+def segments(beats: list[dict]) -> list[dict]:
+    """Per segment of a resumed run (from ``read_beats``): start/end time, documents in the store at
+    both, load average."""
     by_segment: dict[str, list[dict]] = {}
-    for line in progress.read_text().splitlines() if progress.exists() else []:
-        entry = json.loads(line)
+    for entry in beats:
         by_segment.setdefault(entry["segment"], []).append(entry)
     out = []
     for name, beats in by_segment.items():
@@ -238,10 +243,10 @@ def progress_summary(progress: Path, target: int, window_s: float = 3600.0, now:
     its start-up), and ``eta_s`` the remaining documents at that rate. ``running``: the newest segment
     has not ended and beat within the last two minutes.
     """
-    beats = [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    beats = read_beats(progress)
     if not beats:
         raise FileNotFoundError(f"no heartbeats in {progress}: start the run with --resume first")
-    runs = segments(progress)
+    runs = segments(beats)
     newest = [b for b in beats if b["segment"] == runs[-1]["segment"]]
     window = [b for b in newest if b["t"] >= newest[-1]["t"] - window_s]
     span = window[-1]["t"] - window[0]["t"]
@@ -344,28 +349,23 @@ EF_SEARCH_SWEEP = (40, 160, 320)
 def search_quality(store, queries: np.ndarray, k: int = 10, sweep: tuple[int, ...] = EF_SEARCH_SWEEP) -> dict:
     """Recall@k of HNSW search against exact search, and single-query search latency, at the
     store's ``hnsw_ef_search`` (the headline numbers) and at each beam width in ``sweep``."""
-    from ray_app.store import Store
-
     ids, corpus = load_vectors(store)
     truth = [{ids[i] for i in row} for row in exact_top_k(corpus, queries, k)]
 
-    def measure(s) -> dict:
+    def measure(ef: int) -> dict:
         latencies, recalls = [], []
         for q, expected in zip(queries, truth, strict=True):
             started = time.perf_counter()
-            hits = s.search_vector(q, k)
+            hits = store.search_vector(q, k, ef_search=ef)
             latencies.append((time.perf_counter() - started) * 1000)
             recalls.append(len(expected & {h.id for h in hits}) / k)
-        return {"ef_search": s.settings.hnsw_ef_search, "recall_at_10": round(float(np.mean(recalls)), 4),
+        return {"ef_search": ef, "recall_at_10": round(float(np.mean(recalls)), 4),
                 "search_p50_ms": round(float(np.percentile(latencies, 50)), 2),
                 "search_p95_ms": round(float(np.percentile(latencies, 95)), 2)}
 
-    headline = measure(store)
-    curve = []
-    for ef in sorted(set(sweep) - {store.settings.hnsw_ef_search}):
-        with Store(store.url, settings=store.settings.model_copy(update={"hnsw_ef_search": ef}), migrate=False) as s:
-            curve.append(measure(s))
-    return {**headline, "ef_search_sweep": sorted([headline, *curve], key=lambda m: m["ef_search"])}
+    default = store.settings.hnsw_ef_search
+    curve = {ef: measure(ef) for ef in sorted({default, *sweep})}
+    return {**curve[default], "ef_search_sweep": list(curve.values())}
 
 
 def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
@@ -402,7 +402,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
     with Heartbeat(progress, url), CpuProfile() as cpu:
         pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
                               rebuild_index=True, batch_docs=256)
-    runs = segments(progress)
+    runs = segments(read_beats(progress))
     segment_chunks = pipeline["chunks"]  # written by this process: what its write busy time covers
     if len(runs) > 1:  # resumed: rates over every segment's working seconds, not just the last one
         active = sum(s["seconds"] for s in runs) - pipeline["index_build_s"]

@@ -193,9 +193,14 @@ class Store:
 
     # ------------------------------------------------------------------ search
     def search_vector(
-        self, embedding, k: int = 10, kind: str = "chunk", filters: Filters | None = None
+        self, embedding, k: int = 10, kind: str = "chunk", filters: Filters | None = None,
+        ef_search: int | None = None,
     ) -> list[SearchHit]:
-        """Nearest chunks (or images) by cosine distance through the HNSW index; score = 1 - distance."""
+        """Nearest chunks (or images) by cosine distance through the HNSW index; score = 1 - distance.
+
+        ``ef_search``: the HNSW query beam for this search (default: the ``hnsw_ef_search`` setting);
+        wider finds more of the exact neighbours and takes longer. It is never below ``k``.
+        """
         _check_k(k)
         query = check_vector(embedding, "query")
         table = {"chunk": "chunks", "image": "images"}.get(kind)
@@ -211,7 +216,7 @@ class Store:
             f" ORDER BY x.embedding <=> %s LIMIT %s"
         )
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(self.settings.hnsw_ef_search, k))}")
+            conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(ef_search or self.settings.hnsw_ef_search, k))}")
             rows = conn.execute(sql, [query, *params, query, k]).fetchall()
         return [SearchHit(kind, r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], r[7]) for r in rows]
 

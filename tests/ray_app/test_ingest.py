@@ -241,7 +241,7 @@ def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_
     """A killed segment leaves heartbeats; the next run's report sums both segments' seconds."""
     import json
 
-    from ray_app.benchmarks.ingest import Heartbeat, segments
+    from ray_app.benchmarks.ingest import Heartbeat, read_beats, segments
 
     progress = tmp_path / "progress.jsonl"
     killed = Heartbeat(progress, store.url, every=3600)
@@ -251,10 +251,10 @@ def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_
         pass
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
     assert [e["event"] for e in lines] == ["start", "beat", "start", "end"]
-    runs = segments(progress)
+    runs = segments(read_beats(progress))
     assert [r["completed"] for r in runs] == [False, True]
     assert all(r["documents_before"] == r["documents_after"] == 0 and r["seconds"] >= 0 for r in runs)
-    assert segments(tmp_path / "missing.jsonl") == []
+    assert read_beats(tmp_path / "missing.jsonl") == []
 
 
 def test_bench_progress_reports_the_newest_segments_recent_rate_and_eta(tmp_path):
