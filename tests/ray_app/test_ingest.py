@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -157,6 +156,39 @@ def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable
     assert integrity(store) == {"duplicates": 0, "orphans": 0, "incomplete": 0}
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process below it: the local Ray it started, including the write
+    tasks' workers, which are not all in the driver's process group (one left alive went on writing
+    after the kill, and the rerun then found more documents unchanged than the killed run had left)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(procs, timeout=30)
+
+
+def wait_for_open_transactions_to_end(store, timeout_s: float = 60) -> None:
+    """Wait until no other session in this database is inside a transaction: a COMMIT sent just
+    before the kill is then either applied or rolled back, so a count taken afterwards is final."""
+    deadline = time.monotonic() + timeout_s
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'")
+    while time.monotonic() < deadline:
+        with store.pool.connection() as conn:
+            if conn.execute(query).fetchone()[0] == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the killed run's transactions were still open after {timeout_s} s")
+
+
 def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_path, store, database_url):
     records = list(wiki.build_records(limit=120))
     write_shards(records, tmp_path / "shards", "wiki", shard_rows=40)
@@ -171,9 +203,8 @@ def test_resume_after_sigkill_at_a_random_point_gives_the_clean_run_rows(tmp_pat
         while proc.poll() is None and store.counts()["documents"] < threshold and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+        kill_tree(proc)
+    wait_for_open_transactions_to_end(store)
     partial = store.counts()["documents"]
     assert integrity(store)["duplicates"] == 0 and integrity(store)["orphans"] == 0
 
