@@ -24,6 +24,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def start_node(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    # Each node's dashboard agent gets a free HTTP port: the default (52365) is taken by any other Ray
+    # on the machine, and a head whose agent cannot bind accepts no `ray job submit`.
+    args = [*args, f"--dashboard-agent-listen-port={free_port()}"]
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args], env=env, cwd=REPO,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
