@@ -50,7 +50,7 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_e
     from serving.app import CONFIG_PATH
 
     bin_dir = Path(sys.executable).parent
-    http_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
+    http_port, gcs_port, dashboard_port, agent_port = free_port(), free_port(), free_port(), free_port()
     config = yaml.safe_load(CONFIG_PATH.read_text())
     config["http_options"]["port"] = http_port
     deploy_file = tmp_path / "config.yaml"
@@ -63,7 +63,8 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_e
     # test stops exactly this cluster (`ray stop` would stop every Ray on the machine).
     ray_start = [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(gcs_port), "--num-cpus", "2",
                  "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-                 "--node-ip-address", "127.0.0.1", "--temp-dir", ray_temp]
+                 "--node-ip-address", "127.0.0.1", "--temp-dir", ray_temp,
+                 "--dashboard-agent-listen-port", str(agent_port)]  # the default is taken by any other Ray here
     cluster = subprocess.Popen(ray_start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     url, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
