@@ -163,7 +163,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
     import psutil
 
     try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         procs = []
     for p in procs:
