@@ -31,6 +31,7 @@ import pyarrow as pa
 from ray.data import ActorPoolStrategy, Datasink
 
 from ray_app.chunking import ChunkConfig
+from ray_app.models.text import check_backend, embedder_key
 from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_DIM, get_settings
 
@@ -78,7 +79,7 @@ class IngestConfig:
         embed_threads: intra-op threads per actor (None: the node's CPU count / actors).
         embed_cpus: logical CPUs Ray reserves per embedding actor; threads are set separately, and
             leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
-        backend: 'onnx' or 'torch' (None: settings).
+        backend: 'onnx', 'onnx-int8' or 'torch' (None: settings).
         batch_docs: documents per ``map_batches`` batch.
         embed_batch_docs: documents per batch of the text-embedding stage. Bigger batches pad less
             (the embedder sorts a batch's texts by length); their output is still cut into blocks
@@ -113,8 +114,8 @@ class IngestConfig:
         self.input_dir = Path(self.input_dir)
         if self.embed_actors < 1 or self.batch_docs < 1 or self.embed_batch_docs < 1:
             raise ValueError("embed_actors, batch_docs and embed_batch_docs must be at least 1")
-        if self.backend not in (None, "onnx", "torch"):
-            raise ValueError(f"backend must be 'onnx' or 'torch', got {self.backend!r}")
+        if self.backend is not None:
+            check_backend(self.backend)
 
 
 def _worker_env(home: str, database_url: str) -> None:
@@ -173,9 +174,11 @@ class PrepareDocuments:
         home, database_url: the driver's PRISM_HOME and database.
         chunk: chunk budget and overlap.
         image_key: identity of the image encoder (see :func:`image_encoder_key`).
+        backend: the text-embedding backend (None: settings); INT8 vectors have their own identity.
     """
 
-    def __init__(self, home: str, database_url: str, chunk: ChunkConfig, image_key: str):
+    def __init__(self, home: str, database_url: str, chunk: ChunkConfig, image_key: str,
+                 backend: str | None = None):
         _worker_env(home, database_url)
         from ray_app.chunking import Chunker
         from ray_app.store import Store
@@ -183,8 +186,9 @@ class PrepareDocuments:
         self.settings = get_settings()
         self.store = Store(database_url, settings=self.settings)
         self.chunker = Chunker(chunk)
-        self.key = pipeline_key(self.settings.text_model, chunk, "")
-        self.image_key = pipeline_key(self.settings.text_model, chunk, image_key)
+        text_key = embedder_key(self.settings.text_model, backend or self.settings.embed_backend)
+        self.key = pipeline_key(text_key, chunk, "")
+        self.image_key = pipeline_key(text_key, chunk, image_key)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()
@@ -303,7 +307,7 @@ class EmbedText:
 
     Args:
         home, database_url: the driver's PRISM_HOME and database.
-        backend: 'onnx' or 'torch' (None: settings).
+        backend: 'onnx', 'onnx-int8' or 'torch' (None: settings).
         threads: intra-op threads (None: this node's CPUs divided by ``actors``).
         actors: how many embed actors share a node (for the thread default).
     """
@@ -466,7 +470,8 @@ def build_dataset(config: IngestConfig, url: str, home: str, encoder: str | None
     ds = ray.data.read_parquet(str(config.input_dir), file_extensions=["parquet"], num_cpus=0.25)
     ds = ds.map_batches(
         PrepareDocuments, fn_constructor_kwargs={"home": home, "database_url": url, "chunk": config.chunk,
-                                                 "image_key": image_encoder_key(Path(encoder) if encoder else None)},
+                                                 "image_key": image_encoder_key(Path(encoder) if encoder else None),
+                                                 "backend": config.backend},
         batch_size=config.batch_docs, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=0.25,
     )
     ds = ds if not has_images else ds.map_batches(

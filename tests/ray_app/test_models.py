@@ -31,6 +31,20 @@ def test_torch_and_onnx_backends_agree(text_embedder, torch_embedder):
     np.testing.assert_allclose(text_embedder.embed(texts), torch_embedder.embed(texts), atol=1e-4)
 
 
+def test_int8_backend_is_a_cached_quantised_graph_close_to_fp32(text_embedder):
+    int8 = TextEmbedder(backend="onnx-int8")
+    path = int8.onnx_path(int8=True)
+    assert path.exists() and path.stat().st_size < text_embedder.onnx_path().stat().st_size / 3  # INT8 weights
+    texts = SENTENCES + ["word " * 400]
+    fp32, q = text_embedder.embed(texts), int8.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    cosine = (fp32 * q).sum(axis=1)
+    assert cosine.min() > 0.95 and not np.allclose(fp32, q, atol=1e-4)  # close, but not the same vectors
+    assert q[0] @ q[1] > q[0] @ q[2] + 0.2  # the same neighbourhoods
+    with pytest.raises(ValueError, match="onnx-int8"):
+        TextEmbedder(backend="int4")
+
+
 def test_embed_of_nothing_and_of_a_bare_string():
     embedder = TextEmbedder(backend="onnx")
     assert embedder.embed([]).shape == (0, 384)

@@ -39,7 +39,7 @@ def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tm
     report = json.loads(result.stdout)
     with_description = sum(1 for r in records if json.loads(r["metadata"])["description"])
     assert report["queries"] == with_description and report["corpus"]["documents"] == len(records)
-    assert report["corpus"]["full"] is False
+    assert report["corpus"]["full"] is False and report["backend"] == "onnx"
     for mode in ("vector", "text", "hybrid"):
         m = report["modes"][mode]
         assert 0 <= m["r_at_1"] <= m["r_at_10"] <= 1 and m["mrr"] <= m["ndcg_at_10"] + 1e-9
