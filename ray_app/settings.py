@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBED_DIM = 384
+EMBED_BACKENDS = ("onnx", "onnx-int8", "torch")  # see ray_app.models.text
 
 
 class Settings(BaseSettings):
@@ -89,8 +90,8 @@ class Settings(BaseSettings):
     @field_validator("embed_backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
-        if value not in {"onnx", "onnx-int8", "torch"}:
-            raise ValueError(f"PRISM_EMBED_BACKEND must be 'onnx', 'onnx-int8' or 'torch', got {value!r}")
+        if value not in EMBED_BACKENDS:
+            raise ValueError(f"PRISM_EMBED_BACKEND must be one of {', '.join(EMBED_BACKENDS)}; got {value!r}")
         return value
 
     @property

