@@ -101,6 +101,8 @@ class Heartbeat(_Periodic):
     """Appends ``{"segment", "t", "documents"}`` to ``progress.jsonl`` every ``every`` seconds.
 
     A killed run leaves its last heartbeat behind, so the next run can count the seconds it worked.
+    The last entry is ``end`` when the run finished, ``stopped`` when it raised (SIGTERM, Ctrl-C), and
+    a plain beat after a SIGKILL.
     """
 
     def __init__(self, path: Path, url: str, every: float = 30.0):
@@ -129,9 +131,9 @@ class Heartbeat(_Periodic):
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.stop()
-        self.beat("end")
+        self.beat("end" if exc_type is None else "stopped")
 
 
 CPU_GROUPS = ("embed actor", "prepare actor", "other Ray workers", "Ray system", "PostgreSQL", "driver", "other")
@@ -393,7 +395,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         pipeline = run_ingest(workdir / "corpus", database_url=url, embed_threads=threads, backend=backend,
                               rebuild_index=True, batch_docs=256)
     runs = segments(read_beats(progress))
-    segment_chunks = pipeline["chunks"]  # written by this process: what its write busy time covers
+    last_segment = {"documents": pipeline["written"], "chunks": pipeline["chunks"]}  # what busy times cover
     if len(runs) > 1:  # resumed: rates over every segment's working seconds, not just the last one
         active = sum(s["seconds"] for s in runs) - pipeline["index_build_s"]
         pipeline["docs_per_s"] = round(pipeline["documents"] / active, 2)
@@ -408,7 +410,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         bare_copy_tsv_per_s, _ = bare_copy(store, bare_sample, with_tsvector=True)
         quality = search_quality(store, held_out_queries(docs, seed, backend, queries))
     write_s = pipeline["stage_busy_s"]["write"]
-    pipeline_copy_per_s = segment_chunks / write_s if write_s else 0.0
+    pipeline_copy_per_s = last_segment["chunks"] / write_s if write_s else 0.0
     result = {
         "documents": pipeline["documents"],
         "chunks": pipeline["chunks"],
@@ -432,6 +434,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "stage_busy_s": pipeline["stage_busy_s"],
         "cpu_profile": cpu.summary(),
         "load_seconds": pipeline["load_seconds"],
+        "last_segment": last_segment,
         "corpus_build_s": build["seconds"],
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_count": os.cpu_count(),
@@ -450,6 +453,10 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
 
 def render_markdown(r: dict, command: str) -> str:
     busy = r["stage_busy_s"]
+    # stage busy times and the CPU profile cover the last segment of a resumed run (older reports: one segment)
+    seg = r.get("last_segment", {"documents": r["documents"], "chunks": r["chunks"]})
+    cpu = r.get("cpu_profile")
+    load_cpu_s = r["load_seconds"] * r["cpu_count"]  # what the cores could give while the pipeline loaded
     lines = [
         f"# Ingest benchmark: {r['documents']:,} synthetic documents",
         "",
@@ -483,48 +490,59 @@ def render_markdown(r: dict, command: str) -> str:
         "",
         "## Where the time went (measured)",
         "",
-        f"Stage busy seconds summed over the run: prepare/chunk {busy['prepare']:.1f}, images {busy['images']:.1f}, "
+        f"Stage busy seconds summed over the {'last segment' if 'segments' in r and len(r['segments']) > 1 else 'run'} "
+        f"({seg['documents']:,} documents, {seg['chunks']:,} chunks): prepare/chunk {busy['prepare']:.1f}, images {busy['images']:.1f}, "
         f"embed {busy['embed']:.1f}, Store.write {busy['write']:.1f}; pipeline wall time (load) "
         f"{r['load_seconds']:.1f} s.",
     ]
-    if cpu := r.get("cpu_profile"):
+    if cpu:
         groups = cpu["by_group_s"]
-        others = sum(v for g, v in groups.items() if g != "embed actor")
         lines += [
             "",
-            f"CPU while the pipeline ran (`cpu_profile`, sampled per process): the cores could give "
-            f"{cpu['available_s']:,.0f} CPU-s and {cpu['busy_s']:,.0f} were used: "
+            f"CPU while the pipeline loaded and then built the indexes (`cpu_profile`, sampled per process): the "
+            f"cores could give {cpu['available_s']:,.0f} CPU-s and {cpu['busy_s']:,.0f} were used: "
             + ", ".join(f"{g} {v:,.0f}" for g, v in groups.items())
-            + f". The embed actor got {groups['embed actor'] / max(cpu['available_s'], 1e-9):.0%} of the cores "
-            f"({1000 * groups['embed actor'] / max(r['chunks'], 1):.0f} CPU-ms per chunk"
-            + (f"; the bare loop, which has the cores to itself, {r['bare_embed_cpu_ms_per_text']:.0f} CPU-ms per text"
-               if "bare_embed_cpu_ms_per_text" in r else "")
-            + f"), the rest of the pipeline and Ray {others / max(cpu['available_s'], 1e-9):.0%}, and "
-            f"{1 - cpu['busy_s'] / max(cpu['available_s'], 1e-9):.0%} stayed idle (start-up, fill and drain).",
+            + f" (PostgreSQL's figure includes the {r['index_build_s']:.0f}-second index build). The embed actor "
+            f"used {groups['embed actor'] / max(load_cpu_s, 1e-9):.0%} of what the cores could give during the "
+            f"{r['load_seconds']:,.0f}-second load, {1000 * groups['embed actor'] / max(seg['chunks'], 1):.1f} "
+            "CPU-ms per chunk"
+            + (f"; the bare loop, which has the cores to itself, {r['bare_embed_cpu_ms_per_text']:.1f} CPU-ms per text"
+               if "bare_embed_cpu_ms_per_text" in r else "") + ".",
         ]
     runs = r.get("segments", [])
     if len(runs) > 1:
         lines += ["", f"The run was killed and resumed: {len(runs)} segments. Pipeline rates are over their summed "
                   "working seconds (start to last heartbeat); stage busy times are the last segment's.", "",
-                  "| segment | seconds | documents before → after | completed | mean load average |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s['segment']} | {s['seconds']:.0f} | {s['documents_before']:,} → {s['documents_after']:,} | "
-                  f"{'yes' if s['completed'] else 'killed'} | {s['mean_load_average']} |" for s in runs]
+                  "| segment | seconds | documents before → after | docs/s | completed | mean load average |",
+                  "|---|---|---|---|---|---|"]
+        for s in runs:
+            loading = s["seconds"] - (r["index_build_s"] if s["completed"] else 0.0)  # only a finished run builds
+            rate = (s["documents_after"] - s["documents_before"]) / max(loading, 1e-9)
+            lines.append(f"| {s['segment']} | {s['seconds']:.0f} | {s['documents_before']:,} → {s['documents_after']:,} | "
+                         f"{rate:.1f} | {'yes' if s['completed'] else 'stopped'} | {s['mean_load_average']} |")
     missed = [k for k, ok in r["met"].items() if not ok]
     lines += ["", "Targets missed: " + (", ".join(missed) if missed else "none") + "."]
     if "embed_ratio" in r["met"] and not r["met"]["embed_ratio"]:
         util = busy["embed"] / max(r["load_seconds"], 1e-9)
-        per_chunk = 1000 * busy["embed"] / max(r["chunks"], 1)
-        lines.append(
-            f"- embed_ratio: the embed actor was busy {busy['embed']:.0f} s of {r['load_seconds']:.0f} s wall "
-            f"({util:.0%}); the rest is Ray and actor start-up, model loading and pipeline fill/drain, which a "
-            f"{r['documents']:,}-document run does not amortise. Inside the actor a chunk took {per_chunk:.0f} ms, "
-            f"in the bare loop {1000 / max(r['bare_embed_per_s'], 1e-9):.0f} ms (wall).")
+        text = (f"- embed_ratio: the embed actor was busy {busy['embed']:.0f} s of the {r['load_seconds']:.0f}-second "
+                f"load ({util:.0%}), {1000 * busy['embed'] / max(seg['chunks'], 1):.1f} ms per chunk against "
+                f"{1000 / max(r['bare_embed_per_s'], 1e-9):.1f} ms in the bare loop (wall).")
+        if cpu and "bare_embed_cpu_ms_per_text" in r:
+            actor = cpu["by_group_s"]["embed actor"]
+            text += (f" In CPU time a chunk costs the actor {1000 * actor / max(seg['chunks'], 1):.1f} ms and the bare "
+                     f"loop {r['bare_embed_cpu_ms_per_text']:.1f} ms, so what bounds the ratio is the share of the "
+                     f"{r['cpu_count']} cores the actor gets: {actor / max(load_cpu_s, 1e-9):.0%} during the load. The "
+                     "rest goes to chunking, Ray's other workers and system processes, the driver and PostgreSQL's "
+                     "writes, none of which the bare loop runs (CPU by process above).")
+        if len(runs) > 1:
+            text += (" The ratio is over all segments; the segments table shows each one's rate beside the "
+                     "machine's mean load average, which includes any other work that shared it.")
+        lines.append(text)
     if "copy_ratio" in r["met"] and not r["met"]["copy_ratio"]:
         tsv = r.get("bare_copy_tsvector_rows_per_s")
         lines.append(
-            f"- copy_ratio: `Store.write` was busy {busy['write']:.1f} s for {r['chunks']:,} chunk rows plus "
-            f"{r['documents']:,} document rows; per block it also creates staging tables, runs "
+            f"- copy_ratio: `Store.write` was busy {busy['write']:.1f} s for {seg['chunks']:,} chunk rows plus "
+            f"{seg['documents']:,} document rows; per block it also creates staging tables, runs "
             "`INSERT ... ON CONFLICT` (checking the primary key, the `(doc_id, ord)` key and the foreign key to "
             "`documents`) and fills the generated `tsvector` column, in one transaction per block of a few hundred "
             "rows, where the bare COPY streams plain rows into an unindexed table. (The HNSW and GIN indexes are "
@@ -537,11 +555,13 @@ def render_markdown(r: dict, command: str) -> str:
                 f"copy_ratio near {tsv / r['bare_copy_rows_per_s']:.2f}; against that baseline the pipeline's write "
                 f"reaches {r['copy_ratio_vs_tsvector_copy']:.2f}.")
     if r["documents"] < 1_000_000:
-        lines += ["", "**The 1,000,000-document run is pending.** This report is a smaller run of the same "
-                  "command. To produce `ingest-1m.{json,md}` (hours on 2 cores; run it in the background, and "
-                  "run it again to continue after it is killed):", "",
+        lines += ["", "This report is a smaller run of the same command. The 1,000,000-document run "
+                  "(`ingest-1m.{json,md}`; hours on 2 cores: run it in the background, and run it again to continue "
+                  "after it is killed):", "",
                   "```", "nohup nice -n 19 prism bench ingest --docs 1000000 --backend onnx-int8 --resume --json >> ingest-1m.out "
                   "2>> ingest-1m.log &", "```"]
+    if amended := r.get("amended"):  # fields corrected by hand after the run, each with its source
+        lines += ["", "Amended after the run (`amended` in the JSON):", "", *(f"- {a}" for a in amended)]
     lines += ["", "The numbers are in the JSON file next to this one.", ""]
     return "\n".join(lines)
 

@@ -282,7 +282,7 @@ def test_bench_report_renders_a_saved_run_with_its_ef_search_sweep():
              for ef, r in ((40, 0.97), (80, 0.99))]
     text = render_markdown({**saved, "ef_search": 80, "ef_search_sweep": sweep}, saved["command"])
     assert "| 40 | 0.970 | 1.0 | 2.0 |" in text and "the rows above use 80" in text
-    assert "Targets missed: copy_ratio." in text and "1,000,000-document run is pending" in text
+    assert "Targets missed: copy_ratio." in text and "The 1,000,000-document run (`ingest-1m" in text
     assert "Recall and latency" not in render_markdown(saved, saved["command"])  # reports from before the sweep
 
 
@@ -308,6 +308,23 @@ def test_bench_embed_compares_int8_with_fp32_on_the_same_chunks_and_the_ingest_r
     assert "Backend onnx-int8" in text and f"({measured['int8_speedup']:.2f}x)" in text
 
 
+def test_bench_report_of_a_resumed_run_uses_the_last_segments_counts_for_its_per_chunk_figures():
+    """The committed 1M report (two segments): busy times and CPU are the last segment's, so per-chunk costs
+    divide by its 427,044 chunks, not the run's 1,293,960; each segment's rate excludes the index build."""
+    import json
+
+    from ray_app.benchmarks.ingest import render_markdown
+
+    saved = json.loads((Path(__file__).parents[2] / "docs/reports/ingest-1m.json").read_text())
+    text = render_markdown(saved, saved["command"])
+    actor_ms = 1000 * saved["cpu_profile"]["by_group_s"]["embed actor"] / saved["last_segment"]["chunks"]
+    assert f"a chunk costs the actor {actor_ms:.1f} ms" in text and 10 < actor_ms < 30
+    first, last = saved["segments"]
+    last_rate = (last["documents_after"] - last["documents_before"]) / (last["seconds"] - saved["index_build_s"])
+    assert f"| {last_rate:.1f} | yes |" in text and "| stopped |" in text
+    assert "pending" not in text and "Amended after the run" in text
+
+
 def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_path):
     """A killed segment leaves heartbeats; the next run's report sums both segments' seconds."""
     import json
@@ -318,12 +335,14 @@ def test_bench_resume_heartbeat_counts_each_segments_working_seconds(store, tmp_
     killed = Heartbeat(progress, store.url, every=3600)
     killed.beat("start")
     killed.beat()  # ...then SIGKILL: no "end" entry
+    with pytest.raises(KeyboardInterrupt), Heartbeat(progress, store.url, every=3600):
+        raise KeyboardInterrupt  # SIGTERM or Ctrl-C: the run raises and is not complete
     with Heartbeat(progress, store.url, every=3600):
         pass
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
-    assert [e["event"] for e in lines] == ["start", "beat", "start", "end"]
+    assert [e["event"] for e in lines] == ["start", "beat", "start", "stopped", "start", "end"]
     runs = segments(read_beats(progress))
-    assert [r["completed"] for r in runs] == [False, True]
+    assert [r["completed"] for r in runs] == [False, False, True]
     assert all(r["documents_before"] == r["documents_after"] == 0 and r["seconds"] >= 0 for r in runs)
     assert read_beats(tmp_path / "missing.jsonl") == []
 
