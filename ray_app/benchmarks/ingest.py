@@ -456,6 +456,7 @@ def render_markdown(r: dict, command: str) -> str:
     # stage busy times and the CPU profile cover the last segment of a resumed run (older reports: one segment)
     seg = r.get("last_segment", {"documents": r["documents"], "chunks": r["chunks"]})
     cpu = r.get("cpu_profile")
+    runs = r.get("segments", [])
     load_cpu_s = r["load_seconds"] * r["cpu_count"]  # what the cores could give while the pipeline loaded
     lines = [
         f"# Ingest benchmark: {r['documents']:,} synthetic documents",
@@ -490,7 +491,7 @@ def render_markdown(r: dict, command: str) -> str:
         "",
         "## Where the time went (measured)",
         "",
-        f"Stage busy seconds summed over the {'last segment' if 'segments' in r and len(r['segments']) > 1 else 'run'} "
+        f"Stage busy seconds summed over the {'last segment' if len(runs) > 1 else 'run'} "
         f"({seg['documents']:,} documents, {seg['chunks']:,} chunks): prepare/chunk {busy['prepare']:.1f}, images {busy['images']:.1f}, "
         f"embed {busy['embed']:.1f}, Store.write {busy['write']:.1f}; pipeline wall time (load) "
         f"{r['load_seconds']:.1f} s.",
@@ -509,7 +510,6 @@ def render_markdown(r: dict, command: str) -> str:
             + (f"; the bare loop, which has the cores to itself, {r['bare_embed_cpu_ms_per_text']:.1f} CPU-ms per text"
                if "bare_embed_cpu_ms_per_text" in r else "") + ".",
         ]
-    runs = r.get("segments", [])
     if len(runs) > 1:
         lines += ["", f"The run was killed and resumed: {len(runs)} segments. Pipeline rates are over their summed "
                   "working seconds (start to last heartbeat); stage busy times are the last segment's.", "",
