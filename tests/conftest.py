@@ -1,6 +1,7 @@
-"""Shared fixtures: one real embedded PostgreSQL + pgvector per test session, a fresh database per
-test that asks for one, and a PRISM_HOME whose model caches (ONNX export, converted SmolLM2)
-persist across runs in ``.prism-test/`` so only the first run pays for conversion.
+"""Shared fixtures: one real embedded PostgreSQL + pgvector per test session (stopped at its end
+unless it was already running), a fresh database per test that asks for one, and a PRISM_HOME whose
+model caches (ONNX export, converted SmolLM2) persist across runs in ``.prism-test/`` so only the
+first run pays for conversion.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -37,11 +39,14 @@ def reset_settings() -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> str:
-    """URL of the session's embedded server (started once; left running for the next session)."""
-    from ray_app.store.embedded import start_embedded
+def pg_server_url() -> Iterator[str]:
+    """URL of the session's embedded server: started once, and stopped at the end if this session started it."""
+    from ray_app.store.embedded import embedded_url, start_embedded, stop_embedded
 
-    return start_embedded(TEST_HOME / "pg")
+    was_running = embedded_url(TEST_HOME / "pg") is not None
+    yield start_embedded(TEST_HOME / "pg")
+    if not was_running:
+        stop_embedded(TEST_HOME / "pg")
 
 
 @pytest.fixture()
