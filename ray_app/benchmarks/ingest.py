@@ -457,7 +457,9 @@ def render_markdown(r: dict, command: str) -> str:
     seg = r.get("last_segment", {"documents": r["documents"], "chunks": r["chunks"]})
     cpu = r.get("cpu_profile")
     runs = r.get("segments", [])
-    load_cpu_s = r["load_seconds"] * r["cpu_count"]  # what the cores could give while the pipeline loaded
+    if cpu:  # the embed actor works only during the load: its CPU per chunk and share of the cores then
+        actor_ms = 1000 * cpu["by_group_s"]["embed actor"] / max(seg["chunks"], 1)
+        actor_share = cpu["by_group_s"]["embed actor"] / max(r["load_seconds"] * r["cpu_count"], 1e-9)
     lines = [
         f"# Ingest benchmark: {r['documents']:,} synthetic documents",
         "",
@@ -504,9 +506,8 @@ def render_markdown(r: dict, command: str) -> str:
             f"cores could give {cpu['available_s']:,.0f} CPU-s and {cpu['busy_s']:,.0f} were used: "
             + ", ".join(f"{g} {v:,.0f}" for g, v in groups.items())
             + f" (PostgreSQL's figure includes the {r['index_build_s']:.0f}-second index build). The embed actor "
-            f"used {groups['embed actor'] / max(load_cpu_s, 1e-9):.0%} of what the cores could give during the "
-            f"{r['load_seconds']:,.0f}-second load, {1000 * groups['embed actor'] / max(seg['chunks'], 1):.1f} "
-            "CPU-ms per chunk"
+            f"used {actor_share:.0%} of what the cores could give during the {r['load_seconds']:,.0f}-second load, "
+            f"{actor_ms:.1f} CPU-ms per chunk"
             + (f"; the bare loop, which has the cores to itself, {r['bare_embed_cpu_ms_per_text']:.1f} CPU-ms per text"
                if "bare_embed_cpu_ms_per_text" in r else "") + ".",
         ]
@@ -515,8 +516,8 @@ def render_markdown(r: dict, command: str) -> str:
                   "working seconds (start to last heartbeat); stage busy times are the last segment's.", "",
                   "| segment | seconds | documents before → after | docs/s | completed | mean load average |",
                   "|---|---|---|---|---|---|"]
-        for s in runs:
-            loading = s["seconds"] - (r["index_build_s"] if s["completed"] else 0.0)  # only a finished run builds
+        for s in runs:  # index_build_s is this (the last) segment's, as in run_benchmark's working seconds
+            loading = s["seconds"] - (r["index_build_s"] if s is runs[-1] else 0.0)
             rate = (s["documents_after"] - s["documents_before"]) / max(loading, 1e-9)
             lines.append(f"| {s['segment']} | {s['seconds']:.0f} | {s['documents_before']:,} → {s['documents_after']:,} | "
                          f"{rate:.1f} | {'yes' if s['completed'] else 'stopped'} | {s['mean_load_average']} |")
@@ -528,10 +529,9 @@ def render_markdown(r: dict, command: str) -> str:
                 f"load ({util:.0%}), {1000 * busy['embed'] / max(seg['chunks'], 1):.1f} ms per chunk against "
                 f"{1000 / max(r['bare_embed_per_s'], 1e-9):.1f} ms in the bare loop (wall).")
         if cpu and "bare_embed_cpu_ms_per_text" in r:
-            actor = cpu["by_group_s"]["embed actor"]
-            text += (f" In CPU time a chunk costs the actor {1000 * actor / max(seg['chunks'], 1):.1f} ms and the bare "
+            text += (f" In CPU time a chunk costs the actor {actor_ms:.1f} ms and the bare "
                      f"loop {r['bare_embed_cpu_ms_per_text']:.1f} ms, so what bounds the ratio is the share of the "
-                     f"{r['cpu_count']} cores the actor gets: {actor / max(load_cpu_s, 1e-9):.0%} during the load. The "
+                     f"{r['cpu_count']} cores the actor gets: {actor_share:.0%} during the load. The "
                      "rest goes to chunking, Ray's other workers and system processes, the driver and PostgreSQL's "
                      "writes, none of which the bare loop runs (CPU by process above).")
         if len(runs) > 1:
