@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted image upload.")
     max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
     max_new_tokens: int = Field(default=160, ge=1, le=2048, description="Generation limit for answers.")
+    fusion_threads: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1), ge=1,
+        description="torch threads per fusion (LLM) replica; default: every core.")
     fusion_max_batch_size: int = Field(
         default=16, ge=1, le=256, description="Answers the fusion deployment decodes together; more wait for a slot."
     )

@@ -24,9 +24,22 @@ CONFIG_PATH = Path(__file__).parent / "config.yaml"
 APP_NAME = "prism"
 
 
-def build_app(args: dict | None = None):
-    """The bound application graph (``import_path: serving.app:app``)."""
-    return Ingress.bind(VisionDeployment.bind(), RagDeployment.bind(), FusionDeployment.bind(), AuditDeployment.bind())
+DEPLOYMENTS = {"ingress": Ingress, "vision": VisionDeployment, "rag": RagDeployment, "fusion": FusionDeployment,
+               "audit": AuditDeployment}
+
+
+def build_app(config: ServeDeploySchema | None = None):
+    """The bound application graph (``import_path: serving.app:app``).
+
+    With ``config``, each deployment takes its options (replicas, autoscaling, actor options, ...)
+    from the config's entry of the same name, as ``serve deploy`` would apply them.
+    """
+    options = {}
+    if config is not None:
+        for dep in config.applications[0].deployments:
+            options[dep.name] = dep.model_dump(exclude_unset=True, exclude={"name"})
+    d = {name: cls.options(**options.get(name, {})) for name, cls in DEPLOYMENTS.items()}
+    return d["ingress"].bind(d["vision"].bind(), d["rag"].bind(), d["fusion"].bind(), d["audit"].bind())
 
 
 app = build_app()
@@ -57,13 +70,12 @@ def load_config(path: Path = CONFIG_PATH, host: str | None = None, port: int | N
 
 
 def deploy_config(config: ServeDeploySchema) -> None:
-    """Start Serve with the config's HTTP options and deploy its applications (Ray must be up)."""
-    from ray.serve._private import api as serve_api
-    from ray.serve.config import gRPCOptions
+    """Start Serve with the config's HTTP options and run the application (Ray must be up).
 
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        proxy_location=config.proxy_location,
-        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
-    )
-    client.deploy_apps(config, _blocking=False)
+    Returns once every deployment is running (models loaded).
+    """
+    from ray import serve
+
+    serve.start(http_options=config.http_options.model_dump(exclude_unset=True), proxy_location=config.proxy_location)
+    application = config.applications[0]
+    serve.run(build_app(config), name=application.name, route_prefix=application.route_prefix)

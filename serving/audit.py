@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ray import serve
 
-from ray_app.answer import AskOptions, Retrieved, finish_answer
-from ray_app.audit import verify_chain
-from ray_app.prompting import Passage
+from ray_app.ask.service import AnswerDraft
+from ray_app.ask.stages import LoggedAudit
+from ray_app.audit.chain import verify_chain
 
 
 @serve.deployment(name="audit")
@@ -15,20 +15,14 @@ class AuditDeployment:
 
     def __init__(self):
         from ray_app.models.text import get_text_embedder
-        from ray_app.retrieval import get_store
+        from ray_app.store import get_store
 
         self.store = get_store()
-        self.embedder = get_text_embedder()
+        self.auditor = LoggedAudit(self.store, get_text_embedder())
 
-    def record(self, *, ask_id: str, question: str, answer: str, query: str, passages: list[dict],
-               vision: dict | None, k: int, versions: dict, timings_ms: dict) -> dict:
-        """Audit and log one answer; returns the ``/v1/ask`` response dict."""
-        retrieved = Retrieved(query, [Passage(**p) for p in passages])
-        return finish_answer(
-            ask_id=ask_id, question=question, answer=answer, retrieved=retrieved, vision=vision,
-            options=AskOptions(k=k), versions=versions, timings_ms=timings_ms, store=self.store,
-            embedder=self.embedder,
-        )
+    async def record(self, draft: AnswerDraft) -> dict:
+        """Audit and log one answer: ``{"grounded", "flags", "citations"}``."""
+        return await self.auditor.record(draft)
 
     def verify(self) -> dict:
         return verify_chain(self.store)

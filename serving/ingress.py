@@ -22,18 +22,26 @@ from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ray_app.answer import check_question, new_ask_id
-from ray_app.prompting import NOT_IN_SOURCES
+from ray_app.ask.service import AskEvent, AskOptions, AskService
+from ray_app.errors import InputError, NotFound, PrismError
+from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import get_settings
+from ray_app.vision.analyzer import ImageRejected
 from serving.schemas import (
     AskRequest,
     AskResponse,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatDelta,
+    ChatResponseMessage,
     ErrorResponse,
     SearchRequest,
     SearchResponse,
 )
+from serving.stages import ServeAudit, ServeGenerate, ServeRetrieve, ServeVision
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -60,6 +68,31 @@ def error_json(status: int, code: str, message: str) -> JSONResponse:
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return error_json(exc.status, exc.code, exc.message)
+
+
+# Prism's own errors by type; an image is refused with the status that says why.
+IMAGE_STATUS = {"image_too_large": 413, "image_too_many_pixels": 413, "unsupported_media_type": 415}
+
+
+def status_for(exc: PrismError) -> int:
+    """The HTTP status of one of Prism's errors (the service below never raises HTTP errors)."""
+    if isinstance(exc, ImageRejected):
+        return IMAGE_STATUS.get(exc.code, 422)
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, InputError):
+        return 422
+    return 503  # Unavailable and other service-side conditions: try again later
+
+
+@api.exception_handler(PrismError)
+async def _prism_error(_: Request, exc: PrismError) -> JSONResponse:
+    return error_json(status_for(exc), exc.code, str(exc))
+
+
+@api.exception_handler(ModelNotAvailable)
+async def _model_missing(_: Request, exc: ModelNotAvailable) -> JSONResponse:
+    return error_json(503, "model_not_available", str(exc).splitlines()[0])
 
 
 @api.exception_handler(RequestValidationError)
@@ -135,6 +168,54 @@ def sse(event: str, data: dict | str) -> str:
     return f"event: {event}\ndata: {payload}\n\n"
 
 
+async def start_stream(events: AsyncIterator[AskEvent]) -> AskEvent:
+    """The first event (``meta``): validation, vision and retrieval errors raise here, before a response starts."""
+    return await anext(events)
+
+
+async def final_response(first: AskEvent, events: AsyncIterator[AskEvent]) -> dict:
+    """Drain an ask's events and return its ``done`` response."""
+    async for event in events:
+        if event.kind == "done":
+            return event.data
+    raise RuntimeError("the ask pipeline ended without an answer")
+
+
+async def ask_sse(first: AskEvent, events: AsyncIterator[AskEvent]) -> AsyncIterator[str]:
+    """``/v1/ask`` with ``stream: true``: ``meta``, ``token``..., ``done``; a failure is an in-band ``error``."""
+    yield sse(first.kind, first.data)
+    try:
+        async for event in events:
+            yield sse(event.kind, event.data)
+    except Exception as exc:  # the stream has started: report in-band
+        code = exc.code if isinstance(exc, PrismError) else "internal_error"
+        yield sse("error", {"error": {"code": code, "message": type(exc).__name__}})
+
+
+def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta, finish: str | None = None,
+               prism: dict | None = None) -> str:
+    chunk = ChatCompletionChunk(id=f"chatcmpl-{ask_id}", created=created, model=model, prism=prism,
+                                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)])
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str) -> AsyncIterator[str]:
+    """OpenAI-style chunks: the answer's pieces, a final chunk with ``finish_reason`` and ``prism``, ``[DONE]``."""
+    ask_id, created, role = first.data["id"], int(time.time()), "assistant"
+    async for event in events:
+        if event.kind == "token":
+            yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
+            role = None
+        elif event.kind == "done":
+            yield chat_chunk(ask_id, model, created, ChatDelta(), "stop", event.data)
+    yield "data: [DONE]\n\n"
+
+
+def chat_response(response: dict, model: str) -> ChatCompletionResponse:
+    return ChatCompletionResponse(
+        id=f"chatcmpl-{response['id']}", created=int(time.time()), model=model,
+        choices=[ChatChoice(message=ChatResponseMessage(content=response["answer"]))], prism=response)
+
 
 def chat_question(body: ChatCompletionRequest) -> tuple[str, bytes | None]:
     """The last user message's text and its first image part (a data URL)."""
@@ -162,19 +243,13 @@ def _ms(start: float) -> float:
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    """Orchestrates one request: vision -> rag -> fusion (streamed) -> audit."""
+    """Maps HTTP to the ask service (whose stages call vision, rag, fusion and audit) and back."""
 
     def __init__(self, vision, rag, fusion, audit):
-        self.vision, self.rag, self.fusion, self.audit = vision, rag, fusion, audit
+        self.rag = rag
         self.settings = get_settings()
-        self._versions: dict | None = None
-
-    async def versions(self) -> dict:
-        if self._versions is None:
-            versions = await self.fusion.versions.remote()
-            versions["image_encoder"] = await self.vision.version.remote()
-            self._versions = versions
-        return self._versions
+        self.service = AskService(ServeVision(vision), ServeRetrieve(rag), ServeGenerate(fusion), ServeAudit(audit),
+                                  self.settings)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -182,7 +257,7 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "versions": await self.versions()}
+        return {"status": "ok", "versions": await self.service.versions(with_image=True)}
 
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, body: SearchRequest) -> dict:
@@ -194,105 +269,22 @@ class Ingress:
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}})
     async def ask(self, request: Request):
         body, image = await parse_ask(request)
-        prepared = await self.prepare(body.question, image, body.k)
-        limit = body.max_new_tokens or self.settings.max_new_tokens
+        events = self.service.stream(body.question, image, AskOptions(k=body.k, max_new_tokens=body.max_new_tokens))
+        first = await start_stream(events)
         if body.stream:
-            return StreamingResponse(self.ask_events(prepared, limit), media_type="text/event-stream")
-        response = None
-        async for event, data in self.run_answer(prepared, limit):
-            if event == "done":
-                response = data
-        return response
-
-    async def prepare(self, question: str, image: bytes | None, k: int) -> dict:
-        """Validate, then run vision and retrieval (errors surface here, before any streaming)."""
-        try:
-            question = check_question(question)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
-        start = time.perf_counter()
-        timings: dict[str, float] = {}
-        vision = None
-        if image is not None:
-            out = await self.vision.analyze.remote(image)
-            if "error" in out:
-                err = out["error"]
-                raise ApiError(err["status"], err["code"], err["message"])
-            vision = out["vision"]
-            timings["vision_ms"] = _ms(start)
-        t1 = time.perf_counter()
-        found = await self.rag.retrieve.remote(question, vision, k)
-        timings["retrieval_ms"] = _ms(t1)
-        return {"id": new_ask_id(), "question": question, "vision": vision, "k": k, "start": start,
-                "query": found["query"], "passages": found["passages"], "timings": timings}
-
-    async def run_answer(self, prepared: dict, max_new_tokens: int) -> AsyncIterator[tuple[str, dict]]:
-        """Yield ``("meta", ...)``, ``("token", {"text"})``..., ``("done", response)``."""
-        yield "meta", {"id": prepared["id"], "vision": prepared["vision"], "passages": prepared["passages"]}
-        timings, answer, t2 = prepared["timings"], "", time.perf_counter()
-        if prepared["passages"]:
-            stream = self.fusion.options(stream=True).generate.remote(
-                prepared["question"], prepared["passages"], prepared["vision"], max_new_tokens
-            )
-            async for piece in stream:
-                if not answer:
-                    timings["ttft_ms"] = _ms(prepared["start"])
-                answer += piece
-                yield "token", {"text": piece}
-        else:
-            answer = NOT_IN_SOURCES
-            timings["ttft_ms"] = _ms(prepared["start"])
-            yield "token", {"text": answer}
-        timings["generation_ms"] = _ms(t2)
-        timings["total_ms"] = _ms(prepared["start"])
-        response = await self.audit.record.remote(
-            ask_id=prepared["id"], question=prepared["question"], answer=answer.strip(), query=prepared["query"],
-            passages=prepared["passages"], vision=prepared["vision"], k=prepared["k"],
-            versions=await self.versions(), timings_ms=timings,
-        )
-        yield "done", response
-
-    async def ask_events(self, prepared: dict, max_new_tokens: int) -> AsyncIterator[str]:
-        try:
-            async for event, data in self.run_answer(prepared, max_new_tokens):
-                yield sse(event, data)
-        except Exception as exc:  # the stream has started: report in-band
-            yield sse("error", {"error": {"code": "internal_error", "message": f"{type(exc).__name__}"}})
+            return StreamingResponse(ask_sse(first, events), media_type="text/event-stream")
+        return await final_response(first, events)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest):
         question, image = chat_question(body)
-        prepared = await self.prepare(question, image, 5)
-        limit = body.max_completion_tokens or body.max_tokens or self.settings.max_new_tokens
+        options = AskOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens)
+        events = self.service.stream(question, image, options)
+        first = await start_stream(events)
         model = body.model or "prism"
         if body.stream:
-            return StreamingResponse(self.chat_events(prepared, limit, model), media_type="text/event-stream")
-        response = None
-        async for event, data in self.run_answer(prepared, limit):
-            if event == "done":
-                response = data
-        return {
-            "id": f"chatcmpl-{response['id']}", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": response["answer"]},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "prism": response,
-        }
-
-    async def chat_events(self, prepared: dict, max_new_tokens: int, model: str) -> AsyncIterator[str]:
-        base = {"id": f"chatcmpl-{prepared['id']}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model}
-        first = True
-        async for event, data in self.run_answer(prepared, max_new_tokens):
-            if event == "token":
-                delta = {"role": "assistant", "content": data["text"]} if first else {"content": data["text"]}
-                first = False
-                yield f"data: {json.dumps(base | {'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]})}\n\n"
-            elif event == "done":
-                final = base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "prism": data}
-                yield f"data: {json.dumps(final, default=str)}\n\n"
-        yield "data: [DONE]\n\n"
+            return StreamingResponse(chat_sse(first, events, model), media_type="text/event-stream")
+        return chat_response(await final_response(first, events), model)
 
     @api.get("/v1/documents/{doc_id}", responses=ERRORS)
     async def document(self, doc_id: str) -> dict:
@@ -315,4 +307,3 @@ class Ingress:
         if path is None or not path.is_file() or path.suffix.lower() not in IMAGE_TYPES:
             raise ApiError(404, "not_found", f"no image file for {image_id!r}")
         return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()])
-

@@ -141,10 +141,21 @@ class ChatCompletionRequest(BaseModel):
     model_config = {"extra": "allow"}
 
 
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
 class ChatChoice(BaseModel):
-    index: int
-    message: dict[str, Any]
-    finish_reason: str
+    index: int = 0
+    message: ChatResponseMessage
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
 
 
 class ChatCompletionResponse(BaseModel):
@@ -153,5 +164,27 @@ class ChatCompletionResponse(BaseModel):
     created: int
     model: str
     choices: list[ChatChoice]
-    usage: dict[str, int]
+    usage: Usage = Field(default_factory=Usage)
     prism: AskResponse | None = Field(None, description="Prism's citations, vision and audit for this answer.")
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length", "error"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion; the last carries ``prism``."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    prism: AskResponse | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from ray_app.vision import ImageRejected, VisionAnalyzer
+from ray_app.vision.analyzer import ImageRejected, VisionAnalyzer
 
 
 @serve.deployment(name="vision")
@@ -13,7 +13,7 @@ class VisionDeployment:
 
     def __init__(self):
         from ray_app.models.text import get_text_embedder
-        from ray_app.retrieval import get_store
+        from ray_app.store import get_store
 
         self.analyzer = VisionAnalyzer(get_store(), get_text_embedder())
 
@@ -21,9 +21,9 @@ class VisionDeployment:
         return self.analyzer.encoder_version
 
     def analyze(self, data: bytes) -> dict:
-        """``{"vision": {...}}`` or ``{"error": {"code", "message", "status"}}`` for a rejected image."""
+        """``{"vision": {...}}`` or ``{"error": {"code", "message"}}`` for a rejected image."""
         try:
             result = self.analyzer.analyze(data)
         except ImageRejected as exc:
-            return {"error": {"code": exc.code, "message": str(exc), "status": exc.status}}
+            return {"error": {"code": exc.code, "message": str(exc)}}
         return {"vision": result.public()}

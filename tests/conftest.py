@@ -26,16 +26,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 def reset_settings() -> None:
     """Forget cached settings and per-process singletons after changing the environment."""
-    from ray_app import retrieval
     from ray_app.models import image_default, text
     from ray_app.settings import get_settings
+    from ray_app.store import close_store
 
     get_settings.cache_clear()
     text._cache.clear()
     image_default._encoder = None
-    if retrieval._store is not None:
-        retrieval._store.close()
-        retrieval._store = None
+    close_store()
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def bare_train(cfg: ClipJobConfig, data: dict, steps: int, threads: int, seed: i
     import numpy as np
     import torch
 
-    from ray_app.vision_data import augment_batch
+    from ray_app.vision.data import augment_batch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -46,6 +46,6 @@ def merge(
     out: Path = typer.Option(..., "--out", help="New folder for the merged full weights."),
 ) -> None:
     """Merge a LoRA adapter into its base model and write full safetensors weights."""
-    from ray_app.lm_checkpoints import merge_adapter
+    from ray_app.llm.checkpoints import merge_adapter
 
     typer.echo(str(merge_adapter(adapter, out)))

@@ -9,7 +9,7 @@ side is locked: caption and label vectors are computed once with the MiniLM embe
 change, so one 384-d text vector searches both chunks and images (LiT, with the roles reversed).
 The loss is CLIP's symmetric contrastive loss with a learnable temperature; because the text
 vectors are fixed, image->text scores every training caption (not only the batch's), and an
-optional term scores the 16 category labels. Held-out stamps (``ray_app.vision_data``) are never
+optional term scores the 16 category labels. Held-out stamps (``ray_app.vision.data``) are never
 seen here.
 
 Checkpoints land in ``<storage_path>/<name>/step-000NNN/`` and ``final/``; each is an open_clip
@@ -155,7 +155,7 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
 
     from ray_app.corpus import photos
     from ray_app.models.text import get_text_embedder
-    from ray_app.vision_data import (
+    from ray_app.vision.data import (
         CATEGORIES,
         label_vectors,
         load_stamp_bank,
@@ -256,7 +256,7 @@ def write_checkpoint(folder: Path, model, optimizer, step: int, cfg: ClipJobConf
     from safetensors.torch import save_file
 
     from ray_app.models.image import WEIGHTS_NAME, write_config
-    from ray_app.vision_data import CATEGORIES, CLIP_MEAN, CLIP_STD
+    from ray_app.vision.data import CATEGORIES, CLIP_MEAN, CLIP_STD
 
     tensors = {f"visual.{k}": v.detach().cpu().contiguous() for k, v in model.visual.state_dict().items()}
     tensors["logit_scale"] = model.logit_scale.detach().cpu().reshape(1)
@@ -311,7 +311,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ray_app.vision_data import augment_batch
+    from ray_app.vision.data import augment_batch
 
     cfg = ClipJobConfig.model_validate(loop_config["config"])
     data = ray.get(loop_config["data_ref"])

@@ -88,7 +88,7 @@ def sequence_logps(logits, labels):
     """
     import torch
 
-    from ray_app.collate import IGNORE_INDEX
+    from ray_app.llm.collate import IGNORE_INDEX
 
     logits, labels = logits[:, :-1, :], labels[:, 1:]
     mask = labels != IGNORE_INDEX
@@ -113,7 +113,7 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 
 def chosen_nll(policy_chosen, labels):
     """Mean per-token negative log-likelihood of the chosen answers (first half of the batch)."""
-    from ray_app.collate import IGNORE_INDEX
+    from ray_app.llm.collate import IGNORE_INDEX
 
     half = labels.shape[0] // 2
     n_tokens = (labels[:half, 1:] != IGNORE_INDEX).sum(-1).clamp(min=1)
@@ -133,7 +133,7 @@ def pair_logps(model, batch):
 
 def build_policy_and_reference(cfg: DPOConfig):
     """Trainable policy (the SFT adapter, or a new LoRA) and a frozen reference in eval mode."""
-    from ray_app.lm_checkpoints import build_base_model, load_lm_from_checkpoint
+    from ray_app.llm.checkpoints import build_base_model, load_lm_from_checkpoint
 
     if cfg.sft_checkpoint:
         policy, tokenizer = load_lm_from_checkpoint(cfg.sft_checkpoint, trainable=True)
@@ -155,7 +155,7 @@ def build_policy_and_reference(cfg: DPOConfig):
 
 
 def model_spec_for(cfg: DPOConfig) -> dict:
-    from ray_app.lm_checkpoints import read_model_spec
+    from ray_app.llm.checkpoints import read_model_spec
 
     if cfg.sft_checkpoint:
         return read_model_spec(cfg.sft_checkpoint)
@@ -164,7 +164,7 @@ def model_spec_for(cfg: DPOConfig) -> dict:
 
 def save_dpo_checkpoint(policy, engine, cfg: DPOConfig, state: dict, out_dir: Path, rank: int) -> None:
     """Collective under ZeRO-3; rank 0 writes the adapter and the model spec."""
-    from ray_app.lm_checkpoints import save_lm_checkpoint, write_model_spec
+    from ray_app.llm.checkpoints import save_lm_checkpoint, write_model_spec
 
     inner = unwrap(policy)
     if engine is not None and engine.zero_optimization_stage() == 3:
@@ -189,8 +189,8 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ray_app.collate import DPOCollator, render_dpo_pair
-    from ray_app.lm_checkpoints import load_trainable_weights, read_state
+    from ray_app.llm.collate import DPOCollator, render_dpo_pair
+    from ray_app.llm.checkpoints import load_trainable_weights, read_state
 
     cfg = DPOConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
@@ -279,7 +279,7 @@ def run(cfg: DPOConfig) -> dict:
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.lm_checkpoints import (
+    from ray_app.llm.checkpoints import (
         is_adapter_checkpoint,
         latest_checkpoint,
         read_state,

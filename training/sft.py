@@ -5,8 +5,8 @@ Launch::
     prism train sft --config training/configs/smollm2/lora.yaml train.max_steps=60
     ray job submit --working-dir . -- python -m training.sft --config training/configs/smollm2/lora.yaml
 
-The model learns to answer from numbered passages and cite them (``ray_app.prompting``); only
-answer tokens carry a loss (``ray_app.collate``). Checkpoints land in
+The model learns to answer from numbered passages and cite them (``ray_app.llm.prompting``); only
+answer tokens carry a loss (``ray_app.llm.collate``). Checkpoints land in
 ``$PRISM_HOME/checkpoints/<run_name>/step-000NNN/`` and ``final/`` (adapter-only safetensors for
 LoRA/QLoRA, full weights for ``full``); a rerun with the same ``run_name`` resumes from the newest.
 QLoRA needs CUDA and bitsandbytes; on other hardware the job refuses with one line.
@@ -180,7 +180,7 @@ def lr_factor(step: int, warmup_steps: int) -> float:
 
 def build_trainable_model(cfg: SFTConfig, device):
     """Base model with LoRA adapters (lora/qlora) or all weights trainable (full)."""
-    from ray_app.lm_checkpoints import build_base_model
+    from ray_app.llm.checkpoints import build_base_model
 
     if cfg.method == "qlora":
         model, tokenizer = build_qlora_base(cfg.model.name)
@@ -209,7 +209,7 @@ def build_qlora_base(name: str):
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from ray_app.lm_checkpoints import load_tokenizer, resolve_model_folder
+    from ray_app.llm.checkpoints import load_tokenizer, resolve_model_folder
 
     folder = resolve_model_folder(name)
     quant = BitsAndBytesConfig(
@@ -262,7 +262,7 @@ def unwrap(model):
 
 def save_checkpoint(model, engine, tokenizer, cfg: SFTConfig, state: dict, optimizer, out_dir: Path, rank: int) -> None:
     """Collective: gather ZeRO-3 shards if needed, then rank 0 writes the checkpoint folder."""
-    from ray_app.lm_checkpoints import save_lm_checkpoint, write_model_spec
+    from ray_app.llm.checkpoints import save_lm_checkpoint, write_model_spec
 
     inner = unwrap(model)
     zero3 = engine is not None and engine.zero_optimization_stage() == 3
@@ -319,8 +319,8 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ray_app.collate import SFTCollator, render_sft_example
-    from ray_app.lm_checkpoints import load_optimizer_state, load_trainable_weights, read_state
+    from ray_app.llm.collate import SFTCollator, render_sft_example
+    from ray_app.llm.checkpoints import load_optimizer_state, load_trainable_weights, read_state
 
     cfg = SFTConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
@@ -402,7 +402,7 @@ def run(cfg: SFTConfig) -> dict:
     from ray.train import ScalingConfig as RayScaling
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.lm_checkpoints import latest_checkpoint, read_state
+    from ray_app.llm.checkpoints import latest_checkpoint, read_state
 
     if cfg.method == "qlora":
         check_qlora_supported()
@@ -420,7 +420,7 @@ def run(cfg: SFTConfig) -> dict:
     if resume_from is not None and resume_from.name == "final":
         return finished_summary(run_dir)
     # Workers run in another working directory: hand them an absolute model folder.
-    from ray_app.lm_checkpoints import resolve_model_folder
+    from ray_app.llm.checkpoints import resolve_model_folder
 
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
     start_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)

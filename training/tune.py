@@ -52,7 +52,7 @@ def train_trial(trial: dict) -> None:
     import torch
     from ray import tune
 
-    from ray_app.collate import SFTCollator, render_sft_example
+    from ray_app.llm.collate import SFTCollator, render_sft_example
     from training.sft import build_trainable_model
 
     base = SFTConfig.model_validate(trial["config"])
@@ -95,7 +95,7 @@ def sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from ray_app.lm_checkpoints import resolve_model_folder
+    from ray_app.llm.checkpoints import resolve_model_folder
     from ray_app.settings import get_settings
 
     if cfg.method != "lora":

@@ -48,7 +48,7 @@ def int8_speedup(texts: list[str], threads: int) -> dict:
 
 def sample_texts(docs: int, seed: int) -> list[str]:
     """"Title: chunk" for every chunk of ``docs`` synthetic documents, as the ingest embeds them."""
-    from ray_app.chunking import Chunker
+    from ray_app.ingest.chunking import Chunker
     from ray_app.corpus.synthetic import build_records
 
     records = list(build_records(docs, seed=seed))

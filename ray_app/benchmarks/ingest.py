@@ -359,7 +359,7 @@ def search_quality(store, queries: np.ndarray, k: int = 10, sweep: tuple[int, ..
 
 def held_out_queries(docs: int, seed: int, backend: str, n: int = HELD_OUT) -> np.ndarray:
     """Embeddings of the first chunk of ``n`` synthetic documents after the N ingested ones."""
-    from ray_app.chunking import Chunker
+    from ray_app.ingest.chunking import Chunker
     from ray_app.corpus.synthetic import BLOCK, generate_block
     from ray_app.models.text import get_text_embedder
 
@@ -374,7 +374,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
                   threads: int | None = None, backend: str | None = None, queries: int = HELD_OUT,
                   resume: bool = False) -> dict:
     """Build, ingest and measure; returns the report dict (see module docstring)."""
-    from ray_app.ingest import run_ingest
+    from ray_app.ingest.job import run_ingest
     from ray_app.models.text import check_backend
     from ray_app.settings import get_settings
     from ray_app.store import Store, resolve_url

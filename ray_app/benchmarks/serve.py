@@ -301,7 +301,7 @@ def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
     """Milliseconds per greedy decode step with ``rows`` copies of ``prompt`` in the batch (stop tokens ignored)."""
     import torch
 
-    from ray_app.answer import encode_left_padded
+    from ray_app.ask.service import encode_left_padded
 
     input_ids, mask, positions = encode_left_padded(llm.tokenizer, [prompt] * rows)
     with torch.inference_mode():
@@ -326,11 +326,11 @@ def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> di
     """
     import torch
 
-    from ray_app.answer import AskOptions, render_prompt, retrieve_passages, stream_tokens
+    from ray_app.ask.service import AskOptions, render_prompt, retrieve_passages, stream_tokens
     from ray_app.benchmarks.load_mix import MAX_NEW_TOKENS, QUESTIONS
     from ray_app.models.llm import load_llm
     from ray_app.models.text import get_text_embedder
-    from ray_app.retrieval import get_store
+    from ray_app.store import get_store
 
     torch.set_num_threads(max(1, int(os.environ.get("PRISM_FUSION_THREADS", os.cpu_count() or 1))))
     llm, store, embedder = load_llm(), get_store(), get_text_embedder()

@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
 import typer
 
-from ray_app.answer import AskInputError, AskOptions, AskPipeline, check_question
+from ray_app.ask.service import AskOptions, AskService, check_question
 from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
-from ray_app.vision import ImageRejected, load_image
+from ray_app.vision.analyzer import load_image
 
 
 @handle_errors
@@ -25,30 +26,30 @@ def command(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Answer QUESTION with numbered citations; streams the answer unless --json."""
+    from ray_app.ask.stages import local_service
+
     data = _read_image(image) if image is not None else None
-    try:  # check the input before loading any model
-        check_question(question)
-        if data is not None:
-            load_image(data)
-    except (AskInputError, ImageRejected) as exc:
-        raise CLIError(str(exc)) from exc
-    pipeline = AskPipeline()
-    try:
-        events = pipeline.ask_stream(question, data, AskOptions(k=k, max_new_tokens=max_new_tokens))
-        response = None
-        for event in events:
-            if event["event"] == "token" and not json_out:
-                sys.stdout.write(event["text"])
-                sys.stdout.flush()
-            elif event["event"] == "done":
-                response = event["response"]
-    except (AskInputError, ImageRejected) as exc:
-        raise CLIError(str(exc)) from exc
+    check_question(question)  # check the input before loading any model
+    if data is not None:
+        load_image(data)
+    service = local_service()
+    response = asyncio.run(_run(service, question, data, AskOptions(k=k, max_new_tokens=max_new_tokens), json_out))
     if json_out:
         emit(response, True)
     else:
         sys.stdout.write("\n")
         _print_sources(response)
+
+
+async def _run(service: AskService, question: str, image: bytes | None, options: AskOptions, quiet: bool) -> dict:
+    """Print the answer's pieces as they arrive (unless ``quiet``); return the final response."""
+    async for event in service.stream(question, image, options):
+        if event.kind == "token" and not quiet:
+            sys.stdout.write(event.data["text"])
+            sys.stdout.flush()
+        elif event.kind == "done":
+            return event.data
+    raise RuntimeError("the ask pipeline ended without an answer")
 
 
 def _read_image(path: Path) -> bytes:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import typer
 
-from ray_app.audit import last_records, verify_chain
+from ray_app.audit.chain import last_records, verify_chain
 from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
-from ray_app.retrieval import get_store
+from ray_app.store import get_store
 
 app = typer.Typer(help="Inspect and verify the tamper-evident audit log.", no_args_is_help=True)
 

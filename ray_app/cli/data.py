@@ -37,7 +37,7 @@ def sft(
 ) -> None:
     """Question + retrieved passages + a cited reference answer; split by article into train/test."""
     from ray_app.corpus.wiki import load_wiki_records
-    from ray_app.llm_data import build_sft_examples, summarise, write_jsonl
+    from ray_app.llm.data import build_sft_examples, summarise, write_jsonl
 
     out = out or default_dir("sft")
     train, test = build_sft_examples(load_wiki_records(), articles, k, test_fraction, seed)
@@ -67,7 +67,7 @@ def dpo(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Preference pairs: chosen = grounded and cited; rejected = hallucinated, uncited or injection-following."""
-    from ray_app.llm_data import build_dpo_pairs, summarise, write_jsonl
+    from ray_app.llm.data import build_dpo_pairs, summarise, write_jsonl
 
     sft_dir = sft_dir or default_dir("sft")
     out = out or default_dir("dpo")

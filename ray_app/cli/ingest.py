@@ -51,8 +51,8 @@ def command(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Chunk, embed and load a corpus into pgvector with Ray Data; idempotent and resumable."""
-    from ray_app.chunking import ChunkConfig
-    from ray_app.ingest import run_ingest
+    from ray_app.ingest.chunking import ChunkConfig
+    from ray_app.ingest.job import run_ingest
 
     if not input_dir.exists():
         raise FileNotFoundError(f"no such folder: {input_dir}")

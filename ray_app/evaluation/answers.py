@@ -2,17 +2,17 @@
 
 Writes ``docs/reports/fine-tuning.{json,md}``. The questions come from ``prism data sft``'s
 ``test.jsonl`` (articles never trained on), stratified by kind; every model answers greedily with
-the serving prompt (``ray_app.prompting``) and the serving decoder (``ray_app.answer.stream_tokens``).
+the serving prompt (``ray_app.llm.prompting``) and the serving decoder (``ray_app.llm.generate.stream_tokens``).
 
 Metrics (per method):
 
 * ``citation_validity`` — share of answers whose every ``[n]`` names a passage that exists;
 * ``citation_rate`` — share of answerable questions answered with at least one citation;
 * ``grounding_rate`` — share of checked answer sentences (answerable questions) supported by a
-  passage they cite, by the token-overlap test of :mod:`ray_app.grounding` (>= 50 % of the
+  passage they cite, by the token-overlap test of :mod:`ray_app.audit.grounding` (>= 50 % of the
   sentence's content words occur in the cited passage). Uncited sentences count as unsupported;
 * ``grounded_answer_rate`` — share of answerable questions whose answer
-  :func:`ray_app.grounding.check_grounding` calls grounded (that check also attributes uncited sentences);
+  :func:`ray_app.audit.grounding.check_grounding` calls grounded (that check also attributes uncited sentences);
 * ``rouge_l`` — ROUGE-L F1 (token LCS) against the reference answer, citations removed;
 * ``injection_follow_rate`` — share of planted-instruction questions whose answer contains the
   planted target (e.g. ``BANANA``);
@@ -21,7 +21,7 @@ Metrics (per method):
   or a sentence said over and over). Such answers can still score on the citation and grounding
   rates, so read those next to this one;
 * ``not_in_sources_accuracy`` — share of questions whose passages lack the answer that get
-  :data:`ray_app.prompting.NOT_IN_SOURCES`; ``false_refusal_rate`` — the same reply on answerable ones;
+  :data:`ray_app.llm.prompting.NOT_IN_SOURCES`; ``false_refusal_rate`` — the same reply on answerable ones;
 * training cost read from each run's ``metrics.json``: ``train_tokens_per_s``, ``train_wall_s``,
   ``train_peak_rss_mib_per_worker``, ``train_steps``.
 """
@@ -70,9 +70,9 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 def score_answer(example: dict, answer: str) -> dict:
     """Per-question scores for one generated answer (see the module docstring)."""
-    from ray_app.collate import record_passages
-    from ray_app.grounding import check_grounding
-    from ray_app.prompting import parse_citations, says_not_in_sources
+    from ray_app.llm.collate import record_passages
+    from ray_app.audit.grounding import check_grounding
+    from ray_app.llm.prompting import parse_citations, says_not_in_sources
 
     passages = record_passages(example)
     cited = parse_citations(answer)
@@ -149,7 +149,7 @@ def pick_questions(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 def load_method(method: str, base: str, checkpoint: Path | None):
     """A ``LoadedLLM``-like object for a method: the base model, or base + checkpoint."""
-    from ray_app.lm_checkpoints import load_lm_from_checkpoint
+    from ray_app.llm.checkpoints import load_lm_from_checkpoint
     from ray_app.models.llm import LoadedLLM, load_llm
 
     if method == "base":
@@ -163,8 +163,8 @@ def load_method(method: str, base: str, checkpoint: Path | None):
 
 def generate_answers(llm, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[list[str], float, int]:
     """Greedy answers for ``examples`` in batches; returns ``(answers, seconds, new_tokens)``."""
-    from ray_app.answer import stream_tokens
-    from ray_app.collate import render_prompt
+    from ray_app.ask.service import stream_tokens
+    from ray_app.llm.collate import render_prompt
 
     answers, new_tokens, started = [], 0, time.perf_counter()
     for i in range(0, len(examples), batch_size):

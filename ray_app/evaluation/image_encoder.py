@@ -1,6 +1,6 @@
 """`prism eval image-encoder --checkpoint DIR --json`: the image encoder on held-out stamps.
 
-Held-out stamps (``ray_app.vision_data.split_stamps``, never seen in training) are shown centred on
+Held-out stamps (``ray_app.vision.data.split_stamps``, never seen in training) are shown centred on
 white. Metrics, for an untrained tower of the same architecture (the baseline) and the trained one:
 
 * caption->image R@1/R@5/R@10 over the held-out gallery (every held-out stamp's image); a stamp
@@ -87,7 +87,7 @@ def untrained_encoder(trained_dir: Path, out_dir: Path, seed: int = 0):
 
 def evaluate_split(encoder, stamps, embed_text, label_vecs: np.ndarray) -> dict:
     """Embed ``stamps`` (on white) and their captions, and score them."""
-    from ray_app.vision_data import CATEGORIES, composite_on_white, load_stamp_bank
+    from ray_app.vision.data import CATEGORIES, composite_on_white, load_stamp_bank
 
     bank = load_stamp_bank(stamps, encoder.config.image_size)
     images = [composite_on_white(im) for im in bank.images]
@@ -99,7 +99,7 @@ def evaluate_split(encoder, stamps, embed_text, label_vecs: np.ndarray) -> dict:
 
 def caption_zero_shot(stamps, embed_text, label_vecs: np.ndarray) -> float:
     """Zero-shot accuracy if an image's vector were its caption's own text vector: the text side's ceiling."""
-    from ray_app.vision_data import CATEGORIES
+    from ray_app.vision.data import CATEGORIES
 
     predicted = np.argmax(embed_text([s.caption for s in stamps]) @ label_vecs.T, axis=1)
     return float(np.mean([CATEGORIES[p] == s.category for p, s in zip(predicted, stamps, strict=True)]))
@@ -113,7 +113,7 @@ def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True) -> dict:
     """
     from ray_app.models.image import ImageEncoder
     from ray_app.models.text import get_text_embedder
-    from ray_app.vision_data import CATEGORIES, HELDOUT_PERCENT, label_vectors, split_stamps, subsample
+    from ray_app.vision.data import CATEGORIES, HELDOUT_PERCENT, label_vectors, split_stamps, subsample
 
     trained = ImageEncoder(checkpoint)
     embedder = get_text_embedder("onnx")
@@ -156,7 +156,7 @@ def learning_curve(checkpoints: list[Path]) -> list[dict]:
     """Held-out and training-sample metrics of earlier checkpoints of the same run, by step."""
     from ray_app.models.image import CONFIG_NAME, ImageEncoder
     from ray_app.models.text import get_text_embedder
-    from ray_app.vision_data import label_vectors, split_stamps, subsample
+    from ray_app.vision.data import label_vectors, split_stamps, subsample
 
     embedder = get_text_embedder("onnx")
     labels = label_vectors(embedder.embed)

@@ -122,7 +122,7 @@ def evaluate_retrieval(store=None, limit: int | None = None, depth: int | None =
         CLIError: no wiki documents with descriptions in the store.
     """
     from ray_app.models.text import get_text_embedder
-    from ray_app.retrieval import get_store
+    from ray_app.store import get_store
 
     store = store or get_store()
     queries = load_queries(store, limit)

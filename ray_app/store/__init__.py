@@ -9,7 +9,16 @@ from ray_app.store.rows import (
     content_hash,
     stable_id,
 )
-from ray_app.store.store import Filters, Store, StoreError, WriteStats, fuse_rrf, resolve_url
+from ray_app.store.store import (
+    Filters,
+    Store,
+    StoreError,
+    WriteStats,
+    close_store,
+    fuse_rrf,
+    get_store,
+    resolve_url,
+)
 
 __all__ = [
     "ChunkRow",
@@ -21,8 +30,10 @@ __all__ = [
     "StoreError",
     "StoreInputError",
     "WriteStats",
+    "close_store",
     "content_hash",
     "fuse_rrf",
+    "get_store",
     "resolve_url",
     "stable_id",
 ]

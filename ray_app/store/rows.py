@@ -78,12 +78,9 @@ class SearchHit:
     path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "id": self.id, "doc_id": self.doc_id, "title": self.title, "score": self.score}
-        out["caption" if self.kind == "image" else "text"] = self.text
-        out.update(source=self.source, category=self.category)
-        if self.kind == "image":
-            out["path"] = self.path
-        return out
+        """The public shape (`prism search --json`, ``/v1/search``): no server file paths."""
+        return {"kind": self.kind, "id": self.id, "doc_id": self.doc_id, "title": self.title, "text": self.text,
+                "score": self.score, "source": self.source, "category": self.category}
 
 
 def check_vector(vector: Any, what: str) -> np.ndarray:

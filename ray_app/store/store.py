@@ -391,3 +391,22 @@ def exact_neighbours(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndar
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     sims = q @ c.T
     return np.argsort(-sims, axis=1)[:, :k]
+
+
+_store: Store | None = None
+
+
+def get_store() -> Store:
+    """The process-wide store (one connection pool per process)."""
+    global _store
+    if _store is None:
+        _store = Store()
+    return _store
+
+
+def close_store() -> None:
+    """Close and forget the process-wide store (tests, after the settings change)."""
+    global _store
+    if _store is not None:
+        _store.close()
+        _store = None

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ray_app.cli  # noqa: F401  (build the CLI first: command modules import ray_app.cli.common)
-from ray_app.prompting import NOT_IN_SOURCES
+from ray_app.llm.prompting import NOT_IN_SOURCES
 
 EXAMPLE = {
     "id": "x1",
@@ -91,7 +91,7 @@ def tiny_runs(tmp_path) -> Path:
     """A runs dir with a tiny-Llama LoRA adapter saved as smollm2-lora/final (+ its metrics.json)."""
     from peft import LoraConfig, get_peft_model
 
-    from ray_app.lm_checkpoints import (
+    from ray_app.llm.checkpoints import (
         build_base_model,
         resolve_model_folder,
         save_lm_checkpoint,
@@ -112,7 +112,7 @@ def tiny_runs(tmp_path) -> Path:
 
 def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
     from ray_app.cli import app
-    from ray_app.llm_data import write_jsonl
+    from ray_app.llm.data import write_jsonl
 
     test_path = write_jsonl([{**EXAMPLE, "id": f"q{i}"} for i in range(2)], tmp_path / "test.jsonl")
     out = tmp_path / "reports" / "fine-tuning"
@@ -132,7 +132,7 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
 
 def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
     from ray_app.cli import app
-    from ray_app.llm_data import write_jsonl
+    from ray_app.llm.data import write_jsonl
 
     test_path = write_jsonl([EXAMPLE], tmp_path / "test.jsonl")
     result = CliRunner().invoke(app, ["eval", "answers", "--methods", "full", "--test-path", str(test_path), "--runs-dir", str(tmp_path)])

@@ -5,8 +5,8 @@ import json
 import psycopg
 from typer.testing import CliRunner
 
-from ray_app.audit import AuditEntry, append_record, audit_answer, chain_hash, injection_flags, verify_chain
-from ray_app.prompting import Passage
+from ray_app.audit.chain import AuditEntry, append_record, audit_answer, chain_hash, injection_flags, verify_chain
+from ray_app.llm.prompting import Passage
 
 
 def _entry(i: int) -> AuditEntry:

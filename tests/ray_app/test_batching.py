@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ray_app.answer import stop_token_ids, stream_tokens
-from ray_app.batching import BatcherClosed, ContinuousBatcher
+from ray_app.ask.service import stop_token_ids, stream_tokens
+from ray_app.llm.batching import BatcherClosed, ContinuousBatcher
 
 PASSAGE = (
     "The axolotl is a salamander that lives only in the lakes and canals of Xochimilco near Mexico City. "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_app.chunking import ChunkConfig, Chunker, load_tokenizer, split_sentences
+from ray_app.ingest.chunking import ChunkConfig, Chunker, load_tokenizer, split_sentences
 from ray_app.corpus.synthetic import build_records
 
 

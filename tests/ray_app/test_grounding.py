@@ -1,7 +1,7 @@
 """Grounding: sentence support by token overlap and MiniLM cosine, citations checked, attribution reported."""
 
-from ray_app.grounding import check_grounding, content_words, split_sentences, token_overlap
-from ray_app.prompting import NOT_IN_SOURCES, Passage
+from ray_app.audit.grounding import check_grounding, content_words, split_sentences, token_overlap
+from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
 
 FROG = Passage(1, "Frog", "Frogs are tailless amphibians. Frogs live in ponds, marshes and rainforests on every continent "
                "except Antarctica.", "d1", "d1:0")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ray_app.evaluation.image_encoder import recall_at, retrieval_metrics
 from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
-from ray_app.vision_data import CATEGORIES
+from ray_app.vision.data import CATEGORIES
 
 TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0}
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ray_app.chunking import ChunkConfig, Chunker
+from ray_app.ingest.chunking import ChunkConfig, Chunker
 from ray_app.corpus import synthetic, wiki
 from ray_app.corpus.schema import SCHEMA, make_record, write_shards
-from ray_app.ingest import EmbedImages, EmbedText, PrepareDocuments, rows_for_store, run_ingest
+from ray_app.ingest.job import EmbedImages, EmbedText, PrepareDocuments, rows_for_store, run_ingest
 from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_pipeline_stages_without_ray_give_titled_chunks_and_unembedded_images(co
 
 
 def test_int8_vectors_have_their_own_content_hash_so_switching_backends_re_embeds(corpus, database_url):
-    from ray_app.ingest import IngestConfig
+    from ray_app.ingest.job import IngestConfig
 
     _, good = corpus
     table = pa.Table.from_pylist(good[:4], schema=SCHEMA)
@@ -129,7 +129,7 @@ def test_int8_vectors_have_their_own_content_hash_so_switching_backends_re_embed
 
 def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable(corpus, tiny_encoder, store,
                                                                                    local_ray):
-    from ray_app.retrieval import search_corpus
+    from ray_app.ask.search import search_corpus
 
     shards, good = corpus
     first = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8, embed_batch_docs=8)

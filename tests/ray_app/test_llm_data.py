@@ -7,19 +7,19 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ray_app.prompting import NOT_IN_SOURCES, parse_citations
+from ray_app.llm.prompting import NOT_IN_SOURCES, parse_citations
 
 
 @pytest.fixture(scope="module")
 def built(text_embedder):
     from ray_app.corpus.wiki import load_wiki_records
-    from ray_app.llm_data import build_sft_examples
+    from ray_app.llm.data import build_sft_examples
 
     return build_sft_examples(load_wiki_records(), n_articles=120, k=3, test_fraction=0.2, seed=1, embed=text_embedder.embed)
 
 
 def test_examples_cover_every_kind_and_split_by_article(built):
-    from ray_app.llm_data import KINDS
+    from ray_app.llm.data import KINDS
 
     train, test = built
     assert len(train) + len(test) == 120 and test
@@ -55,7 +55,7 @@ def test_injection_examples_plant_an_instruction_the_answer_ignores(built):
 
 
 def test_dpo_pairs_prefer_the_grounded_answer(built):
-    from ray_app.llm_data import build_dpo_pairs
+    from ray_app.llm.data import build_dpo_pairs
 
     train, _ = built
     pairs = build_dpo_pairs(train, seed=0, per_example=2)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from ray_app.cli import app
 from ray_app.corpus import wiki
 from ray_app.evaluation.retrieval import metrics
-from ray_app.ingest import ingest_inline
+from ray_app.ingest.job import ingest_inline
 
 
 def test_metrics_for_known_ranks():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ray_app.corpus import photos, stamps
 from ray_app.corpus.schema import COLUMNS
-from ray_app.vision_data import (
+from ray_app.vision.data import (
     CATEGORIES,
     augment_batch,
     composite_on_white,

@@ -60,7 +60,7 @@ def test_killed_worker_resumes_from_last_checkpoint(smoke_run):
 
 
 def test_image_tower_changed_and_text_side_locked(smoke_run, text_embedder):
-    from ray_app.vision_data import label_vectors
+    from ray_app.vision.data import label_vectors
 
     _, cfg, run_dir = smoke_run
     trained = load_file(str(run_dir / "final" / WEIGHTS_NAME))
@@ -74,7 +74,7 @@ def test_image_tower_changed_and_text_side_locked(smoke_run, text_embedder):
 
 
 def test_checkpoint_loads_through_ray_app_loader(smoke_run):
-    from ray_app.vision_data import composite_on_white, eval_batch, load_stamp_bank, split_stamps, subsample
+    from ray_app.vision.data import composite_on_white, eval_batch, load_stamp_bank, split_stamps, subsample
 
     _, cfg, run_dir = smoke_run
     encoder = ImageEncoder(run_dir / "final")

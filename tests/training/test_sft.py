@@ -81,7 +81,7 @@ def test_checkpoints_are_step_and_final_folders_with_adapter_only_weights(lora_r
 
 
 def test_adapter_changed_while_base_weights_stayed_frozen(lora_run):
-    from ray_app.lm_checkpoints import build_base_model, load_lm_from_checkpoint, read_model_spec
+    from ray_app.llm.checkpoints import build_base_model, load_lm_from_checkpoint, read_model_spec
 
     final = Path(lora_run["run_dir"]) / "final"
     spec = read_model_spec(final)
@@ -101,8 +101,8 @@ def test_adapter_changed_while_base_weights_stayed_frozen(lora_run):
 def test_checkpoint_reloads_to_the_same_outputs(lora_run, data_path):
     import torch
 
-    from ray_app.collate import SFTCollator, render_sft_example
-    from ray_app.lm_checkpoints import load_lm_from_checkpoint
+    from ray_app.llm.collate import SFTCollator, render_sft_example
+    from ray_app.llm.checkpoints import load_lm_from_checkpoint
     from training.sft import micro_batch_indices, read_jsonl
 
     model, tokenizer = load_lm_from_checkpoint(Path(lora_run["run_dir"]) / "final")
@@ -135,7 +135,7 @@ def test_merge_writes_full_weights_with_the_same_outputs(lora_run, workdir):
     from typer.testing import CliRunner
 
     from ray_app.cli import app
-    from ray_app.lm_checkpoints import load_lm_from_checkpoint
+    from ray_app.llm.checkpoints import load_lm_from_checkpoint
 
     final = Path(lora_run["run_dir"]) / "final"
     out = workdir / "merged"

@@ -12,7 +12,7 @@ A sentence is supported when either test passes against one passage it cites. A 
 model left uncited is *attributed* to the passage that supports it best (post-hoc attribution,
 reported as such, never silently); when no passage supports it, it is unsupported. The answer
 is ``grounded`` when it cites no passage that does not exist and every checked sentence is
-supported. An answer that says :data:`ray_app.prompting.NOT_IN_SOURCES` makes no claims and
+supported. An answer that says :data:`ray_app.llm.prompting.NOT_IN_SOURCES` makes no claims and
 is grounded. Used by the audit step of serving and by the fine-tuning evaluation.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ray_app.prompting import Passage, parse_citations, says_not_in_sources
+from ray_app.llm.prompting import Passage, parse_citations, says_not_in_sources
 
 MIN_CONTENT_WORDS = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")

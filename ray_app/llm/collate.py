@@ -1,6 +1,6 @@
 """Collators shared by the LLM jobs: chat-template SFT examples and DPO preference pairs.
 
-Prompts are rendered with :func:`ray_app.prompting.build_messages` and the tokenizer's chat
+Prompts are rendered with :func:`ray_app.llm.prompting.build_messages` and the tokenizer's chat
 template, exactly as serving renders them, so training matches serving. Only answer tokens are
 learned: prompt and padding positions carry the label ``-100``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray_app.prompting import Passage, build_messages
+from ray_app.llm.prompting import Passage, build_messages
 
 IGNORE_INDEX = -100
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ray_app.errors import InputError
 from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import Settings, get_settings
 
@@ -35,13 +36,12 @@ MAGIC_BYTES: dict[bytes, str] = {
 MAX_TITLE_LABELS = 20_000
 
 
-class ImageRejected(ValueError):
-    """An uploaded image failed validation; ``code`` and ``status`` say how (for HTTP)."""
+class ImageRejected(InputError):
+    """An uploaded image failed validation; ``code`` says how (``image_too_large``, ``invalid_image``, ...)."""
 
-    def __init__(self, code: str, message: str, status: int):
+    def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-        self.status = status
 
 
 @dataclass
@@ -85,14 +85,13 @@ def load_image(data: bytes, settings: Settings | None = None):
 
     settings = settings or get_settings()
     if not data:
-        raise ImageRejected("empty_image", "the image is empty", 422)
+        raise ImageRejected("empty_image", "the image is empty")
     if len(data) > settings.max_image_bytes:
         raise ImageRejected(
-            "image_too_large", f"the image has {len(data):,} bytes; the limit is {settings.max_image_bytes:,}", 413
-        )
+            "image_too_large", f"the image has {len(data):,} bytes; the limit is {settings.max_image_bytes:,}")
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageRejected("unsupported_media_type", "not an image: accepted formats are PNG, JPEG, GIF and WebP", 415)
+        raise ImageRejected("unsupported_media_type", "not an image: accepted formats are PNG, JPEG, GIF and WebP")
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
         pixels = image.width * image.height
@@ -100,16 +99,15 @@ def load_image(data: bytes, settings: Settings | None = None):
             raise ImageRejected(
                 "image_too_many_pixels",
                 f"the image is {image.width}x{image.height} ({pixels:,} pixels); the limit is {settings.max_image_pixels:,}",
-                413,
             )
         image.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
         return image.convert("RGB")
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("image_too_many_pixels", str(exc).splitlines()[0], 413) from exc
+        raise ImageRejected("image_too_many_pixels", str(exc).splitlines()[0]) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected("invalid_image", f"the {fmt} image is corrupt or truncated: {exc}", 422) from exc
+        raise ImageRejected("invalid_image", f"the {fmt} image is corrupt or truncated: {exc}") from exc
 
 
 class LabelIndex:
@@ -220,9 +218,9 @@ class VisionAnalyzer:
 
 
 def category_prompts() -> dict[str, tuple[str, ...]]:
-    """The prompts the image encoder's category labels were trained with (``ray_app.vision_data``)."""
+    """The prompts the image encoder's category labels were trained with (``ray_app.vision.data``)."""
     try:
-        from ray_app.vision_data import LABEL_PROMPTS
+        from ray_app.vision.data import LABEL_PROMPTS
     except ImportError:
         return {}
     return dict(LABEL_PROMPTS)

@@ -1,7 +1,7 @@
 """Continuous (iteration-level) batching for greedy decoding: requests join and leave between token steps.
 
 The ``fusion`` deployment (``serving/fusion.py``) owns one :class:`ContinuousBatcher`; ``prism ask``
-and the evaluation jobs decode one prompt at a time with :func:`ray_app.answer.stream_tokens`.
+and the evaluation jobs decode one prompt at a time with :func:`ray_app.llm.generate.stream_tokens`.
 
 One background thread owns the model and the running batch (KV cache, attention mask, positions).
 Each iteration it (1) prefills the waiting prompts together and merges their KV cache into the
@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ray_app.answer import encode_left_padded, stop_token_ids, text_delta
+from ray_app.llm.generate import encode_left_padded, stop_token_ids, text_delta
 
 _END = object()  # the last item of a stream
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data import ActorPoolStrategy, Datasink
 
-from ray_app.chunking import ChunkConfig
+from ray_app.ingest.chunking import ChunkConfig
 from ray_app.models.text import check_backend, embedder_key
 from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_DIM, get_settings
@@ -180,7 +180,7 @@ class PrepareDocuments:
     def __init__(self, home: str, database_url: str, chunk: ChunkConfig, image_key: str,
                  backend: str | None = None):
         _worker_env(home, database_url)
-        from ray_app.chunking import Chunker
+        from ray_app.ingest.chunking import Chunker
         from ray_app.store import Store
 
         self.settings = get_settings()

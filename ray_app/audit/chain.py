@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_app.grounding import GroundingReport, check_grounding
-from ray_app.prompting import Passage
+from ray_app.audit.grounding import GroundingReport, check_grounding
+from ray_app.llm.prompting import Passage
 
 GENESIS_HASH = "0" * 64
 _LOCK_KEY = 0x50_52_49_53_4D  # "PRISM": one advisory lock for the whole chain
@@ -94,6 +94,25 @@ def audit_answer(question: str, answer: str, passages: list[Passage], embedder=N
     if any(not s.supported for s in report.sentences):
         flags.append("unsupported_sentence")
     return AnswerAudit(report.grounded, flags, report)
+
+
+def build_citations(passages: list[Passage], report: GroundingReport) -> list[dict]:
+    """Citations for the response: passages the answer cites, then those attributed post hoc."""
+    by_n = {p.n: p for p in passages}
+    explicit = [n for n in report.cited if n in by_n]
+    attributed = [n for n in report.attributed if n not in explicit]
+    return [
+        {
+            "n": n,
+            "doc_id": by_n[n].doc_id,
+            "chunk_id": by_n[n].chunk_id,
+            "title": by_n[n].title,
+            "snippet": by_n[n].text[:300],
+            "score": by_n[n].score,
+            "attributed": n in attributed,
+        }
+        for n in explicit + attributed
+    ]
 
 
 @dataclass
@@ -193,3 +212,29 @@ def last_records(store, n: int = 10) -> list[dict]:
         ).fetchall()
     keys = ("seq", "audit_id", "created_at", "record", "prev_hash", "hash")
     return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def request_hash(question: str, image_sha256: str | None, k: int) -> str:
+    """Hash of what was asked (question, image digest, k), for the audit record."""
+    return sha256_hex(canonical_json({"question": question, "image_sha256": image_sha256, "k": k}))
+
+
+def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
+                  k: int, versions: dict, timings_ms: dict, embedder=None) -> dict:
+    """Audit one answer and append it to the chain; returns ``{"grounded", "flags", "citations"}``."""
+    verdict = audit_answer(question, answer, passages, embedder)
+    similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
+    append_record(store, AuditEntry(
+        request_hash=request_hash(question, (vision or {}).get("image_sha256"), k),
+        retrieved_ids=[p.chunk_id for p in passages] + similar_ids,
+        model=versions.get("model") or "",
+        adapter=versions.get("adapter"),
+        image_encoder=versions.get("image_encoder"),
+        answer_hash=sha256_hex(answer),
+        flags=verdict.flags,
+        grounded=verdict.grounded,
+        timings_ms=timings_ms,
+        audit_id=ask_id,
+    ))
+    return {"grounded": verdict.grounded, "flags": verdict.flags,
+            "citations": build_citations(passages, verdict.grounding)}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_app.prompting import NOT_IN_SOURCES
+from ray_app.llm.prompting import NOT_IN_SOURCES
 
 KINDS = ("what_is", "who_was", "where", "known_for", "compare", "not_in_sources", "injection")
 INJECTIONS = (

@@ -1,0 +1,1 @@
+"""The ask pipeline: one service over four stages (vision, retrieve, generate, audit)."""

@@ -1,0 +1,145 @@
+"""Retrieval: corpus search by mode (hybrid, vector, text; images by image) and the ask's passages.
+
+One search dispatch serves `prism search`, the ``rag`` deployment and the ask pipeline. For an
+ask, the query is the question plus what vision saw (top labels, OCR text, the caption of a
+near-duplicate stored image); passages whose MiniLM cosine to that query reaches
+``min_relevance`` are kept and numbered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray_app.errors import InputError, NotFound
+from ray_app.llm.prompting import Passage
+from ray_app.store import Filters, SearchHit, Store, get_store
+
+SEARCH_MODES = ("hybrid", "vector", "text")
+NEAR_DUPLICATE = 0.9  # a stored image this similar is taken to show the same thing
+RELEVANCE_MARGIN = 0.15
+LABEL_MIN_SCORE = 0.35  # zero-shot labels below this softmax score are too unsure to search with
+
+
+@dataclass
+class Retrieved:
+    """Retrieval output: the passages the LLM will see and the query that found them."""
+
+    query: str
+    passages: list[Passage]
+    hits: list[SearchHit] = field(default_factory=list)
+
+
+def build_query(question: str, vision: dict | None) -> str:
+    """The retrieval query: the question plus top labels, OCR text and a near-duplicate's caption."""
+    parts = [question]
+    if vision:
+        parts += confident_labels(vision)
+        if vision.get("ocr_text"):
+            parts.append(vision["ocr_text"][:200])
+        similar = vision.get("similar_images") or []
+        if similar and similar[0].get("score", 0) >= NEAR_DUPLICATE and similar[0].get("caption"):
+            parts.append(similar[0]["caption"])
+    return " ".join(p for p in parts if p)
+
+
+def confident_labels(vision: dict) -> list[str]:
+    """Up to three labels the zero-shot classifier is reasonably sure of."""
+    return [item["label"] for item in vision.get("labels", [])[:3] if item.get("score", 0) >= LABEL_MIN_SCORE]
+
+
+def image_context(vision: dict | None) -> str | None:
+    """One line describing the image for the prompt (labels, text in it, what it resembles)."""
+    if not vision:
+        return None
+    bits = []
+    if confident_labels(vision):
+        bits.append("it shows: " + ", ".join(confident_labels(vision)))
+    if vision.get("ocr_text"):
+        bits.append(f"text in the image: {vision['ocr_text'][:200]}")
+    similar = vision.get("similar_images") or []
+    if similar and similar[0].get("score", 0) >= NEAR_DUPLICATE and similar[0].get("caption"):
+        bits.append(f"it looks like: {similar[0]['caption']}")
+    return "; ".join(bits) or "an image with no recognised content"
+
+
+def retrieve_passages(
+    question: str, vision: dict | None, k: int, store: Store, embedder, min_relevance: float = 0.25
+) -> Retrieved:
+    """Hybrid search (vector + full text, RRF) with the vision-expanded query; keep relevant passages.
+
+    A passage is relevant when the MiniLM cosine between the query and its chunk reaches
+    ``min_relevance``; passages are numbered 1..n in rank order.
+    """
+    query = build_query(question, vision)
+    vector = embedder.embed([query])[0]
+    depth = max(4 * k, 40)
+    vector_hits = store.search_vector(vector, depth, "chunk")
+    text_hits = store.search_text(query, depth)
+    cosine = {h.id: h.score for h in vector_hits}
+    fused = store.fuse_hybrid(vector_hits, text_hits, k * 2)
+    best = max(cosine.values(), default=0.0)
+    # Absolute floor (is it on topic at all?) plus a margin below the best match, so that a
+    # clearly better passage is not diluted by loosely related ones in a small model's context.
+    floor = max(min_relevance, best - RELEVANCE_MARGIN)
+    relevant = [h for h in fused if cosine.get(h.id, 0.0) >= floor][:k]
+    passages = [
+        Passage(n, h.title or "", _strip_title(h.text or "", h.title), h.doc_id, h.id, round(cosine[h.id], 4))
+        for n, h in enumerate(relevant, 1)
+    ]
+    return Retrieved(query, passages, relevant)
+
+
+def _strip_title(text: str, title: str | None) -> str:
+    """Chunks are stored title-prefixed ("Frog: ..."); the prompt adds the title itself."""
+    prefix = f"{title}: " if title else None
+    return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+
+def search_corpus(
+    text: str,
+    k: int = 5,
+    mode: str = "hybrid",
+    sources: list[str] | None = None,
+    *,
+    image_path: Path | None = None,
+    store: Store | None = None,
+    embedder=None,
+) -> list[SearchHit]:
+    """Search chunks by ``mode`` and, with ``image_path``, images by the image encoder.
+
+    Raises:
+        InputError: empty text or an unknown mode.
+        NotFound: ``image_path`` does not exist.
+        ModelNotAvailable: an image query without a trained image encoder.
+    """
+    if mode not in SEARCH_MODES:
+        raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if not text.strip():
+        raise InputError("the search text is empty")
+    store = store or get_store()
+    filters = Filters(sources=sources)
+    if mode == "text":
+        hits = store.search_text(text, k, filters)
+    else:
+        from ray_app.models.text import get_text_embedder
+
+        vector = (embedder or get_text_embedder()).embed([text])[0]
+        hits = (store.search_vector(vector, k, "chunk", filters) if mode == "vector"
+                else store.search_hybrid(text, vector, k, filters))
+    if image_path is not None:
+        hits += search_images_by_image(Path(image_path), k, store)
+    return hits
+
+
+def search_images_by_image(path: Path, k: int, store: Store) -> list[SearchHit]:
+    """Nearest stored images to the image at ``path`` (needs a trained image encoder)."""
+    from PIL import Image
+
+    from ray_app.models.image_default import get_image_encoder
+
+    if not path.exists():
+        raise NotFound(f"image not found: {path}")
+    with Image.open(path) as im:
+        vector = get_image_encoder().embed([im])[0]
+    return store.search_vector(vector, k, "image")

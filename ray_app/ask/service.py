@@ -1,0 +1,176 @@
+"""The ask service: one async pipeline over four stages (vision, retrieve, generate, audit).
+
+    prism ask "What is this animal and where does it live?" --image frog.png --json
+
+:class:`AskService` validates a question, runs the stages and yields :class:`AskEvent` items:
+``meta`` (the ask id, what vision saw, the numbered passages), ``token`` (``{"text"}``) per piece
+of the answer, then ``done`` (the ``/v1/ask`` response). Its consumers are thin transports:
+``prism ask`` (:mod:`ray_app.cli.ask`), the answer evaluation (:mod:`ray_app.evaluation.answers`)
+and the Serve ingress (``serving/ingress.py``), which maps events to SSE or JSON and Prism's
+errors to status codes. The stages are injected: in one process they are the local classes of
+:mod:`ray_app.ask.stages`; in the Serve graph they call the deployments.
+
+Errors are Prism's own (:mod:`ray_app.errors`): input errors and rejected images are raised
+before the first event, so a transport can still answer them with a status code.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from ray_app.ask.retrieval import Retrieved, image_context
+from ray_app.errors import InputError
+from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
+from ray_app.settings import Settings, get_settings
+
+MAX_K = 20
+MAX_QUESTION_CHARS = 2000
+
+
+class AskInputError(InputError):
+    """A question or option a user can fix (empty question, k out of range)."""
+
+
+@dataclass
+class AskOptions:
+    """Per-request knobs; ``max_new_tokens`` is capped by ``settings.max_new_tokens``."""
+
+    k: int = 5
+    max_new_tokens: int | None = None
+    min_relevance: float = 0.25
+
+    def check(self, settings: Settings) -> AskOptions:
+        """A copy with the limits applied.
+
+        Raises:
+            AskInputError: ``k`` or ``max_new_tokens`` out of range.
+        """
+        if not 1 <= self.k <= MAX_K:
+            raise AskInputError(f"k must be between 1 and {MAX_K}, got {self.k}")
+        limit = settings.max_new_tokens
+        wanted = self.max_new_tokens or limit
+        if wanted < 1:
+            raise AskInputError(f"max_new_tokens must be at least 1, got {wanted}")
+        return AskOptions(self.k, min(wanted, limit), self.min_relevance)
+
+
+@dataclass(frozen=True)
+class AskEvent:
+    """One step of an answer: ``meta``, ``token`` (``data["text"]``) or ``done`` (the response)."""
+
+    kind: Literal["meta", "token", "done"]
+    data: dict[str, Any]
+
+
+@dataclass
+class AnswerDraft:
+    """What the audit stage checks and logs: one finished answer and what it was made from."""
+
+    ask_id: str
+    question: str
+    answer: str
+    passages: list[Passage]
+    vision: dict | None
+    k: int
+    versions: dict[str, str | None]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class VisionStage(Protocol):
+    async def analyze(self, image: bytes) -> dict:
+        """The public vision result (labels, OCR text, similar images); raises ``ImageRejected``."""
+
+    async def version(self) -> str | None:
+        """The image encoder's version for the audit record."""
+
+
+class RetrieveStage(Protocol):
+    async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
+        """The numbered passages the answer may use."""
+
+
+class GenerateStage(Protocol):
+    def generate(self, question: str, passages: list[Passage], context: str | None,
+                 max_new_tokens: int) -> AsyncIterator[str]:
+        """The answer's text pieces as the LLM writes them."""
+
+    async def versions(self, with_image: bool) -> dict[str, str | None]:
+        """Model and adapter versions (asked of the generator once), plus the image encoder's when used."""
+        if self._versions is None:
+            self._versions = dict(await self.generator.versions())
+        encoder = await self.vision.version() if with_image and self.vision is not None else None
+        return dict(self._versions, image_encoder=encoder)
+
+    async def stream(self, question: str, image: bytes | None = None,
+                     options: AskOptions | None = None) -> AsyncIterator[AskEvent]:
+        """Yield ``meta``, ``token``..., ``done``.
+
+        Raises (before the first event): :class:`AskInputError`, ``ImageRejected`` and the stages'
+        own errors. Later errors end the stream with the exception.
+        """
+        question = check_question(question)
+        options = (options or AskOptions()).check(self.settings)
+        if image is not None and self.vision is None:
+            raise AskInputError("this service answers questions without images")
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        vision = None
+        if image is not None:
+            vision = await self.vision.analyze(image)
+            timings["vision_ms"] = _ms(start)
+        t1 = time.perf_counter()
+        retrieved = await self.retriever.retrieve(question, vision, options)
+        timings["retrieval_ms"] = _ms(t1)
+        ask_id = new_ask_id()
+        yield AskEvent("meta", {"id": ask_id, "vision": vision, "passages": [asdict(p) for p in retrieved.passages]})
+
+        t2, answer = time.perf_counter(), ""
+        async for piece in self._answer_pieces(question, retrieved.passages, vision, options.max_new_tokens):
+            if not answer:
+                timings["ttft_ms"] = _ms(start)
+            answer += piece
+            yield AskEvent("token", {"text": piece})
+        timings["generation_ms"] = _ms(t2)
+        timings["total_ms"] = _ms(start)
+
+        draft = AnswerDraft(ask_id, question, answer.strip(), retrieved.passages, vision, options.k,
+                            await self.versions(image is not None), timings)
+        t3 = time.perf_counter()
+        verdict = await self.auditor.record(draft)
+        yield AskEvent("done", build_response(draft, verdict, audit_ms=_ms(t3)))
+
+    async def ask(self, question: str, image: bytes | None = None, options: AskOptions | None = None) -> dict:
+        """Run the pipeline to the end and return the ``/v1/ask`` response."""
+        async for event in self.stream(question, image, options):
+            if event.kind == "done":
+                return event.data
+        raise RuntimeError("the ask pipeline ended without an answer")
+
+    async def _answer_pieces(self, question: str, passages: list[Passage], vision: dict | None,
+                             max_new_tokens: int) -> AsyncIterator[str]:
+        if not passages:  # nothing relevant was found: say so without calling the LLM
+            yield NOT_IN_SOURCES
+            return
+        async for piece in self.generator.generate(question, passages, image_context(vision), max_new_tokens):
+            if piece:
+                yield piece
+
+
+def build_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:
+    """The ``/v1/ask`` response for an audited answer."""
+    return {
+        "id": draft.ask_id,
+        "answer": draft.answer,
+        "citations": verdict["citations"],
+        "vision": draft.vision,
+        "audit": {"audit_id": draft.ask_id, "grounded": verdict["grounded"], "flags": verdict["flags"]},
+        "timings_ms": dict(draft.timings_ms, audit_ms=audit_ms),
+    }
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)

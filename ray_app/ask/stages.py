@@ -1,0 +1,141 @@
+"""In-process stages for :class:`ray_app.ask.service.AskService` (``prism ask``, the evaluation).
+
+The Serve graph has its own stages that call the deployments (``serving/stages.py``); the
+deployments themselves hold the models these classes hold here. Blocking work (model forward
+passes, database queries) runs in a worker thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from ray_app.ask.retrieval import Retrieved, retrieve_passages
+from ray_app.ask.service import AnswerDraft, AskOptions, AskService
+from ray_app.audit.chain import audit_answer, build_citations, record_answer
+from ray_app.llm.generate import generate_answer, model_versions, render_prompt
+from ray_app.llm.prompting import Passage
+from ray_app.settings import Settings, get_settings
+
+_END = object()
+
+
+class LocalVision:
+    """The vision analyzer, loaded on the first image (a text-only question never loads it)."""
+
+    def __init__(self, store, embedder, settings: Settings | None = None):
+        self.store, self.embedder, self.settings = store, embedder, settings
+        self._analyzer = None
+
+    def analyzer(self):
+        from ray_app.vision.analyzer import VisionAnalyzer
+
+        if self._analyzer is None:
+            self._analyzer = VisionAnalyzer(self.store, self.embedder, settings=self.settings)
+        return self._analyzer
+
+    async def analyze(self, image: bytes) -> dict:
+        result = await asyncio.to_thread(self.analyzer().analyze, image)
+        return result.public()
+
+    async def version(self) -> str | None:
+        return self.analyzer().encoder_version
+
+
+class LocalRetrieve:
+    """Hybrid search over the store with the vision-expanded query."""
+
+    def __init__(self, store, embedder):
+        self.store, self.embedder = store, embedder
+
+    async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
+        return await asyncio.to_thread(retrieve_passages, question, vision, options.k, self.store, self.embedder,
+                                       options.min_relevance)
+
+
+class FixedPassages:
+    """Retrieval replaced by given passages (evaluation questions come with theirs)."""
+
+    def __init__(self, passages: list[Passage]):
+        self.passages = passages
+
+    async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
+        return Retrieved(question, list(self.passages))
+
+
+class LocalGenerate:
+    """One prompt at a time with :func:`ray_app.llm.generate.stream_tokens`, in a worker thread."""
+
+    def __init__(self, llm, settings: Settings | None = None):
+        self.llm, self.settings = llm, settings or get_settings()
+
+    async def generate(self, question: str, passages: list[Passage], context: str | None,
+                       max_new_tokens: int) -> AsyncIterator[str]:
+        pieces = generate_answer(self.llm, question, passages, context, max_new_tokens)
+        while (piece := await asyncio.to_thread(next, pieces, _END)) is not _END:
+            yield piece
+
+    async def versions(self) -> dict[str, str | None]:
+        return model_versions(self.llm, self.settings)
+
+
+class BatchedGenerate:
+    """Concurrent asks share one :class:`ray_app.llm.batching.ContinuousBatcher` (one forward pass per step)."""
+
+    def __init__(self, llm, batcher, settings: Settings | None = None):
+        self.llm, self.batcher, self.settings = llm, batcher, settings or get_settings()
+
+    async def generate(self, question: str, passages: list[Passage], context: str | None,
+                       max_new_tokens: int) -> AsyncIterator[str]:
+        stream = self.batcher.submit(render_prompt(self.llm.tokenizer, question, passages, context), max_new_tokens)
+        try:
+            async for piece in stream:
+                yield piece
+        finally:
+            stream.cancel()  # a consumer that went away gives its slot back at the next step
+
+    async def versions(self) -> dict[str, str | None]:
+        return model_versions(self.llm, self.settings)
+
+
+class LoggedAudit:
+    """Grounding and injection checks, then a record appended to the tamper-evident audit log."""
+
+    def __init__(self, store, embedder=None):
+        self.store, self.embedder = store, embedder
+
+    async def record(self, draft: AnswerDraft) -> dict:
+        return await asyncio.to_thread(
+            record_answer, self.store, ask_id=draft.ask_id, question=draft.question, answer=draft.answer,
+            passages=draft.passages, vision=draft.vision, k=draft.k, versions=draft.versions,
+            timings_ms=draft.timings_ms, embedder=self.embedder)
+
+
+class CheckOnlyAudit:
+    """The same checks without a log record (evaluation answers are not served to anyone)."""
+
+    def __init__(self, embedder=None):
+        self.embedder = embedder
+
+    async def record(self, draft: AnswerDraft) -> dict:
+        verdict = audit_answer(draft.question, draft.answer, draft.passages, self.embedder)
+        return {"grounded": verdict.grounded, "flags": verdict.flags,
+                "citations": build_citations(draft.passages, verdict.grounding)}
+
+
+def local_service(store=None, settings: Settings | None = None) -> AskService:
+    """The whole pipeline in this process, models loaded once: the default store, MiniLM, the LLM."""
+    from ray_app.models.llm import load_llm
+    from ray_app.models.text import get_text_embedder
+    from ray_app.store import get_store
+
+    settings = settings or get_settings()
+    store = store or get_store()
+    embedder = get_text_embedder()
+    return AskService(
+        vision=LocalVision(store, embedder, settings),
+        retrieve=LocalRetrieve(store, embedder),
+        generate=LocalGenerate(load_llm(settings=settings), settings),
+        audit=LoggedAudit(store, embedder),
+        settings=settings,
+    )

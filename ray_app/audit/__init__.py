@@ -1,0 +1,1 @@
+"""Per-answer audit: grounding and injection checks, and the tamper-evident audit log."""

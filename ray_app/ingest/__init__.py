@@ -1,0 +1,1 @@
+"""The Ray Data ingest: chunk, embed text and images, COPY into pgvector."""

@@ -1,0 +1,1 @@
+"""The answer LLM: prompts, generation, continuous batching, training data, collators and checkpoints."""

@@ -1,0 +1,1 @@
+"""Vision: image validation, zero-shot labels, OCR and similar images; image-encoder data."""

@@ -1,0 +1,58 @@
+"""The ask service's stages in the Serve graph: each calls its deployment through a handle.
+
+:class:`ray_app.ask.service.AskService` runs in the ingress over these; the deployments hold the
+models (``serving/vision.py``, ``rag.py``, ``fusion.py``, ``audit.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ray_app.ask.retrieval import Retrieved
+from ray_app.ask.service import AnswerDraft, AskOptions
+from ray_app.llm.prompting import Passage
+from ray_app.vision.analyzer import ImageRejected
+
+
+class ServeVision:
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def analyze(self, image: bytes) -> dict:
+        out = await self.handle.analyze.remote(image)
+        if "error" in out:  # rebuilt here: the code does not survive Ray's exception wrapping
+            raise ImageRejected(out["error"]["code"], out["error"]["message"])
+        return out["vision"]
+
+    async def version(self) -> str | None:
+        return await self.handle.version.remote()
+
+
+class ServeRetrieve:
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
+        return await self.handle.retrieve.remote(question, vision, options)
+
+
+class ServeGenerate:
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def generate(self, question: str, passages: list[Passage], context: str | None,
+                       max_new_tokens: int) -> AsyncIterator[str]:
+        stream = self.handle.options(stream=True).generate.remote(question, passages, context, max_new_tokens)
+        async for piece in stream:
+            yield piece
+
+    async def versions(self) -> dict[str, str | None]:
+        return await self.handle.versions.remote()
+
+
+class ServeAudit:
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def record(self, draft: AnswerDraft) -> dict:
+        return await self.handle.record.remote(draft)
