@@ -98,6 +98,46 @@ class GenerateStage(Protocol):
                  max_new_tokens: int) -> AsyncIterator[str]:
         """The answer's text pieces as the LLM writes them."""
 
+    async def versions(self) -> dict[str, str | None]:
+        """``{"model", "adapter"}`` versions for the audit record."""
+
+
+class AuditStage(Protocol):
+    async def record(self, draft: AnswerDraft) -> dict:
+        """Check and log one answer: ``{"grounded", "flags", "citations"}``."""
+
+
+def check_question(question: str | None) -> str:
+    """Return the stripped question or raise :class:`AskInputError`."""
+    question = (question or "").strip()
+    if not question:
+        raise AskInputError("the question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise AskInputError(f"the question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+    return question
+
+
+def new_ask_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AskService:
+    """The ask pipeline over injected stages; one instance serves many concurrent asks.
+
+    Args:
+        vision: labels, OCR and similar images for an uploaded image (None: images are refused).
+        retrieve: the passages for a question.
+        generate: the LLM's answer, streamed.
+        audit: grounding and injection checks plus the audit-log record.
+        settings: limits (``max_new_tokens``).
+    """
+
+    def __init__(self, vision: VisionStage | None, retrieve: RetrieveStage, generate: GenerateStage,
+                 audit: AuditStage, settings: Settings | None = None):
+        self.vision, self.retriever, self.generator, self.auditor = vision, retrieve, generate, audit
+        self.settings = settings or get_settings()
+        self._versions: dict | None = None
+
     async def versions(self, with_image: bool) -> dict[str, str | None]:
         """Model and adapter versions (asked of the generator once), plus the image encoder's when used."""
         if self._versions is None:

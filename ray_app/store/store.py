@@ -11,12 +11,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from ray_app.errors import Unavailable
 from ray_app.settings import Settings, get_settings
 from ray_app.store.migrations import apply_migrations
 from ray_app.store.rows import (
@@ -32,8 +32,10 @@ from ray_app.store.rows import (
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
+class StoreError(Unavailable, RuntimeError):
     """The database could not be reached or configured."""
+
+    code = "database_unavailable"
 
 
 @dataclass
@@ -383,14 +385,6 @@ def _upsert_images(conn: psycopg.Connection, images: list[ImageRow]) -> int:
         " WHERE images.caption IS DISTINCT FROM EXCLUDED.caption OR images.path IS DISTINCT FROM EXCLUDED.path"
         " OR images.sha256 IS DISTINCT FROM EXCLUDED.sha256 OR images.embedding IS DISTINCT FROM EXCLUDED.embedding"
     ).rowcount
-
-
-def exact_neighbours(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact cosine top-k indices (numpy), the ground truth for recall measurements."""
-    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sims = q @ c.T
-    return np.argsort(-sims, axis=1)[:, :k]
 
 
 _store: Store | None = None

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ray_app.ask.service import stop_token_ids, stream_tokens
+from ray_app.llm.generate import stop_token_ids, stream_tokens
 from ray_app.llm.batching import BatcherClosed, ContinuousBatcher
 
 PASSAGE = (
