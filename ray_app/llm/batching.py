@@ -113,6 +113,7 @@ class ContinuousBatcher:
         self._waiting: queue.SimpleQueue[TokenStream | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit() against close()
         self._closed = False
+        self.generated_tokens = 0  # every row's tokens so far (written by the decode thread only)
         # The running batch, touched by the decode thread only. Row i of every tensor is rows[i].
         self._rows: list[TokenStream] = []
         self._cache: DynamicCache | None = None  # keys/values [rows, kv_heads, columns, head_dim] per layer
@@ -234,6 +235,7 @@ class ContinuousBatcher:
             stream._finish()
             return
         stream.tokens.append(tid)
+        self.generated_tokens += 1
         delta, stream.text = text_delta(self.llm.tokenizer, stream.tokens, stream.text)
         if delta:
             stream._put(delta)
