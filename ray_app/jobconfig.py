@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ray_app.errors import InputError
+
 T = TypeVar("T", bound=BaseModel)
 
 
-class JobConfigError(ValueError):
+class JobConfigError(InputError):
     """A config file or override is invalid; the message names the key."""
 
 

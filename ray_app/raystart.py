@@ -4,7 +4,9 @@ Every Prism job (ingest, training, the Serve driver) starts Ray through :func:`i
 they behave alike: under ``ray job submit`` (``RAY_ADDRESS`` set) or with an explicit address
 they join that cluster; otherwise they start a local Ray without a dashboard. Ray gives a new
 raylet a fixed 30 s to register, which a loaded 2-core machine can miss, so local start-up is
-retried on exactly that error.
+retried on exactly that error. Ray's own driver-side messages are logged at WARNING and above
+unless a caller asks for more (``logging_level=...``); whether workers' output is printed by the
+driver stays the caller's choice (``log_to_driver``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, join: bool
         num_cpus: logical CPUs of a local Ray (default: the machine's).
         join: False always starts a private local Ray (``RAY_ADDRESS`` is ignored).
         attempts: local start-ups to try when the raylet misses its start-up deadline.
-        **init_kwargs: passed to ``ray.init`` (``namespace``, ``log_to_driver``...).
+        **init_kwargs: passed to ``ray.init`` (``namespace``, ``log_to_driver``, ``logging_level``...).
 
     Returns:
         True when this call connected or started Ray (the caller should ``ray.shutdown()``).
@@ -36,6 +38,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, join: bool
     if ray.is_initialized():
         return False
     address = address or (os.environ.get("RAY_ADDRESS") if join else None)
+    if "://" not in (address or ""):  # a Ray Client (ray://) would forward the setting to the server
+        init_kwargs.setdefault("logging_level", logging.WARNING)  # not "Started a local Ray instance..." every run
     if address:
         ray.init(address=address, **init_kwargs)
         return True

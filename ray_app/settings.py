@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         """Generated corpora and training data."""
         return self.home.resolve() / "data"
 
+    @property
+    def logs_dir(self) -> Path:
+        """Logs of Ray and the libraries under long-running commands (``prism demo`` writes one per step)."""
+        return self.home.resolve() / "logs"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -22,24 +22,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ray_app.models.errors import ModelNotAvailable
-from ray_app.store import StoreError, StoreInputError
+from ray_app.errors import PrismError
+from ray_app.settings import Settings
 
 console = Console(stderr=True)
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 
-# Errors a user can fix: printed as one line, exit status 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    StoreError,
-    StoreInputError,
-    ModelNotAvailable,
-    FileNotFoundError,
-    ValueError,
-)
 
 
-class CLIError(Exception):
-    """An error to show the user as one line."""
+class CLIError(PrismError):
+    """An error to show the user as one line (raised by the CLI layer itself)."""
+
+    code = "cli_error"
+
+
+# Errors meant for the user: printed as one line, exit status 2. Anything else is a bug and keeps its
+# traceback, bare ValueError and FileNotFoundError included: code below the CLI raises Prism's own types.
+USER_ERRORS: tuple[type[BaseException], ...] = (PrismError,)
 
 
 def emit(obj: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -59,16 +58,21 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Turn user errors into a one-line message on stderr and exit status 2."""
+    """Turn Prism's own errors and invalid settings into one line on stderr and exit status 2.
+
+    Every other exception (a bug) propagates with its traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
             first = exc.errors()[0]
             fail(f"invalid setting {'.'.join(map(str, first['loc'])) or ''}: {first['msg']}")
-        except (CLIError, *USER_ERRORS) as exc:
+        except USER_ERRORS as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     return wrapper
@@ -100,16 +104,18 @@ def mount(app: typer.Typer, entries: dict[str, tuple[str, str]]) -> None:
     """Mount command groups or single commands by import path.
 
     Each module defines ``app`` (a ``typer.Typer``, mounted as a group) or ``command`` (a function,
-    mounted as one command). Modules not written yet are skipped, so `--help` lists what exists.
+    mounted as one command). A module that fails to import or defines neither is an error: `--help`
+    must list every group that is meant to exist.
+
+    Raises:
+        ImportError: a module (or one of its imports) is missing or broken.
+        TypeError: a module defines neither ``app`` nor ``command``.
     """
     for name, (module_name, help_text) in entries.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(module_name)
         if isinstance(getattr(module, "app", None), typer.Typer):
             app.add_typer(module.app, name=name, help=help_text)
         elif callable(getattr(module, "command", None)):
             app.command(name, help=help_text)(module.command)
+        else:
+            raise TypeError(f"{module_name} defines neither `app` (a typer.Typer) nor `command`")

@@ -2,7 +2,7 @@
 
 Steps, each skipped when its output already exists (so a second run takes seconds to minutes):
 
-1. the embedded database (or DATABASE_URL's server);
+1. the embedded database (or DATABASE_URL's server): ``prism db up``;
 2. the demo corpus (wiki + stamps + photos) as Parquet shards under ``$PRISM_HOME/data/demo-corpus``;
 3. the image encoder (``prism train clip --config training/configs/clip/demo.yaml``) when no
    checkpoint exists;
@@ -10,18 +10,27 @@ Steps, each skipped when its output already exists (so a second run takes second
    since the last ingest and the database still holds the documents);
 5. the Serve application (``prism serve up --detach``) unless it is already healthy.
 
-Heavy steps run as ``prism`` subprocesses: each starts and stops its own Ray, and ``ray_app``
-does not import ``training`` or ``serving``.
+Each step runs as ``prism`` subprocesses: each starts and stops its own Ray, and ``ray_app``
+does not import ``training`` or ``serving``. Their output (Ray's worker logs, library warnings,
+progress bars) goes to one log per step under ``$PRISM_HOME/logs/demo/``; the terminal shows one
+line per step, and for a failed step the last lines of its log and the log's path.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
+import importlib.resources
 import json
+import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import typer
 
@@ -29,45 +38,147 @@ from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_erro
 from ray_app.cli.db import database_status
 from ray_app.models.image_default import default_image_encoder_dir
 from ray_app.settings import get_settings
-from ray_app.store.embedded import start_embedded
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_SOURCES = ("wiki", "stamps", "photos")
-CLIP_DEMO_CONFIG = REPO / "training" / "configs" / "clip" / "demo.yaml"
+LOG_TAIL_LINES = 20
 
 
-def run_prism(args: list[str], quiet: bool) -> dict:
-    """Run ``prism ARGS --json`` in a subprocess; return its JSON, or raise with its last error line."""
-    cmd = [sys.executable, "-m", "ray_app.cli", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, text=True)
-    if proc.returncode != 0:
-        raise CLIError(f"`prism {' '.join(args)}` failed (exit {proc.returncode})")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
+class StepFailed(CLIError):
+    """A command run by a demo step exited with an error; the details are in the step's log."""
+
+    def __init__(self, command: str, exit_code: int, log_path: Path):
+        super().__init__(f"`{command}` failed (exit {exit_code}); full log: {log_path}")
+        self.exit_code = exit_code
+        self.log_path = log_path
+
+
+def demo_logs_dir() -> Path:
+    return get_settings().logs_dir / "demo"
+
+
+def clip_demo_config():
+    """The demo preset of the image-encoder job, shipped as package data of ``training``."""
+    return importlib.resources.files("training") / "configs" / "clip" / "demo.yaml"
+
+
+def run_logged(cmd: list[str], log_path: Path) -> tuple[int, list[str]]:
+    """Run ``cmd``, appending its stdout and stderr to ``log_path`` as they arrive.
+
+    Returns:
+        The exit status and the lines the command wrote to stdout.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stdout_lines: list[str] = []
+    lock = threading.Lock()
+    with log_path.open("a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True, errors="replace")
+
+        def pump(stream: IO[str], keep: list[str] | None) -> None:
+            for line in stream:
+                with lock:
+                    log.write(line)
+                    log.flush()
+                if keep is not None:
+                    keep.append(line)
+
+        readers = [threading.Thread(target=pump, args=(proc.stdout, stdout_lines), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, None), daemon=True)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        code = proc.wait()
+        log.write(f"[exit {code}]\n")
+    return code, stdout_lines
+
+
+def run_prism(args: list[str], log_path: Path) -> dict:
+    """Run ``prism ARGS`` in a subprocess logging to ``log_path``; return the JSON it printed (or ``{}``).
+
+    Raises:
+        StepFailed: the command exited with a non-zero status.
+    """
+    code, stdout = run_logged([sys.executable, "-m", "ray_app.cli", *args], log_path)
+    if code != 0:
+        raise StepFailed(f"prism {shlex.join(args)}", code, log_path)
+    objects = [line for line in stdout if line.startswith("{")]
+    return json.loads(objects[-1]) if objects else {}
+
+
+def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log (none when it does not exist)."""
+    if not log_path.exists():
+        return []
+    with log_path.open(errors="replace") as fh:
+        return [line.rstrip("\n") for line in collections.deque(fh, maxlen=lines)]
+
+
+def run_step(name: str, label: str, step: Callable[[Path], tuple[Any, str]], quiet: bool = False) -> Any:
+    """Run one demo step with its own log; print one line for it, or its log's tail when it fails.
+
+    Args:
+        name: the log's name (``$PRISM_HOME/logs/demo/NAME.log``, started afresh each run).
+        label: what the terminal line calls the step.
+        step: called with the log path; returns the step's result and a one-line summary.
+        quiet: print nothing when the step succeeds.
+
+    Returns:
+        The step's result.
+    """
+    log_path = demo_logs_dir() / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    started = time.perf_counter()
+    try:
+        with contextlib.nullcontext() if quiet else console.status(f"{label} ..."):
+            result, summary = step(log_path)
+    except BaseException:
+        seconds = time.perf_counter() - started
+        console.print(f"[red]✗[/red] {label} failed after {seconds:.0f} s; the last lines of its log:")
+        for line in log_tail(log_path):
+            console.print(f"    {line}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"  full log: {log_path}", markup=False, highlight=False, soft_wrap=True)
+        raise
+    if not quiet:
+        console.print(f"[green]✓[/green] {label}: {summary} [dim]({time.perf_counter() - started:.1f} s)[/dim]",
+                      soft_wrap=True)
+    return result
 
 
 def corpus_dir() -> Path:
     return get_settings().data_dir / "demo-corpus"
 
 
-def build_demo_corpus(quiet: bool) -> dict:
-    """Build each demo source whose shards are missing; returns documents per source."""
+def start_database(log_path: Path) -> tuple[dict, str]:
+    """Start the embedded server (or check DATABASE_URL's) and migrate; returns its status."""
+    status = run_prism(["db", "up", "--json"], log_path)
+    return status, (f"PostgreSQL {status['postgres']} + pgvector {status['pgvector']}, "
+                    f"{status['documents']:,} documents")
+
+
+def build_demo_corpus(log_path: Path) -> tuple[dict, str]:
+    """Build each demo source whose shards are missing; returns documents per source built."""
     out, built = corpus_dir(), {}
     for source in DEMO_SOURCES:
         if any(out.glob(f"{source}-*.parquet")):
             continue
-        console.print(f"building the {source} corpus ...")
-        built[source] = run_prism(["corpus", "build", source, "--out", str(out), "--json"], quiet)["documents"]
-    return built
+        built[source] = run_prism(["corpus", "build", source, "--out", str(out), "--json"], log_path)["documents"]
+    if not built:
+        return built, f"already built ({', '.join(DEMO_SOURCES)})"
+    return built, "built " + ", ".join(f"{source} ({n:,} documents)" for source, n in built.items())
 
 
-def ensure_image_encoder(quiet: bool) -> str:
+def ensure_image_encoder(log_path: Path) -> tuple[str, str]:
     """Train the demo image encoder when no checkpoint exists; returns 'trained' or 'reused'."""
-    if (default_image_encoder_dir() / "open_clip_config.json").exists():
-        return "reused"
-    console.print("training the image encoder (demo preset, about 10 minutes on 2 cores) ...")
-    run_prism(["train", "clip", "--config", str(CLIP_DEMO_CONFIG)], quiet)
-    return "trained"
+    checkpoint = default_image_encoder_dir()
+    if (checkpoint / "open_clip_config.json").exists():
+        return "reused", f"reused {checkpoint}"
+    with importlib.resources.as_file(clip_demo_config()) as config:
+        run_prism(["train", "clip", "--config", str(config)], log_path)
+    return "trained", f"trained (demo preset) -> {checkpoint}"
 
 
 def ingest_fingerprint() -> str:
@@ -82,66 +193,63 @@ def ingest_fingerprint() -> str:
     return h.hexdigest()
 
 
-def ensure_ingested(documents_in_db: int, quiet: bool) -> dict | None:
+def ensure_ingested(documents_in_db: int, log_path: Path) -> tuple[dict | None, str]:
     """Ingest the demo corpus unless the last ingest saw the same inputs; returns its summary or None."""
     marker = get_settings().data_dir / "demo-ingested.json"
     fingerprint = ingest_fingerprint()
     if documents_in_db > 0 and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        return None
-    console.print("ingesting the demo corpus with Ray Data ...")
-    summary = run_prism(["ingest", str(corpus_dir()), "--json"], quiet)
+        return None, "unchanged since the last ingest"
+    summary = run_prism(["ingest", str(corpus_dir()), "--json"], log_path)
     marker.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}))
-    return summary
+    return summary, (f"{summary.get('documents', 0):,} documents, {summary.get('chunks', 0):,} chunks, "
+                     f"{summary.get('images', 0):,} images")
 
 
-def ensure_serving(quiet: bool) -> dict:
-    """Start the Serve app unless it is already up; returns ``{"url", ...}``."""
-    status = run_prism(["serve", "status", "--json"], quiet=True)
+def ensure_serving(log_path: Path) -> tuple[dict, str]:
+    """Start the Serve app unless it is already up; returns ``{"url", "started"}``."""
+    status = run_prism(["serve", "status", "--json"], log_path)
     if status.get("healthy"):
-        return {"url": status["url"], "started": False}
-    console.print("starting the Serve application ...")
-    up = run_prism(["serve", "up", "--detach", "--json"], quiet)
-    return {"url": up["url"], "started": True}
+        return {"url": status["url"], "started": False}, f"already up at {status['url']}"
+    up = run_prism(["serve", "up", "--detach", "--json"], log_path)
+    return {"url": up["url"], "started": True}, f"up at {up['url']}"
 
 
 @handle_errors
 def demo(
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the Serve app at the end."),
-    quiet: bool = typer.Option(False, "--quiet", help="Hide the steps' own progress output."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the result, not a line per step."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Bring Prism up: database, demo corpus, image encoder, ingest, Serve app; print the URL."""
-    started = time.perf_counter()
-    settings = get_settings()
-    if not settings.database_url:
-        start_embedded(settings.pg_dir)
-    before = database_status()
-    timings: dict[str, float] = {"database": round(time.perf_counter() - started, 1)}
+    """Bring Prism up: database, demo corpus, image encoder, ingest, Serve app; print the URL.
 
-    def timed(name: str, step, *args):
+    Each step's output goes to $PRISM_HOME/logs/demo/STEP.log; a failed step shows its last lines.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, label: str, step: Callable[[Path], tuple[Any, str]]) -> Any:
         t0 = time.perf_counter()
-        out = step(*args)
+        out = run_step(name, label, step, quiet)
         timings[name] = round(time.perf_counter() - t0, 1)
         return out
 
-    steps: dict = {"corpus_built": timed("corpus", build_demo_corpus, quiet or json_out)}
-    steps["image_encoder"] = timed("image_encoder", ensure_image_encoder, quiet or json_out)
-    steps["ingest"] = timed("ingest", ensure_ingested, before["documents"], quiet or json_out) or "unchanged"
-    status = database_status()
-    result = {"database": status, "steps": steps}
+    before = timed("database", "database", start_database)
+    steps: dict = {"corpus_built": timed("corpus", "demo corpus", build_demo_corpus)}
+    steps["image_encoder"] = timed("image_encoder", "image encoder", ensure_image_encoder)
+    steps["ingest"] = timed("ingest", "ingest",
+                            lambda log: ensure_ingested(before["documents"], log)) or "unchanged"
+    result = {"database": database_status(), "steps": steps}
     if serve:
-        result["serve"] = timed("serve", ensure_serving, quiet or json_out)
+        result["serve"] = timed("serve", "Serve app", ensure_serving)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["step_seconds"] = timings
+    result["logs"] = str(demo_logs_dir())
 
     def human(r: dict) -> None:
         s = r["database"]
-        console.print(f"[green]Prism database ready[/green]: PostgreSQL {s['postgres']} + pgvector {s['pgvector']}")
-        console.print(f"  documents {s['documents']:,}  chunks {s['chunks']:,}  images {s['images']:,}")
-        console.print(f"  image encoder: {r['steps']['image_encoder']}; ingest: "
-                      f"{'unchanged' if r['steps']['ingest'] == 'unchanged' else 'ran'}")
+        console.print(f"  documents {s['documents']:,}  chunks {s['chunks']:,}  images {s['images']:,}"
+                      f"  ({r['seconds']:.0f} s; logs in {r['logs']})")
         if "serve" in r:
             console.print(f"[bold green]Prism is up at {r['serve']['url']}[/bold green]  (stop: prism serve down)")
-        console.print(f"  ({r['seconds']:.0f} s)")
 
     emit(result, json_out, human)

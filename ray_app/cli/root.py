@@ -36,7 +36,8 @@ app.add_typer(db.app, name="db")
 app.command("search")(search.search)
 app.command("demo")(demo.demo)
 
-# Groups filled by their own modules; each module defines `app` (a typer.Typer).
+# Groups filled by their own modules; each module defines `app` (a typer.Typer). Only groups that exist:
+# `export` (edge.cli) joins when the edge package has its CLI.
 _GROUPS = {
     "corpus": ("ray_app.cli.corpus", "Build corpora (wiki, stamps, photos, synthetic, your files) as Parquet shards."),
     "ingest": ("ray_app.cli.ingest", "Embed a corpus with Ray Data and load it into pgvector."),
@@ -48,7 +49,6 @@ _GROUPS = {
     "train": ("training.cli", "Ray Train jobs: image encoder (clip), LLM SFT and DPO."),
     "tune": ("training.tune_cli", "Ray Tune sweeps."),
     "serve": ("serving.cli", "Run the Ray Serve application (HTTP API + web page)."),
-    "export": ("edge.cli", "Export models for the edge (ONNX, INT8/INT4, TensorRT-LLM)."),
 }
 
 

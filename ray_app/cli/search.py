@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ray_app.ask.retrieval import search_corpus
 from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
-from ray_app.ask.search import search_corpus
 
 
 class Mode(StrEnum):

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ray_app.corpus.schema import write_shards
+from ray_app.errors import InputError, Unavailable
 from ray_app.settings import get_settings
 
 BUILTIN_SOURCES = ("wiki", "stamps", "photos", "synthetic")
@@ -36,7 +37,7 @@ def _builtin_records(source: str, docs: int | None, every: int = 1) -> Iterator[
     except ModuleNotFoundError as exc:
         if exc.name != f"ray_app.corpus.{source}":
             raise
-        raise ValueError(f"source {source!r} is not available in this installation") from exc
+        raise Unavailable(f"source {source!r} is not available in this installation") from exc
     return module.build_records(limit=docs, every=every) if every > 1 else module.build_records(limit=docs)
 
 
@@ -68,13 +69,13 @@ def build_corpus(
         ``{"source", "out", "documents", "shards", "skipped", "seconds"}``; ``skipped`` counts bad rows by reason.
 
     Raises:
-        ValueError: ``docs`` below 1 or an unsupported input.
-        FileNotFoundError: a user path that does not exist.
+        InputError: ``docs`` below 1 or an unsupported input.
+        NotFound: a user path that does not exist.
     """
     if every > 1 and source != "wiki":
-        raise ValueError("--every applies to the wiki source only")
+        raise InputError("--every applies to the wiki source only")
     if docs is not None and docs < 1:
-        raise ValueError(f"--docs must be at least 1, got {docs}")
+        raise InputError(f"--docs must be at least 1, got {docs}")
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(source)
     skipped: Counter = Counter()

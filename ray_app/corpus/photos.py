@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.corpus.schema import make_record
+from ray_app.errors import Unavailable
 
 SOURCE = "photos"
 LICENSE = "CC0 / public domain (scikit-image data; see skimage/data/README.txt)"
 URL = "https://scikit-image.org/docs/stable/api/skimage.data.html"
+
+
+class PhotoNotAvailable(Unavailable, FileNotFoundError):
+    """A bundled photo is missing from this scikit-image install."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def export_photo(photo: Photo, out_dir: Path) -> Path:
     """Save ``photo`` as ``out_dir/NAME.png`` (RGB) once; return the path.
 
     Raises:
-        FileNotFoundError: the file is not in this scikit-image install.
+        PhotoNotAvailable: the file is not in this scikit-image install.
     """
     from PIL import Image
 
@@ -74,7 +79,7 @@ def export_photo(photo: Photo, out_dir: Path) -> Path:
         return path
     src = skimage_data_dir() / photo.file
     if not src.exists():
-        raise FileNotFoundError(f"scikit-image photo missing: {src}")
+        raise PhotoNotAvailable(f"scikit-image photo missing: {src}")
     out_dir.mkdir(parents=True, exist_ok=True)
     image = Image.open(src)
     if image.mode == "RGBA":  # composite transparent photos on white, not on black

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ray_app.corpus.schema import make_record
+from ray_app.errors import InputError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ LICENSE = "GPL-2.0 (Tux Paint stamps)"
 URL = "https://tuxpaint.org/"
 
 
-class StampsNotAvailable(FileNotFoundError):
+class StampsNotAvailable(Unavailable, FileNotFoundError):
     """The Tux Paint stamps are not installed."""
 
 
@@ -78,7 +79,7 @@ def load_stamp_image(stamp: Stamp, max_side: int = 256):
     """Open a stamp as an RGBA PIL image no larger than ``max_side`` (SVGs rasterised with cairosvg).
 
     Raises:
-        ValueError: the file cannot be decoded or rasterised.
+        InputError: the file cannot be decoded or rasterised.
     """
     from PIL import Image
 
@@ -92,7 +93,7 @@ def load_stamp_image(stamp: Stamp, max_side: int = 256):
             image = Image.open(stamp.path)
         image = image.convert("RGBA")
     except Exception as exc:  # cairosvg and PIL raise many types for a bad file
-        raise ValueError(f"cannot decode stamp {stamp.name}: {exc}") from exc
+        raise InputError(f"cannot decode stamp {stamp.name}: {exc}") from exc
     image.thumbnail((max_side, max_side))
     return image
 
@@ -123,7 +124,7 @@ def build_records(limit: int | None = None, out_dir: Path | None = None, root: P
             if not image_path.exists():
                 try:
                     image = load_stamp_image(stamp, max_side=512)
-                except ValueError as exc:
+                except InputError as exc:
                     skipped += 1
                     log.warning("%s", exc)
                     continue

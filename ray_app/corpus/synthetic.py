@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ray_app.corpus.schema import make_record, write_shards
+from ray_app.errors import InputError
 
 SOURCE = "synthetic"
 LICENSE = "CC0-1.0"
@@ -140,7 +141,7 @@ def write_synthetic(n: int, out_dir: Path, seed: int = 0, workers: int | None = 
         The shard paths and the number of documents written.
     """
     if n < 1:
-        raise ValueError(f"--docs must be at least 1, got {n}")
+        raise InputError(f"--docs must be at least 1, got {n}")
     part_docs = max(BLOCK, part_docs // BLOCK * BLOCK)
     image_dir = (out_dir / "images") if image_fraction > 0 else None
     jobs = [(seed, p, first, min(part_docs, n - first), out_dir, image_fraction, image_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.corpus.schema import COLUMNS, make_record
+from ray_app.errors import InputError, NotFound
 from ray_app.settings import get_settings
 
 SOURCE = "user"
@@ -25,7 +26,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
 _TEXT_FIELDS = ("title", "text", "url", "license", "image", "caption", "source", "id")
 
 
-class BadRow(ValueError):
+class BadRow(InputError):
     """A row that cannot become a record; ``reason`` is the counter key."""
 
     def __init__(self, reason: str, message: str = ""):
@@ -172,11 +173,11 @@ def read_user_data(path: Path, skipped: Counter) -> Iterator[dict]:
     A folder holding JSONL/Parquet files is read file by file; otherwise it is an image folder.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: an unsupported file type.
+        NotFound: ``path`` does not exist.
+        InputError: an unsupported file type.
     """
     if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
+        raise NotFound(f"no such file or folder: {path}")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".jsonl", ".parquet"})
         if not files:
@@ -188,4 +189,4 @@ def read_user_data(path: Path, skipped: Counter) -> Iterator[dict]:
     elif path.suffix.lower() == ".parquet":
         yield from read_parquet(path, skipped)
     else:
-        raise ValueError(f"unsupported input {path.name!r}: use .jsonl, .parquet or an image folder")
+        raise InputError(f"unsupported input {path.name!r}: use .jsonl, .parquet or an image folder")

