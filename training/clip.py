@@ -12,9 +12,11 @@ vectors are fixed, image->text scores every training caption (not only the batch
 optional term scores the 16 category labels. Held-out stamps (``ray_app.vision.data``) are never
 seen here.
 
-Checkpoints land in ``<storage_path>/<name>/step-000NNN/`` and ``final/``; each is an open_clip
+Checkpoints land in ``<run.storage_path>/<run.name>/step-000NNN/`` and ``final/``; each is an open_clip
 config JSON plus ``open_clip_model.safetensors`` (``visual.*``) that ``ray_app.models.image.ImageEncoder``
-loads. A run whose worker dies restarts from its last checkpoint (``run.max_failures``).
+loads. A run whose worker dies restarts from its last checkpoint (``run.max_failures``); a rerun with
+the same ``run.name`` resumes from the newest one. The ``scaling``, ``run`` and ``ray`` sections are the
+ones every training job shares (``training.common``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,24 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
-from ray_app.raystart import init_ray
+from training.common import (
+    RaySection,
+    RunSection,
+    ScalingSection,
+    check_gpu_request,
+    check_resources,
+    finished_summary,
+    lr_multiplier,
+    reject_renamed,
+    restored_checkpoint,
+    resume_point,
+    run_dir_of,
+    start_ray,
+    trainer_configs,
+)
 
 RATE_WARMUP_STEPS = 3
 
@@ -50,7 +66,7 @@ class ModelConfig(StrictModel):
     head_width: int = Field(64, ge=8, description="ViT attention head width.")
     patch_size: int = Field(8, ge=2, le=64, description="ViT patch size.")
     mlp_ratio: float = Field(4.0, gt=0, description="ViT MLP ratio.")
-    embed_dim: int = Field(384, description="Output size; must match the text embedder (MiniLM: 384).")
+    embed_dim: Literal[384] = Field(384, description="Output size; must match the text embedder (MiniLM: 384).")
 
     def vision_cfg(self) -> dict:
         """open_clip's ``vision_cfg`` dict for this tower."""
@@ -100,34 +116,10 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=1, description="Save step-NNNNNN/ every this many steps (and at the end).")
     log_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
-    threads_per_worker: int = Field(1, ge=1, description="torch intra-op threads per worker (CPU).")
     seed: int = Field(0)
     crash_at_step: int | None = Field(
         None, ge=1, description="Testing only: rank 0 exits once at this step, to exercise resume-from-checkpoint."
     )
-
-
-class ScalingSection(StrictModel):
-    """Ray Train ``ScalingConfig``."""
-
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
-
-
-class RunSection(StrictModel):
-    """Ray Train ``RunConfig``."""
-
-    name: str = Field("clip-demo", description="Run folder under storage_path.")
-    storage_path: str | None = Field(None, description="Where runs go (default $PRISM_HOME/checkpoints).")
-    max_failures: int = Field(2, ge=0, description="Worker-group restarts allowed (each resumes from the last checkpoint).")
-
-
-class RaySection(StrictModel):
-    """How to reach Ray: an existing cluster (``address``) or a local one."""
-
-    address: str | None = Field(None, description="'auto' or ray://...; None starts a local Ray (unless one is running).")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: what the workers need).")
 
 
 class ClipJobConfig(StrictModel):
@@ -137,8 +129,20 @@ class ClipJobConfig(StrictModel):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     scaling: ScalingSection = ScalingSection()
-    run: RunSection = RunSection()
+    run: RunSection
     ray: RaySection = RaySection()
+
+    _renamed = model_validator(mode="before")(reject_renamed)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClipJobConfig:
+        if self.data.scale_min > self.data.scale_max:
+            raise ValueError(f"data.scale_min={self.data.scale_min} is above data.scale_max={self.data.scale_max}")
+        if self.train.crash_at_step is not None and self.train.crash_at_step >= self.train.max_steps:
+            raise ValueError(f"train.crash_at_step={self.train.crash_at_step} is never reached (train.max_steps="
+                             f"{self.train.max_steps})")
+        check_resources(self.scaling, self.ray)
+        return self
 
 
 # --- data prepared once on the driver ---------------------------------------------------------
@@ -245,10 +249,7 @@ def label_loss(feats, label_ids, label_vectors, logit_scale):
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up then cosine decay to 5% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cfg.lr * lr_multiplier(step, cfg.warmup_steps, decay_steps=max(1, cfg.max_steps - cfg.warmup_steps))
 
 
 def write_checkpoint(folder: Path, model, optimizer, step: int, cfg: ClipJobConfig, data: dict, extra: dict) -> Path:
@@ -270,17 +271,16 @@ def write_checkpoint(folder: Path, model, optimizer, step: int, cfg: ClipJobConf
     return folder
 
 
-def restore_checkpoint(checkpoint, model, optimizer) -> int:
-    """Load weights and optimizer state from a Ray checkpoint; return the step it was taken at."""
+def restore_checkpoint(folder: Path, model, optimizer) -> int:
+    """Load weights and optimizer state from a checkpoint folder; return the step it was taken at."""
     from safetensors.torch import load_file
 
     from ray_app.models.image import WEIGHTS_NAME
 
-    with checkpoint.as_directory() as folder:
-        state = load_file(str(Path(folder) / WEIGHTS_NAME))
-        model.visual.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
-        model.logit_scale.data.copy_(state["logit_scale"].reshape(()))
-        train_state = torch.load(Path(folder) / "train_state.pt", weights_only=False)
+    state = load_file(str(folder / WEIGHTS_NAME))
+    model.visual.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
+    model.logit_scale.data.copy_(state["logit_scale"].reshape(()))
+    train_state = torch.load(folder / "train_state.pt", weights_only=False)
     optimizer.load_state_dict(train_state["optimizer"])
     return int(train_state["step"])
 
@@ -315,7 +315,7 @@ def train_loop(loop_config: dict) -> None:
 
     cfg = ClipJobConfig.model_validate(loop_config["config"])
     data = ray.get(loop_config["data_ref"])
-    torch.set_num_threads(cfg.train.threads_per_worker)
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -324,8 +324,9 @@ def train_loop(loop_config: dict) -> None:
     model = ImageTower(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     start_step = 0
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        start_step = restore_checkpoint(checkpoint, model, optimizer)
+    with restored_checkpoint(loop_config["resume_from"]) as folder:
+        if folder is not None:
+            start_step = restore_checkpoint(folder, model, optimizer)
     model = ray.train.torch.prepare_model(model)
     core = model.module if hasattr(model, "module") else model
 
@@ -385,6 +386,7 @@ def _metrics(step: int, loss: float, core, seen: int, t0: float, start_step: int
         "temperature": float(1 / core.logit_scale.detach().clamp(max=math.log(100)).exp()),
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "resumed_from_step": start_step,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -403,20 +405,6 @@ def _report_checkpoint(step, core, optimizer, cfg, data, rank, loss, seen, t0, s
 # --- the driver -------------------------------------------------------------------------------
 
 
-def run_dir_for(cfg: ClipJobConfig) -> Path:
-    """``<storage_path>/<name>``: where step-NNNNNN/, final/ and config.yaml go."""
-    from ray_app.settings import get_settings
-
-    storage = Path(cfg.run.storage_path) if cfg.run.storage_path else get_settings().checkpoints_dir
-    return storage.resolve() / cfg.run.name
-
-
-def ensure_ray(cfg: ClipJobConfig) -> bool:
-    """Connect to (or start) Ray; returns True when this call started it (so it should shut it down)."""
-    need = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    return init_ray(cfg.ray.address, cfg.ray.num_cpus or max(need, 1), configure_logging=False)
-
-
 def write_final(result_checkpoint, run_dir: Path, summary: dict) -> Path:
     """Copy the last checkpoint to ``final/`` (via a temporary folder, so ``final/`` is never half-written)."""
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
@@ -433,35 +421,31 @@ def train(cfg: ClipJobConfig) -> dict:
     """Run the job and return a summary (final checkpoint, metrics, seconds, images/s).
 
     Raises:
+        JobConfigError: a GPU where there is none, or a run folder that cannot be resumed (before Ray starts).
         RuntimeError: the run failed after ``run.max_failures`` restarts.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
-    run_dir = run_dir_for(cfg)
+    from ray_app.models.image import WEIGHTS_NAME
+
+    check_gpu_request(cfg.scaling, cfg.ray)
+    run_dir = run_dir_of(cfg.run)
+    resume_from = resume_point(run_dir, cfg.run, cfg.train.max_steps, WEIGHTS_NAME)
+    if resume_from is not None and resume_from.name == "final":
+        return {**finished_summary(run_dir), "final": str(resume_from)}
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     started = time.perf_counter()
     data = prepare_training_data(cfg)
     prepare_seconds = time.perf_counter() - started
-    owns_ray = ensure_ray(cfg)
+    owns_ray = start_ray(cfg.ray, cfg.scaling)
     try:
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "data_ref": ray.put(data), "run_dir": str(run_dir)},
-            torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=cfg.scaling.num_workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                name=cfg.run.name,
-                storage_path=str(run_dir.parent),
-                failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            ),
+            train_loop_config={"config": cfg.model_dump(mode="json"), "data_ref": ray.put(data), "run_dir": str(run_dir),
+                               "resume_from": str(resume_from or "")},
+            **trainer_configs(cfg.scaling, cfg.run, run_dir, keep_checkpoints=cfg.train.keep_checkpoints),
         )
         result = trainer.fit()
     finally:
@@ -477,8 +461,10 @@ def train(cfg: ClipJobConfig) -> dict:
         "train_photos": int(data["is_photo"].sum()),
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
         "images_per_s": round(float(result.metrics.get("images_per_s", 0.0)), 1),
+        "resumed_from": str(resume_from or ""),
     }
     summary["final"] = str(write_final(result.checkpoint, run_dir, summary))
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -489,11 +475,9 @@ def main(argv: list[str] | None = None) -> dict:
         JobConfigError: bad config file or override (before Ray starts).
     """
     path, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
-    cfg = load_config(ClipJobConfig, path, overrides)
-    if cfg.model.embed_dim != 384:
-        raise JobConfigError("config model.embed_dim: must be 384 (the MiniLM text embedder's size)")
-    summary = train(cfg)
-    print(json.dumps({k: summary[k] for k in ("final", "train_seconds", "images_per_s", "metrics")}), file=sys.stderr)
+    summary = train(load_config(ClipJobConfig, path, overrides))
+    keys = ("final", "train_seconds", "images_per_s", "metrics", "already_finished")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}), file=sys.stderr)
     return summary
 
 

@@ -23,32 +23,43 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
-from training.sft import (
-    LoraConfig,
-    ModelConfig,
-    OutputConfig,
-    ScalingConfig,
-    TrainConfig,
+from ray_app.jobconfig import JobConfigError, StrictModel, load_config, split_argv, step_dir_name
+from training.common import (
+    LLMDataSection,
+    LLMModelSection,
+    LLMTrainSection,
+    LoraSection,
+    RaySection,
+    RunSection,
+    ScalingSection,
+    absolute_model,
     all_reduce,
+    apply_lora,
+    build_optimizer,
+    check_gpu_request,
+    check_resources,
+    current_lr,
+    finished_summary,
     init_deepspeed,
     micro_batch_indices,
     peak_rss_mib,
-    read_jsonl,
+    read_records,
+    reject_renamed,
     report,
-    resolve_repo_path,
+    resolve_path,
+    restored_checkpoint,
+    resume_point,
     run_dir_of,
+    shipped_config,
     start_ray,
+    trainer_configs,
     unwrap,
+    warmup_schedule,
+    worker_device,
+    write_run_files,
 )
-
-
-class DPODataConfig(StrictModel):
-    train_path: str | None = Field(None, description="DPO JSONL; default $PRISM_HOME/data/dpo/train.jsonl.")
-    max_len: int = Field(512, ge=16, le=8192, description="Token limit per sequence.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N pairs.")
 
 
 class DPOConfig(StrictModel):
@@ -64,13 +75,26 @@ class DPOConfig(StrictModel):
                     "term): keeps the policy a good generator of the preferred answers instead of only widening the "
                     "margin, which without it degenerated into repeated citations here (docs/reports/fine-tuning.md).")
     strategy: Literal["ddp", "deepspeed"] = Field("ddp", description="Data parallelism: torch DDP or DeepSpeed ZeRO.")
-    deepspeed_config: str = Field("training/configs/deepspeed/zero2.json", description="DeepSpeed JSON.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model when sft_checkpoint is None.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="New adapter when sft_checkpoint is None.")
-    data: DPODataConfig = Field(default_factory=DPODataConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(lr=5e-5, batch_size=2, max_steps=50))
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    output: OutputConfig
+    deepspeed_config: str | None = Field(
+        None, description="strategy=deepspeed only: a DeepSpeed JSON (relative paths resolve against the current "
+                          "directory); None: the shipped training/configs/deepspeed/zero2.json."
+    )
+    model: LLMModelSection = Field(default_factory=LLMModelSection, description="Base model when sft_checkpoint is None.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="New adapter when sft_checkpoint is None.")
+    data: LLMDataSection = Field(default_factory=LLMDataSection)
+    train: LLMTrainSection = Field(default_factory=lambda: LLMTrainSection(lr=5e-5, batch_size=2, max_steps=50))
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection
+    ray: RaySection = Field(default_factory=RaySection)
+
+    _renamed = model_validator(mode="before")(reject_renamed)
+
+    @model_validator(mode="after")
+    def _check(self) -> DPOConfig:
+        if self.deepspeed_config is not None and self.strategy != "deepspeed":
+            raise ValueError("deepspeed_config is only read with strategy=deepspeed")
+        check_resources(self.scaling, self.ray)
+        return self
 
 
 # ---------------------------------------------------------------- the objective
@@ -131,27 +155,20 @@ def pair_logps(model, batch):
 # ---------------------------------------------------------------- models
 
 
-def build_policy_and_reference(cfg: DPOConfig):
-    """Trainable policy (the SFT adapter, or a new LoRA) and a frozen reference in eval mode."""
+def build_policy_and_reference(cfg: DPOConfig, device):
+    """Trainable policy (the SFT adapter, or a new LoRA) and a frozen reference in eval mode, on ``device``."""
     from ray_app.llm.checkpoints import build_base_model, load_lm_from_checkpoint
 
     if cfg.sft_checkpoint:
         policy, tokenizer = load_lm_from_checkpoint(cfg.sft_checkpoint, trainable=True)
         reference, _ = load_lm_from_checkpoint(cfg.sft_checkpoint)
     else:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
         base, tokenizer = build_base_model(cfg.model.name, cfg.model.random_init, cfg.model.init_seed)
-        lora = PeftLoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-        )  # fmt: skip
-        policy = get_peft_model(base, lora)
+        policy = apply_lora(base, cfg.lora)
         reference, _ = build_base_model(cfg.model.name, cfg.model.random_init, cfg.model.init_seed)
     for p in reference.parameters():
         p.requires_grad_(False)
-    return policy, reference.eval(), tokenizer
+    return policy.to(device), reference.to(device).eval(), tokenizer
 
 
 def model_spec_for(cfg: DPOConfig) -> dict:
@@ -162,8 +179,8 @@ def model_spec_for(cfg: DPOConfig) -> dict:
     return {"base_model": cfg.model.name, "random_init": cfg.model.random_init, "init_seed": cfg.model.init_seed}
 
 
-def save_dpo_checkpoint(policy, engine, cfg: DPOConfig, state: dict, out_dir: Path, rank: int) -> None:
-    """Collective under ZeRO-3; rank 0 writes the adapter and the model spec."""
+def save_dpo_checkpoint(policy, engine, cfg: DPOConfig, state: dict, optimizer, out_dir: Path, rank: int) -> None:
+    """Collective under ZeRO-3; rank 0 writes the adapter, the optimizer state (DDP) and the model spec."""
     from ray_app.llm.checkpoints import save_lm_checkpoint, write_model_spec
 
     inner = unwrap(policy)
@@ -174,7 +191,7 @@ def save_dpo_checkpoint(policy, engine, cfg: DPOConfig, state: dict, out_dir: Pa
             if rank == 0:
                 save_lm_checkpoint(inner, out_dir, state=state)
     elif rank == 0:
-        save_lm_checkpoint(inner, out_dir, state=state)
+        save_lm_checkpoint(inner, out_dir, state=state, optimizer=None if engine else optimizer)
     if rank == 0:
         spec = model_spec_for(cfg)
         write_model_spec(out_dir, spec["base_model"], spec.get("random_init"), spec.get("init_seed", 0), "lora_dpo")
@@ -189,38 +206,43 @@ def train_loop(loop_config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from ray_app.llm.checkpoints import load_optimizer_state, load_trainable_weights, read_state
     from ray_app.llm.collate import DPOCollator, render_dpo_pair
-    from ray_app.llm.checkpoints import load_trainable_weights, read_state
 
     cfg = DPOConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)
+    device = worker_device(cfg.scaling)
     torch.manual_seed(cfg.train.seed + rank)
 
-    policy, reference, tokenizer = build_policy_and_reference(cfg)
-    resume_from, start_step = loop_config.get("resume_from"), 0
-    if resume_from:
-        load_trainable_weights(policy, resume_from)
-        start_step = int(read_state(resume_from).get("step", 0))
+    policy, reference, tokenizer = build_policy_and_reference(cfg, device)
     pairs = [render_dpo_pair(tokenizer, r, cfg.data.max_len) for r in loop_config["records"][rank::world]]
     collate = DPOCollator(tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.train.lr)
-    engine = None
-    if cfg.strategy == "deepspeed":
-        policy, optimizer = init_deepspeed(policy, optimizer, cfg.deepspeed_config, cfg.train, world)
-        engine = policy
-    elif world > 1:
-        policy = ray.train.torch.prepare_model(policy, move_to_device=False)
+    start_step, engine = 0, None
+    with restored_checkpoint(loop_config["resume_from"]) as resume_from:
+        if resume_from:
+            load_trainable_weights(policy, resume_from)
+            start_step = int(read_state(resume_from).get("step", 0))
+        optimizer = build_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.train)
+        if cfg.strategy == "deepspeed":
+            policy, optimizer = init_deepspeed(policy, optimizer, cfg.deepspeed_config, cfg.train, world)
+            engine = policy
+        else:
+            if resume_from:
+                load_optimizer_state(optimizer, resume_from)
+            if world > 1:
+                policy = ray.train.torch.prepare_model(policy, move_to_device=False)
+    scheduler = warmup_schedule(optimizer, cfg.train, start_step)
 
     policy.train()
-    losses, margins, accuracies = [], [], []
+    losses, margins, accuracies, lrs = [], [], [], []
     tokens, started = 0, time.perf_counter()
     for step in range(start_step, cfg.train.max_steps):
+        lrs.append(current_lr(optimizer))
         step_loss = step_margin = step_acc = 0.0
         for micro in range(cfg.train.grad_accum):
             idx = micro_batch_indices(len(pairs), step * cfg.train.grad_accum + micro, cfg.train.batch_size, cfg.train.seed)
-            batch = collate([pairs[i] for i in idx])
+            batch = {k: v.to(device) for k, v in collate([pairs[i] for i in idx]).items()}
             tokens += int(batch["attention_mask"].sum())
             with torch.no_grad():
                 ref_chosen, ref_rejected = pair_logps(reference, batch)
@@ -240,6 +262,7 @@ def train_loop(loop_config: dict) -> None:
             torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
         losses.append(all_reduce(step_loss) / world)
         margins.append(all_reduce(step_margin) / world)
         accuracies.append(all_reduce(step_acc) / world)
@@ -254,6 +277,7 @@ def train_loop(loop_config: dict) -> None:
                 "step": done,
                 "loss": losses[-1],
                 "losses": losses,
+                "lrs": lrs,
                 "reward_margin": margins[-1],
                 "reward_accuracy": accuracies[-1],
                 "train_tokens": all_reduce(tokens),
@@ -266,7 +290,7 @@ def train_loop(loop_config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = Path(tmp) / name
                 if wants_ckpt:
-                    save_dpo_checkpoint(policy, engine, cfg, metrics, ckpt, rank)
+                    save_dpo_checkpoint(policy, engine, cfg, metrics, optimizer, ckpt, rank)
                 report(metrics, ckpt if wants_ckpt and rank == 0 else None, name)
 
 
@@ -274,62 +298,62 @@ def train_loop(loop_config: dict) -> None:
 
 
 def run(cfg: DPOConfig) -> dict:
-    """Launch the Ray Train DPO job; returns the final metrics and the adapter path."""
-    from ray.train import RunConfig
-    from ray.train import ScalingConfig as RayScaling
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """Launch the Ray Train DPO job; returns the final metrics and the adapter path.
 
-    from ray_app.llm.checkpoints import (
-        is_adapter_checkpoint,
-        latest_checkpoint,
-        read_state,
-        resolve_model_folder,
-    )
+    Raises:
+        JobConfigError: an SFT checkpoint that is not an adapter, a GPU where there is none, a
+            missing DeepSpeed config, or a run folder that cannot be resumed (before Ray starts).
+    """
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    from ray_app.llm.checkpoints import STATE_FILE, is_adapter_checkpoint
     from ray_app.settings import get_settings
 
+    check_gpu_request(cfg.scaling, cfg.ray)
     if cfg.sft_checkpoint:
         sft = Path(cfg.sft_checkpoint).resolve()
         if not is_adapter_checkpoint(sft):
             raise JobConfigError(f"sft_checkpoint {cfg.sft_checkpoint} is not a LoRA adapter folder (train method=lora first)")
         cfg = cfg.model_copy(update={"sft_checkpoint": str(sft)})
     else:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
-    if cfg.strategy == "deepspeed" and not resolve_repo_path(cfg.deepspeed_config).exists():
-        raise JobConfigError(f"deepspeed_config not found: {cfg.deepspeed_config}")
-    records = read_jsonl(cfg.data.train_path or get_settings().data_dir / "dpo" / "train.jsonl", cfg.data.limit)
-    run_dir = run_dir_of(cfg.output)
-    if run_dir.exists() and not cfg.output.resume:
-        raise JobConfigError(f"{run_dir} exists; pick a new output.run_name or set output.resume=true")
-    resume_from = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if resume_from is not None and resume_from.name != "final" and read_state(resume_from).get("step", 0) >= cfg.train.max_steps:
-        raise JobConfigError(f"{resume_from} is already at train.max_steps={cfg.train.max_steps}; raise it to continue")
+        cfg = cfg.model_copy(update={"model": absolute_model(cfg.model)})
+    if cfg.strategy == "deepspeed":
+        ds_config = resolve_path(cfg.deepspeed_config) if cfg.deepspeed_config else shipped_config("deepspeed/zero2.json")
+        cfg = cfg.model_copy(update={"deepspeed_config": str(ds_config)})
+    records = read_records(cfg.data.train_path or get_settings().data_dir / "dpo" / "train.jsonl", cfg.data.limit,
+                           "prism data dpo")
+    run_dir = run_dir_of(cfg.run)
+    resume_from = resume_point(run_dir, cfg.run, cfg.train.max_steps, STATE_FILE)
     if resume_from is not None and resume_from.name == "final":
-        metrics = run_dir / "metrics.json"
-        return {**(json.loads(metrics.read_text()) if metrics.exists() else {}), "already_finished": True}
-    start_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=RayScaling(
-            num_workers=cfg.scaling.num_workers, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}
-        ),
-        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent)),
-    )
-    started = time.perf_counter()
-    result = trainer.fit()
-    save_config(cfg, run_dir / "config.yaml")
+        return finished_summary(run_dir)
+    owns_ray = start_ray(cfg.ray, cfg.scaling)
+    try:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
+            **trainer_configs(cfg.scaling, cfg.run, run_dir),
+        )
+        started = time.perf_counter()
+        result = trainer.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
     summary = {**result.metrics, "wall_seconds": time.perf_counter() - started, "resumed_from": str(resume_from or "")}
     summary.update(run_dir=str(run_dir), checkpoint=str(run_dir / "final"), method="lora_dpo", strategy=cfg.strategy)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_run_files(run_dir, cfg, summary)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Entry point for ``prism train dpo`` and ``python -m training.dpo``: prints the summary as JSON."""
+    """Entry point for ``prism train dpo`` and ``python -m training.dpo``: prints the summary as JSON.
+
+    Args:
+        argv: ``--config YAML`` and dotted ``key=value`` overrides (default: ``sys.argv[1:]``).
+    """
     path, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
     summary = run(load_config(DPOConfig, path, overrides))
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "lrs")}, default=str))
     return summary
 
 

@@ -24,7 +24,7 @@ run_job() {  # name, then the job's arguments
   local name=$1; shift
   local started=$(date +%s)
   local out
-  out=$($PY -m training.sft "$@" output.run_name=gpu-check-$name-$STAMP data.limit=64 2>/tmp/gpu-check-$name.err | tail -1)
+  out=$($PY -m training.sft "$@" run.name=gpu-check-$name-$STAMP data.limit=64 2>/tmp/gpu-check-$name.err | tail -1)
   local rc=$?
   if [[ $rc -ne 0 || -z "$out" ]]; then
     local err=$(tail -3 /tmp/gpu-check-$name.err | tr '"\n' "' " | cut -c1-600)

@@ -42,9 +42,9 @@ common="model.name=$PWD/.gpu/tiny-llama data.train_path=$PWD/.gpu/sft.jsonl trai
 for job in qlora zero3; do
   start=$(date +%s)
   if [ $job = qlora ]; then
-    args="--config training/configs/smollm2/qlora.yaml $common output.run_name=gpu-qlora"
+    args="--config training/configs/smollm2/qlora.yaml $common run.name=gpu-qlora"
   else
-    args="--config training/configs/tiny-llama/full.yaml $common model.random_init=null strategy=deepspeed deepspeed_config=training/configs/deepspeed/zero3.json output.run_name=gpu-zero3"
+    args="--config training/configs/tiny-llama/full.yaml $common model.random_init=null strategy=deepspeed deepspeed_config=training/configs/deepspeed/zero3.json run.name=gpu-zero3"
   fi
   timeout 200 python3 -m training.sft $args > $OUT/$job.log 2>&1
   rc=$?

