@@ -7,6 +7,11 @@ Asks stream (``stream: true``); besides each request's total time the file repor
 entries, time to first token (``<name>:ttft``, request type ``TTFT``) and the server's per-stage
 timings from the final event (``<name>:<stage>``, request type ``STAGE``), so the report can show
 where the time goes.
+
+The queries and questions are ``load_mix.json`` next to this file; it speaks HTTP only and imports
+nothing of Prism, so a load tester needs only Locust. Environment: ``PRISM_LOAD_MAX_NEW_TOKENS``
+(answer length of the asks; default: the mix's ``max_new_tokens``), ``PRISM_LOAD_STAMPS`` (a folder
+of PNG stamps for the image asks).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
-from ray_app.benchmarks.load_mix import IMAGE_QUESTIONS, MAX_NEW_TOKENS, QUESTIONS, SEARCHES
-
+MIX = json.loads(Path(__file__).with_name("load_mix.json").read_text())
+SEARCHES, QUESTIONS, IMAGE_QUESTIONS = MIX["searches"], MIX["questions"], MIX["image_questions"]
+MAX_NEW_TOKENS = int(os.environ.get("PRISM_LOAD_MAX_NEW_TOKENS") or MIX["max_new_tokens"])
 STAMPS = Path(os.environ.get("PRISM_LOAD_STAMPS", "/usr/share/tuxpaint/stamps"))
 
 

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     fusion_max_batch_size: int = Field(
         default=16, ge=1, le=256, description="Answers the fusion deployment decodes together; more wait for a slot."
     )
+    load_max_new_tokens: int | None = Field(
+        default=None, ge=1, le=2048,
+        description="max_new_tokens of the load test's asks; `prism bench serve` hands it to Locust and uses it in "
+        "its fusion profile (default: the mix's own, loadtests/load_mix.json).")
 
     @field_validator("database_url")
     @classmethod

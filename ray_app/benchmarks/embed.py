@@ -1,5 +1,8 @@
 """`prism bench embed`: the INT8 text embedder against the fp32 one, as bare single-process loops.
 
+    prism bench embed --docs 1500 --json               # writes docs/reports/embed-int8.{json,md}
+    python -m ray_app.benchmarks.embed --docs 1500 --json
+
 Both loops embed the same texts (synthetic documents chunked and titled exactly as the ingest
 does) with the same threads, one after the other in one process, so the ratio is what switching
 ``PRISM_EMBED_BACKEND`` to ``onnx-int8`` buys on this machine. The cosines between the two
@@ -9,15 +12,37 @@ that does to retrieval.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import typer
 
-from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
+from ray_app.reports import load_average, write_report
+
+REPORT_NAME = "embed-int8"
+
+
+@dataclass
+class EmbedBenchConfig:
+    """What `prism bench embed` measures and where it writes.
+
+    Attributes:
+        docs: synthetic documents whose chunks are embedded.
+        seed: synthetic corpus seed.
+        threads: threads per backend (None: all CPUs).
+        out: folder for ``embed-int8.{json,md}``.
+        write: write the report files.
+    """
+
+    docs: int = 1500
+    seed: int = 7
+    threads: int | None = None
+    out: Path = Path("docs/reports")
+    write: bool = True
 
 
 def bare_embed(texts: list[str], backend: str | None, threads: int) -> tuple[float, float, np.ndarray]:
@@ -48,15 +73,17 @@ def int8_speedup(texts: list[str], threads: int) -> dict:
 
 def sample_texts(docs: int, seed: int) -> list[str]:
     """"Title: chunk" for every chunk of ``docs`` synthetic documents, as the ingest embeds them."""
-    from ray_app.ingest.chunking import Chunker
     from ray_app.corpus.synthetic import build_records
+    from ray_app.ingest.chunking import Chunker
 
     records = list(build_records(docs, seed=seed))
     chunks = Chunker().chunk_many([r["text"] for r in records])
     return [f"{r['title']}: {c}" for r, cs in zip(records, chunks, strict=True) for c in cs]
 
 
-def render_markdown(r: dict, command: str) -> str:
+def render_markdown(r: dict, command: str | None = None) -> str:
+    """The Markdown page for ``embed-int8.md`` (``command``: the run's, else ``r["command"]``)."""
+    command = command or r["command"]
     return "\n".join([
         "# Text embedder: INT8 against fp32",
         "",
@@ -78,23 +105,34 @@ def render_markdown(r: dict, command: str) -> str:
     ])
 
 
-@handle_errors
-def command(
-    docs: int = typer.Option(1500, "--docs", min=1, help="Synthetic documents whose chunks are embedded."),
-    seed: int = typer.Option(7, "--seed", help="Synthetic corpus seed."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads per backend (default: all CPUs)."),
-    out: Path = typer.Option(Path("docs/reports"), "--out", help="Where embed-int8.{json,md} are written."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """INT8 vs fp32 MiniLM: texts/s of bare loops on the same chunks, and how close the vectors are."""
-    threads = threads or os.cpu_count() or 1
-    texts = sample_texts(docs, seed)
-    result = {"documents": docs, "seed": seed, "threads": threads, **int8_speedup(texts, threads),
-              "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
-    command_line = f"prism bench embed --docs {docs} --seed {seed} --threads {threads} --json"
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "embed-int8.json").write_text(json.dumps({**result, "command": command_line}, indent=2) + "\n")
-        (out / "embed-int8.md").write_text(render_markdown(result, command_line))
-    emit(result, json_out, lambda r: console.print_json(json.dumps(r)))
+def bench_embed(config: EmbedBenchConfig) -> dict:
+    """Run the benchmark and (with ``config.write``) write its report; returns the result."""
+    threads = config.threads or os.cpu_count() or 1
+    texts = sample_texts(config.docs, config.seed)
+    result = {"documents": config.docs, "seed": config.seed, "threads": threads, **int8_speedup(texts, threads),
+              "cpu_count": os.cpu_count(), "load_average": load_average()}
+    command = f"prism bench embed --docs {config.docs} --seed {config.seed} --threads {threads} --json"
+    if config.write:
+        write_report(config.out, REPORT_NAME, result, render_markdown, command=command)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.benchmarks.embed [...]``: run, write the report, print the result as JSON."""
+    d = EmbedBenchConfig
+    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.embed", description=__doc__.splitlines()[0])
+    p.add_argument("--docs", type=int, default=d.docs, help="Synthetic documents whose chunks are embedded.")
+    p.add_argument("--seed", type=int, default=d.seed, help="Synthetic corpus seed.")
+    p.add_argument("--threads", type=int, default=d.threads, help="Threads per backend (default: all CPUs).")
+    p.add_argument("--out", type=Path, default=d.out, help="Where embed-int8.{json,md} are written.")
+    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
+    p.add_argument("--json", action="store_true", help="Print the result as one line of JSON.")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    result = bench_embed(EmbedBenchConfig(**args))
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """Ingest benchmark: the Ray Data pipeline against bare baselines measured in the same run.
 
     prism bench ingest --docs 1000000 --json     # writes docs/reports/ingest-1m.{json,md}
+    python -m ray_app.benchmarks.ingest --docs 1000000 --json
 
 One run: build N synthetic documents (plus 1,000 held-out ones for queries), ingest them into a
 fresh database with the pipeline, then on the same machine and texts: a bare single-process
@@ -18,23 +19,63 @@ summed active seconds of all its segments (from each segment's start to its last
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import typer
 
 from ray_app.benchmarks.embed import bare_embed, int8_speedup
-from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
+from ray_app.errors import NotFound
+from ray_app.reports import load_average, write_report
 
 HELD_OUT = 1000
 INT8_SAMPLE = 2000  # texts for the fp32-vs-INT8 comparison of an onnx-int8 run
 TARGETS = {"embed_ratio": 0.8, "copy_ratio": 0.8, "recall_at_10": 0.95, "search_p95_ms": 50.0}
+
+
+@dataclass
+class IngestBenchConfig:
+    """What `prism bench ingest` runs and where it writes.
+
+    Attributes:
+        docs: synthetic documents to ingest.
+        seed: synthetic corpus seed.
+        threads: embedding threads, pipeline and bare loop (None: all CPUs).
+        backend: embedding backend for the pipeline, the bare loop and the queries (None: settings).
+        bare_sample: texts / rows for the bare baselines.
+        queries: held-out queries for recall and latency.
+        workdir: where the corpus shards go (None: a temporary folder; with ``resume``:
+            ``$PRISM_HOME/bench/ingest-<N>``).
+        resume: keep and reuse the corpus and database of an earlier, killed run in ``workdir``.
+        out: folder for ``ingest-<N>.{json,md}``.
+        write: write the report files.
+    """
+
+    docs: int = 10_000
+    seed: int = 0
+    threads: int | None = None
+    backend: str | None = None
+    bare_sample: int = 20_000
+    queries: int = HELD_OUT
+    workdir: Path | None = None
+    resume: bool = False
+    out: Path = Path("docs/reports")
+    write: bool = True
+
+    def run_dir(self) -> Path | None:
+        """``workdir``, or for a resumable run its default under ``$PRISM_HOME/bench``."""
+        if self.workdir is None and self.resume:
+            from ray_app.settings import get_settings
+
+            return get_settings().home / "bench" / report_name(self.docs)
+        return self.workdir
 
 
 def report_name(docs: int) -> str:
@@ -249,7 +290,7 @@ def progress_summary(progress: Path, target: int, window_s: float = 3600.0, now:
     """
     beats = read_beats(progress)
     if not beats:
-        raise FileNotFoundError(f"no heartbeats in {progress}: start the run with --resume first")
+        raise NotFound(f"no heartbeats in {progress}: start the run with --resume first")
     runs = segments(beats)
     newest = [b for b in beats if b["segment"] == runs[-1]["segment"]]
     window = [b for b in newest if b["t"] >= newest[-1]["t"] - window_s]
@@ -359,8 +400,8 @@ def search_quality(store, queries: np.ndarray, k: int = 10, sweep: tuple[int, ..
 
 def held_out_queries(docs: int, seed: int, backend: str, n: int = HELD_OUT) -> np.ndarray:
     """Embeddings of the first chunk of ``n`` synthetic documents after the N ingested ones."""
-    from ray_app.ingest.chunking import Chunker
     from ray_app.corpus.synthetic import BLOCK, generate_block
+    from ray_app.ingest.chunking import Chunker
     from ray_app.models.text import get_text_embedder
 
     first_block = (docs + BLOCK - 1) // BLOCK  # whole blocks past the corpus: never ingested
@@ -438,7 +479,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "corpus_build_s": build["seconds"],
         "seconds": round(time.perf_counter() - started, 1),
         "cpu_count": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
         "segments": runs,
     }
     result["targets"] = TARGETS
@@ -451,7 +492,9 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
     return result
 
 
-def render_markdown(r: dict, command: str) -> str:
+def render_markdown(r: dict, command: str | None = None) -> str:
+    """The Markdown page for ``ingest-<N>.md`` (``command``: the run's, else ``r["command"]``)."""
+    command = command or r["command"]
     busy = r["stage_busy_s"]
     # stage busy times and the CPU profile cover the last segment of a resumed run (older reports: one segment)
     seg = r.get("last_segment", {"documents": r["documents"], "chunks": r["chunks"]})
@@ -566,45 +609,54 @@ def render_markdown(r: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-@handle_errors
-def command(
-    docs: int = typer.Option(10_000, "--docs", min=1, help="Synthetic documents to ingest."),
-    seed: int = typer.Option(0, "--seed", help="Synthetic corpus seed."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Embedding threads (pipeline and bare)."),
-    backend: str | None = typer.Option(None, "--backend", help="Embedding backend (pipeline, bare loop and queries): "
-                                       "onnx, onnx-int8 or torch (default: PRISM_EMBED_BACKEND, onnx)."),
-    bare_sample: int = typer.Option(20_000, "--bare-sample", min=100, help="Texts/rows for the bare baselines."),
-    queries: int = typer.Option(HELD_OUT, "--queries", min=10, max=2000, help="Held-out queries for recall/latency."),
-    workdir: Path | None = typer.Option(None, "--workdir", help="Where the corpus shards go (default: a temp dir; "
-                                        "with --resume: $PRISM_HOME/bench/ingest-<N>)."),
-    resume: bool = typer.Option(False, "--resume", help="Keep and reuse the corpus and database of an earlier, "
-                                "killed run in --workdir and continue it (for multi-hour runs)."),
-    out: Path = typer.Option(Path("docs/reports"), "--out", help="Where ingest-<N>.{json,md} are written."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
-    progress: bool = typer.Option(False, "--progress", help="Only print where a --resume run of this --docs "
-                                  "stands (documents stored, recent rate, ETA) from its heartbeats; runs nothing."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """Pipeline throughput vs a bare embed loop and a bare COPY; HNSW build, recall@10, latency."""
-    from ray_app.cli.ingest import stdout_to_stderr
+def bench_ingest(config: IngestBenchConfig) -> dict:
+    """Run the benchmark and (with ``config.write``) write ``ingest-<N>.{json,md}``; returns the result."""
+    result = run_benchmark(config.docs, config.seed, config.run_dir(), config.bare_sample, config.threads,
+                           config.backend, queries=config.queries, resume=config.resume)
+    command = (f"prism bench ingest --docs {config.docs} --bare-sample {config.bare_sample} --queries {config.queries}"
+               + (f" --backend {config.backend}" if config.backend else "") + (" --resume" if config.resume else "")
+               + " --json")
+    if config.write:
+        write_report(config.out, report_name(config.docs), result, render_markdown, command=command)
+    return result
 
-    def human(r: dict) -> None:
-        console.print_json(json.dumps(r))
 
-    if (resume or progress) and workdir is None:
-        from ray_app.settings import get_settings
+def run_progress(config: IngestBenchConfig) -> dict:
+    """Where a ``--resume`` run of ``config.docs`` documents stands, from its heartbeats (runs nothing)."""
+    workdir = config.run_dir() or IngestBenchConfig(docs=config.docs, resume=True).run_dir()
+    return progress_summary(workdir / "progress.jsonl", config.docs)
 
-        workdir = get_settings().home / "bench" / report_name(docs)
-    if progress:
-        emit(progress_summary(workdir / "progress.jsonl", docs), json_out, human)
-        return
-    with stdout_to_stderr(json_out):
-        result = run_benchmark(docs, seed, workdir, bare_sample, threads, backend, queries=queries, resume=resume)
-    command_line = (f"prism bench ingest --docs {docs} --bare-sample {bare_sample} --queries {queries}"
-                    + (f" --backend {backend}" if backend else "") + (" --resume" if resume else "") + " --json")
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-        name = report_name(docs)
-        (out / f"{name}.json").write_text(json.dumps({**result, "command": command_line}, indent=2) + "\n")
-        (out / f"{name}.md").write_text(render_markdown(result, command_line))
-    emit(result, json_out, human)
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.benchmarks.ingest [...]``: run (or ``--progress``), print the result as JSON."""
+    from ray_app.errors import PrismError
+    from ray_app.ingest.job import stdout_to_stderr
+
+    d = IngestBenchConfig
+    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.ingest", description=__doc__.splitlines()[0])
+    p.add_argument("--docs", type=int, default=d.docs, help="Synthetic documents to ingest.")
+    p.add_argument("--seed", type=int, default=d.seed, help="Synthetic corpus seed.")
+    p.add_argument("--threads", type=int, default=d.threads, help="Embedding threads (pipeline and bare).")
+    p.add_argument("--backend", default=d.backend, help="Embedding backend: onnx, onnx-int8 or torch.")
+    p.add_argument("--bare-sample", type=int, default=d.bare_sample, help="Texts/rows for the bare baselines.")
+    p.add_argument("--queries", type=int, default=d.queries, help="Held-out queries for recall/latency.")
+    p.add_argument("--workdir", type=Path, default=d.workdir, help="Where the corpus shards go.")
+    p.add_argument("--resume", action="store_true", help="Continue an earlier, killed run in --workdir.")
+    p.add_argument("--out", type=Path, default=d.out, help="Where ingest-<N>.{json,md} are written.")
+    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
+    p.add_argument("--progress", action="store_true", help="Only print where a --resume run stands.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    args = vars(p.parse_args(argv))
+    as_json, progress = args.pop("json"), args.pop("progress")
+    config = IngestBenchConfig(**args)
+    try:
+        with stdout_to_stderr(as_json):
+            result = run_progress(config) if progress else bench_ingest(config)
+    except PrismError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

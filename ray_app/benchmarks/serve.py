@@ -2,6 +2,10 @@
 
     prism serve up --detach                       # the app under test (127.0.0.1:8000 by default)
     prism bench serve --users 100 --duration 60 --json --out docs/reports/serve-100users
+    python -m ray_app.benchmarks.serve --users 100 --duration 60 --json --out docs/reports/serve-100users
+
+Run from the project root: the load test is ``loadtests/locustfile.py`` (``--locustfile``) and its
+request mix ``load_mix.json`` next to it; neither imports Prism.
 
 1. Locust runs as its own process (``locust -f loadtests/locustfile.py --headless``; gevent's
    monkey-patching must not meet the libraries this process has loaded) with the realistic mix
@@ -15,6 +19,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -25,69 +30,112 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
-import typer
 
-from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
+from ray_app.errors import InputError, NotFound, PrismError, Unavailable
+from ray_app.reports import read_report, write_report
 
-REPO = Path(__file__).resolve().parents[2]
-LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 TARGETS = {"failures": 0, "search_p95_ms": 500.0, "ask_ttft_p95_ms": 2000.0}
 
 
-@handle_errors
-def command(
-    users: int = typer.Option(100, "--users", min=1, max=5000, help="Concurrent simulated users."),
-    duration: int = typer.Option(60, "--duration", min=5, max=3600, help="Seconds of load."),
-    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The Prism app under test."),
-    spawn_rate: float = typer.Option(10.0, "--spawn-rate", help="Users started per second."),
-    overhead_requests: int = typer.Option(400, "--overhead-requests", min=0, help="Requests per no-op server (0: skip)."),
-    profile: bool = typer.Option(True, "--profile/--no-profile", help="After the load, time the fusion LLM's prefill "
-                                 "and decode steps in-process on the load mix's prompts (needs the app's database)."),
-    out: Path | None = typer.Option(None, "--out", help="Write OUT.json and OUT.md (e.g. docs/reports/serve-100users)."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """Load-test the app with Locust and measure Serve's overhead; print (and optionally write) the report."""
-    health = _health(url)
-    stats = run_locust(url, users, duration, spawn_rate)
-    report = summarise(stats, users, duration, url)
+@dataclass
+class ServeBenchConfig:
+    """What `prism bench serve` runs and where it writes.
+
+    Attributes:
+        users: concurrent simulated users (1-5000).
+        duration: seconds of load (5-3600).
+        url: the Prism app under test.
+        spawn_rate: users started per second.
+        overhead_requests: requests per no-op server for the Serve-overhead comparison (0: skip).
+        profile: after the load, time the fusion LLM's prefill and decode in-process on the mix's
+            prompts (needs the app's database).
+        out: write ``OUT.json`` and ``OUT.md`` (e.g. ``docs/reports/serve-100users``); None: only print.
+        locustfile: the Locust file (relative to the current directory); its mix is ``load_mix.json`` beside it.
+    """
+
+    users: int = 100
+    duration: int = 60
+    url: str = "http://127.0.0.1:8000"
+    spawn_rate: float = 10.0
+    overhead_requests: int = 400
+    profile: bool = True
+    out: Path | None = None
+    locustfile: Path = Path("loadtests/locustfile.py")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.users <= 5000 or not 5 <= self.duration <= 3600:
+            raise InputError(f"users must be in 1..5000 and duration in 5..3600 s, got {self.users} and {self.duration}")
+        if self.spawn_rate <= 0 or self.overhead_requests < 0:
+            raise InputError("spawn_rate must be positive and overhead_requests at least 0")
+
+
+def load_mix(locustfile: Path) -> dict:
+    """The request mix beside the Locust file (``load_mix.json``: searches, questions, max_new_tokens).
+
+    Raises:
+        NotFound: no Locust file or mix there (run from the project root, or pass ``--locustfile``).
+    """
+    mix = Path(locustfile).with_name("load_mix.json")
+    if not Path(locustfile).exists() or not mix.exists():
+        raise NotFound(f"no Locust file and load_mix.json at {locustfile}: run from the project root or pass --locustfile")
+    return json.loads(mix.read_text())
+
+
+def bench_serve(config: ServeBenchConfig) -> dict:
+    """Load-test the app with Locust, measure Serve's overhead and the fusion step; write the report
+    when ``config.out`` is set. Returns the report.
+
+    Raises:
+        Unavailable: no healthy app at ``config.url``, or Locust failed.
+    """
+    from ray_app.settings import get_settings
+
+    mix = load_mix(config.locustfile)
+    max_new_tokens = get_settings().load_max_new_tokens or mix["max_new_tokens"]
+    health = _health(config.url)
+    stats = run_locust(config.url, config.users, config.duration, config.spawn_rate, config.locustfile, max_new_tokens)
+    report = summarise(stats, config.users, config.duration, config.url)
     report["app"] = health
-    if overhead_requests:
-        report["serve_overhead"] = measure_overhead(overhead_requests)
-    if profile:
-        report["fusion_profile"] = fusion_profile()
+    if config.overhead_requests:
+        report["serve_overhead"] = measure_overhead(config.overhead_requests)
+    if config.profile:
+        report["fusion_profile"] = fusion_profile(mix["questions"], max_new_tokens)
     report["machine"] = {"cpus": os.cpu_count(), "load_avg_1m_after": round(os.getloadavg()[0], 2)}
     report["notes"] = explain(report)
-    if out is not None:
-        write_report(report, out)
-    emit(report, json_out, lambda r: console.print(render_markdown(r)))
+    if config.out is not None:
+        write_report(config.out.parent, config.out.name, report, render_markdown)
+    return report
 
 
 def _health(url: str) -> dict:
     try:
         r = httpx.get(f"{url}/healthz", timeout=30)
     except httpx.HTTPError as exc:
-        raise CLIError(f"no Prism app at {url} ({type(exc).__name__}); start one with `prism serve up --detach`") from exc
+        raise Unavailable(f"no Prism app at {url} ({type(exc).__name__}); start one with `prism serve up --detach`") from exc
     if r.status_code != 200:
-        raise CLIError(f"{url}/healthz answered {r.status_code}")
+        raise Unavailable(f"{url}/healthz answered {r.status_code}")
     return r.json()
 
 
-def run_locust(url: str, users: int, duration: int, spawn_rate: float) -> list[dict]:
+def run_locust(url: str, users: int, duration: int, spawn_rate: float, locustfile: Path,
+               max_new_tokens: int) -> list[dict]:
     """Run Locust headless in its own process; return its per-entry stats (``--json-file``)."""
     locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
+    env = {**os.environ, "PRISM_LOAD_MAX_NEW_TOKENS": str(max_new_tokens)}
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / "stats"
-        cmd = [locust, "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(spawn_rate),
+        cmd = [locust, "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(spawn_rate),
                "-t", f"{duration}s", "--host", url, "--json-file", str(stats_path), "--stop-timeout", "60",
                "--only-summary", "--loglevel", "WARNING"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300, env=env)
         path = stats_path.with_suffix(".json") if stats_path.with_suffix(".json").exists() else stats_path
         if not path.exists():
-            raise CLIError(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+            raise Unavailable(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
         return json.loads(path.read_text())
 
 
@@ -224,7 +272,8 @@ def _free_port() -> int:
 
 
 def _start(cmd: list[str], url: str, timeout_s: float = 300) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+    # From the current directory (the project root, or anywhere Prism's `serving` package is installed).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -233,10 +282,10 @@ def _start(cmd: list[str], url: str, timeout_s: float = 300) -> subprocess.Popen
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise CLIError(f"{' '.join(cmd[:4])} exited with {proc.returncode}")
+            raise Unavailable(f"{' '.join(cmd[:4])} exited with {proc.returncode}")
         time.sleep(0.5)
     _stop(proc)
-    raise CLIError(f"{' '.join(cmd[:4])} did not answer at {url}")
+    raise Unavailable(f"{' '.join(cmd[:4])} did not answer at {url}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -301,7 +350,7 @@ def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
     """Milliseconds per greedy decode step with ``rows`` copies of ``prompt`` in the batch (stop tokens ignored)."""
     import torch
 
-    from ray_app.ask.service import encode_left_padded
+    from ray_app.llm.generate import encode_left_padded
 
     input_ids, mask, positions = encode_left_padded(llm.tokenizer, [prompt] * rows)
     with torch.inference_mode():
@@ -316,27 +365,30 @@ def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
     return (time.perf_counter() - started) / steps * 1000
 
 
-def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> dict:
+def fusion_profile(questions: list[str], max_new_tokens: int, batch_sizes: tuple[int, ...] = (1, 16),
+                   steps: int = 8) -> dict:
     """What one ask costs the fusion step on this machine, measured in-process after the load.
 
-    The load mix's questions are retrieved against the app's database and rendered into the
+    The load mix's ``questions`` are retrieved against the app's database and rendered into the
     serving prompt; then: prompt tokens, the prefill of each prompt alone, and the time of one
     decode step with ``B`` rows of the median prompt, with the replicas' model and adapter
     (``PRISM_LLM_ADAPTER``) and threads (``PRISM_FUSION_THREADS``, else all CPUs).
     """
     import torch
 
-    from ray_app.ask.service import AskOptions, render_prompt, retrieve_passages, stream_tokens
-    from ray_app.benchmarks.load_mix import MAX_NEW_TOKENS, QUESTIONS
+    from ray_app.ask.retrieval import retrieve_passages
+    from ray_app.ask.service import AskOptions
+    from ray_app.llm.generate import render_prompt, stream_tokens
     from ray_app.models.llm import load_llm
     from ray_app.models.text import get_text_embedder
+    from ray_app.settings import get_settings
     from ray_app.store import get_store
 
-    torch.set_num_threads(max(1, int(os.environ.get("PRISM_FUSION_THREADS", os.cpu_count() or 1))))
+    torch.set_num_threads(get_settings().fusion_threads)
     llm, store, embedder = load_llm(), get_store(), get_text_embedder()
     k = AskOptions().k  # what the load's asks use
     prompts = [render_prompt(llm.tokenizer, q, retrieve_passages(q, None, k, store, embedder).passages, None)
-               for q in QUESTIONS]
+               for q in questions]
     tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     typical = prompts[int(np.argsort(tokens)[len(tokens) // 2])]  # the median-length prompt
     next(stream_tokens(llm, [typical], 2))  # warm-up
@@ -348,11 +400,11 @@ def fusion_profile(batch_sizes: tuple[int, ...] = (1, 16), steps: int = 8) -> di
     decode = {str(b): round(decode_step_ms(llm, typical, b, steps), 1) for b in batch_sizes}
     prefill_ms = float(np.median(prefill) * 1000)
     biggest = str(max(batch_sizes))
-    per_answer_s = (prefill_ms + MAX_NEW_TOKENS * decode[biggest] / int(biggest)) / 1000
+    per_answer_s = (prefill_ms + max_new_tokens * decode[biggest] / int(biggest)) / 1000
     return {
         "k": k, "prompt_tokens_p50": int(np.median(tokens)), "prompt_tokens_max": int(max(tokens)),
         "prefill_ms_p50": round(prefill_ms, 1), "decode_step_ms_by_batch": decode,
-        "max_new_tokens": MAX_NEW_TOKENS, "threads": torch.get_num_threads(),
+        "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
         "cpu_seconds_per_answer": round(per_answer_s, 2),
         "answers_per_s_capacity": round(1 / per_answer_s, 2),
     }
@@ -406,14 +458,38 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rerender(out: Path) -> None:
-    """Recompute the notes and the Markdown from an existing OUT.json (after changing :func:`explain`)."""
-    report = json.loads(out.with_suffix(".json").read_text())
-    report["notes"] = explain(report)
-    write_report(report, out)
+def rerender(out: Path) -> Path:
+    """Render ``OUT.md`` again from the existing ``OUT.json`` (after changing :func:`render_markdown`).
+
+    The JSON, its notes included, is left as the run wrote it: new notes need a new run.
+    """
+    md_path = out.with_suffix(".md")
+    md_path.write_text(render_markdown(read_report(out.parent, out.name)))
+    return md_path
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(report))
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.benchmarks.serve [...]``: run the load test, print the report as JSON."""
+    d = ServeBenchConfig
+    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=d.users, help="Concurrent simulated users.")
+    p.add_argument("--duration", type=int, default=d.duration, help="Seconds of load.")
+    p.add_argument("--url", default=d.url, help="The Prism app under test.")
+    p.add_argument("--spawn-rate", type=float, default=d.spawn_rate, help="Users started per second.")
+    p.add_argument("--overhead-requests", type=int, default=d.overhead_requests, help="Requests per no-op server (0: skip).")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="Skip the in-process fusion profile.")
+    p.add_argument("--out", type=Path, default=d.out, help="Write OUT.json and OUT.md.")
+    p.add_argument("--locustfile", type=Path, default=d.locustfile, help="The Locust file (its mix lies beside it).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        report = bench_serve(ServeBenchConfig(**args))
+    except PrismError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(report, default=str) if as_json else render_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

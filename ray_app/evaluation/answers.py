@@ -1,6 +1,9 @@
 """`prism eval answers`: compare base, LoRA, full fine-tuning and LoRA+DPO on held-out questions.
 
-Writes ``docs/reports/fine-tuning.{json,md}``. The questions come from ``prism data sft``'s
+    prism eval answers --json --methods base,lora,full,lora_dpo --n 70     # docs/reports/fine-tuning.{json,md}
+    python -m ray_app.evaluation.answers --json --methods base,lora,full,lora_dpo --n 70
+
+Writes ``docs/reports/fine-tuning.{json,md}`` (``--out``, relative to the current directory). The questions come from ``prism data sft``'s
 ``test.jsonl`` (articles never trained on), stratified by kind; every model answers greedily with
 the serving prompt (``ray_app.llm.prompting``) and the serving decoder (``ray_app.llm.generate.stream_tokens``).
 
@@ -28,22 +31,74 @@ Metrics (per method):
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import random
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import typer
-
-from ray_app.cli.common import JSON_OPTION, CLIError, emit, handle_errors
+from ray_app.errors import InputError, NotFound, PrismError
+from ray_app.reports import write_report
 
 METHODS = ("base", "lora", "full", "lora_dpo")
 DEFAULT_RUNS = {"lora": "smollm2-lora", "full": "smollm2-full", "lora_dpo": "smollm2-lora-dpo"}
 _CITATION = re.compile(r"\s*\[\d{1,3}\]")
 _TOKEN = re.compile(r"\w+")
-REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class AnswersEvalConfig:
+    """What `prism eval answers` evaluates and where it writes.
+
+    Attributes:
+        methods: comma-separated subset of base,lora,full,lora_dpo.
+        n: held-out questions (stratified by kind).
+        max_new_tokens: generation limit per answer (8-512).
+        batch_size: answers decoded together.
+        seed: question sampling seed.
+        test_path: SFT test JSONL (None: ``$PRISM_HOME/data/sft/test.jsonl``).
+        runs_dir: folder holding smollm2-lora, smollm2-full, smollm2-lora-dpo (None: the checkpoints folder).
+        out: report path without extension.
+        reuse: reuse a method's cached answers when its weights, questions and limit are unchanged.
+        checkpoints: METHOD -> checkpoint folder, instead of ``<runs_dir>/<run>/final``.
+        notes: extra lines for the report's notes (e.g. the machine's load).
+        skip_missing: report a method without a checkpoint as not evaluated instead of failing.
+    """
+
+    methods: str = ",".join(METHODS)
+    n: int = 32
+    max_new_tokens: int = 80
+    batch_size: int = 8
+    seed: int = 0
+    test_path: Path | None = None
+    runs_dir: Path | None = None
+    out: Path = Path("docs/reports/fine-tuning")
+    reuse: bool = True
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    skip_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1 or not 8 <= self.max_new_tokens <= 512:
+            raise InputError("n and batch_size must be at least 1 and max_new_tokens in 8..512")
+
+
+def parse_checkpoints(items: list[str]) -> dict[str, Path]:
+    """``["METHOD=DIR", ...]`` as a mapping.
+
+    Raises:
+        InputError: an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--checkpoint {item!r} is not METHOD=DIR")
+        key, value = item.split("=", 1)
+        out[key] = Path(value)
+    return out
 
 
 # ---------------------------------------------------------------- metrics
@@ -70,8 +125,8 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 def score_answer(example: dict, answer: str) -> dict:
     """Per-question scores for one generated answer (see the module docstring)."""
-    from ray_app.llm.collate import record_passages
     from ray_app.audit.grounding import check_grounding
+    from ray_app.llm.collate import record_passages
     from ray_app.llm.prompting import parse_citations, says_not_in_sources
 
     passages = record_passages(example)
@@ -346,14 +401,15 @@ def resolve_methods(
         ``(found, missing)``; ``missing`` maps a method to why it was skipped (only with ``skip_missing``).
 
     Raises:
-        CLIError: an unknown method, or a missing checkpoint without ``skip_missing``.
+        InputError: an unknown method.
+        NotFound: a missing checkpoint without ``skip_missing``.
     """
     out: dict[str, Path | None] = {}
     missing: dict[str, str] = {}
     overrides = overrides or {}
     for name in names:
         if name not in METHODS:
-            raise CLIError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+            raise InputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
         if name == "base":
             out[name] = None
             continue
@@ -361,60 +417,79 @@ def resolve_methods(
         if not ckpt.exists():
             message = f"{name}: no checkpoint at {ckpt} (train it first, see docs/training-llm.md)"
             if not skip_missing:
-                raise CLIError(message)
+                raise NotFound(message)
             missing[name] = message
             continue
         out[name] = ckpt
     return out, missing
 
 
-@handle_errors
-def command(
-    methods: str = typer.Option(",".join(METHODS), help="Comma-separated subset of base,lora,full,lora_dpo."),
-    n: int = typer.Option(32, min=1, help="Held-out questions (stratified by kind)."),
-    max_new_tokens: int = typer.Option(80, min=8, max=512, help="Generation limit per answer."),
-    batch_size: int = typer.Option(8, min=1, help="Prompts decoded together."),
-    seed: int = typer.Option(0, help="Question sampling seed."),
-    test_path: Path = typer.Option(None, help="SFT test JSONL (default $PRISM_HOME/data/sft/test.jsonl)."),
-    runs_dir: Path = typer.Option(None, help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo."),
-    out: Path = typer.Option(REPO / "docs" / "reports" / "fine-tuning", help="Report path without extension."),
-    reuse: bool = typer.Option(True, "--reuse/--no-reuse", help="Reuse a method's cached answers when nothing changed."),
-    checkpoint: list[str] = typer.Option(None, "--checkpoint", help="METHOD=DIR: evaluate this checkpoint for METHOD."),
-    note: list[str] = typer.Option(None, "--note", help="A line for the report's notes (e.g. the machine's load)."),
-    skip_missing: bool = typer.Option(False, "--skip-missing", help="Report a method without a checkpoint as not evaluated."),
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Evaluate the fine-tuned answer models and write docs/reports/fine-tuning.{json,md}."""
+def eval_answers(config: AnswersEvalConfig) -> dict:
+    """Evaluate the answer models and write ``<out>.{json,md}``; returns the report.
+
+    Raises:
+        NotFound: no test questions, or a missing checkpoint without ``skip_missing``.
+        InputError: an unknown method.
+    """
     import torch
 
     from ray_app.settings import get_settings
 
     settings = get_settings()
-    test_path = test_path or settings.data_dir / "sft" / "test.jsonl"
+    test_path = config.test_path or settings.data_dir / "sft" / "test.jsonl"
     if not test_path.exists():
-        raise CLIError(f"{test_path} not found: run `prism data sft` first")
-    overrides = {}
-    for item in checkpoint or []:
-        if "=" not in item:
-            raise CLIError(f"--checkpoint {item!r} is not METHOD=DIR")
-        key, value = item.split("=", 1)
-        overrides[key] = Path(value)
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    chosen, missing = resolve_methods(names, runs_dir or settings.checkpoints_dir, overrides, skip_missing)
+        raise NotFound(f"{test_path} not found: run `prism data sft` first")
+    names = [m.strip() for m in config.methods.split(",") if m.strip()]
+    chosen, missing = resolve_methods(names, config.runs_dir or settings.checkpoints_dir, config.checkpoints,
+                                      config.skip_missing)
     rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
-    examples = pick_questions(rows, n, seed)
+    examples = pick_questions(rows, config.n, config.seed)
     torch.manual_seed(0)
-    cache_dir = settings.home.resolve() / "eval-cache" if reuse else None
-    results = evaluate(chosen, examples, settings.llm_model, max_new_tokens, batch_size, cache_dir)
+    cache_dir = settings.home.resolve() / "eval-cache" if config.reuse else None
+    results = evaluate(chosen, examples, settings.llm_model, config.max_new_tokens, config.batch_size, cache_dir)
     for name, why in missing.items():
         results[name] = {"not_evaluated": why, "samples": []}
     results = {name: results[name] for name in names}
-    report = build_report(results, examples, test_path, max_new_tokens, methods, n)
-    report["command"] = report["commands"][-1] = eval_command(methods, n, max_new_tokens, results)
-    report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + list(note or [])
-    write_report(report, out)
-    summary = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in results.items()}
-    emit({"report": str(out.with_suffix(".json")), "methods": summary, "verdict": report["verdict"]}, as_json)
+    report = build_report(results, examples, test_path, config.max_new_tokens, config.methods, config.n)
+    report["command"] = report["commands"][-1] = eval_command(config.methods, config.n, config.max_new_tokens, results)
+    report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + config.notes
+    write_report(config.out.parent, config.out.name, report, render_markdown)
+    return report
+
+
+def summarise(report: dict, out: Path) -> dict:
+    """What the command prints: the report's path, each method's metrics (without samples), the verdict."""
+    methods = {m: {k: v for k, v in r.items() if k != "samples"} for m, r in report["methods"].items()}
+    return {"report": str(out.with_suffix(".json")), "methods": methods, "verdict": report["verdict"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.evaluation.answers [...]``: evaluate, write the report, print its summary as JSON."""
+    d = AnswersEvalConfig
+    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.answers", description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=d.methods, help="Comma-separated subset of base,lora,full,lora_dpo.")
+    p.add_argument("--n", type=int, default=d.n, help="Held-out questions (stratified by kind).")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="Generation limit per answer.")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Answers decoded together.")
+    p.add_argument("--seed", type=int, default=d.seed, help="Question sampling seed.")
+    p.add_argument("--test-path", type=Path, default=d.test_path, help="SFT test JSONL.")
+    p.add_argument("--runs-dir", type=Path, default=d.runs_dir, help="Checkpoints dir holding the runs.")
+    p.add_argument("--out", type=Path, default=d.out, help="Report path without extension.")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false", help="Regenerate every method's answers.")
+    p.add_argument("--checkpoint", dest="checkpoints", action="append", default=[],
+                   help="METHOD=DIR: evaluate this checkpoint for METHOD (repeatable).")
+    p.add_argument("--note", dest="notes", action="append", default=[], help="A line for the report's notes.")
+    p.add_argument("--skip-missing", action="store_true", help="Report a method without a checkpoint as not evaluated.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        config = AnswersEvalConfig(**{**args, "checkpoints": parse_checkpoints(args["checkpoints"])})
+        summary = summarise(eval_answers(config), config.out)
+    except PrismError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(summary, default=str) if as_json else json.dumps(summary, indent=2, default=str))
+    return summary
 
 
 def training_notes(results: dict) -> list[str]:
@@ -466,7 +541,5 @@ def build_report(results: dict, examples: list[dict], test_path: Path, max_new_t
     }
 
 
-def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(report))
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,8 @@
 """`prism eval image-encoder --checkpoint DIR --json`: the image encoder on held-out stamps.
 
+    prism eval image-encoder --checkpoint DIR --json          # writes docs/reports/image-encoder.{json,md}
+    python -m ray_app.evaluation.image_encoder --checkpoint DIR --json
+
 Held-out stamps (``ray_app.vision.data.split_stamps``, never seen in training) are shown centred on
 white. Metrics, for an untrained tower of the same architecture (the baseline) and the trained one:
 
@@ -14,14 +17,33 @@ generalisation (data size) rather than fit (capacity). Writes ``docs/reports/ima
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import typer
+
+from ray_app.errors import PrismError
+from ray_app.reports import write_report
 
 REPORT_NAME = "image-encoder"
+
+
+@dataclass
+class ImageEncoderEvalConfig:
+    """What `prism eval image-encoder` evaluates and where it writes.
+
+    Attributes:
+        checkpoint: checkpoint folder (None: the demo encoder under ``PRISM_HOME``).
+        out: folder for ``image-encoder.{json,md}``.
+        curve: earlier checkpoints of the same run, for a learning curve.
+    """
+
+    checkpoint: Path | None = None
+    out: Path = Path("docs/reports")
+    curve: list[Path] = field(default_factory=list)
 
 
 def recall_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
@@ -258,40 +280,44 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``image-encoder.json`` and ``.md`` under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{REPORT_NAME}.json", out_dir / f"{REPORT_NAME}.md"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:
+    """Evaluate, write ``image-encoder.{json,md}`` under ``config.out``, and return the report.
 
-
-def command(
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint folder (default: the demo encoder under PRISM_HOME)."),
-    out_dir: Path = typer.Option(Path("docs/reports"), "--out", help="Where image-encoder.{json,md} go."),
-    curve: list[Path] = typer.Option(None, "--curve", help="Earlier checkpoints of the run, for a learning curve (repeatable)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else."),
-) -> None:
-    """Held-out caption<->image recall and zero-shot accuracy, untrained baseline vs trained."""
-    # ray_app.cli imports this module to mount it, so the CLI helpers are imported here, not at the top.
-    from ray_app.cli.common import handle_errors
-
-    handle_errors(run_command)(checkpoint, out_dir, json_out, curve or [])
-
-
-def run_command(checkpoint: Path | None, out_dir: Path, json_out: bool, curve: list[Path]) -> None:
-    """Evaluate, write the report files, print the result."""
-    from ray_app.cli.common import console, emit
+    Raises:
+        ModelNotAvailable: no checkpoint at ``config.checkpoint``.
+    """
     from ray_app.models.image_default import default_image_encoder_dir
 
-    checkpoint = checkpoint or default_image_encoder_dir()
+    checkpoint = config.checkpoint or default_image_encoder_dir()
     report = evaluate_checkpoint(checkpoint)
-    if curve:
+    if config.curve:
         final = {"step": report["train_steps"], "checkpoint": str(checkpoint), "heldout": report["heldout"]["trained"],
                  "train_sample": report["train_sample"]["trained"]}
-        report["curve"] = [*learning_curve(curve), final]
+        report["curve"] = [*learning_curve(config.curve), final]
     if not report["aim_met"]:
         report["notes"] = diagnose(report)
-    write_report(report, out_dir)
-    emit(report, json_out, lambda r: console.print(render_markdown(r)))
+    write_report(config.out, REPORT_NAME, report, render_markdown)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.evaluation.image_encoder [...]``: evaluate, write the report, print it."""
+    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.image_encoder", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=ImageEncoderEvalConfig.checkpoint,
+                   help="Checkpoint folder (default: the demo encoder under PRISM_HOME).")
+    p.add_argument("--out", type=Path, default=ImageEncoderEvalConfig.out, help="Where image-encoder.{json,md} go.")
+    p.add_argument("--curve", type=Path, action="append", default=[],
+                   help="Earlier checkpoints of the run, for a learning curve (repeatable).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        report = eval_image_encoder(ImageEncoderEvalConfig(**args))
+    except PrismError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(report) if as_json else render_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@ is their article. R@1, R@10, MRR@10 and nDCG@10 for vector, text and hybrid sear
 
     prism corpus build wiki && prism ingest $PRISM_HOME/data/corpus/wiki
     prism eval retrieval --json            # writes docs/reports/retrieval.{json,md}
+    python -m ray_app.evaluation.retrieval --json
 
 Ranks are over distinct documents (a document's best chunk counts), so a query scores 1 at rank r
 when its article is the r-th distinct document returned.
@@ -14,6 +15,7 @@ is where the default was chosen, the test half shows whether the choice holds on
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -21,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import typer
 
-from ray_app.cli.common import JSON_OPTION, CLIError, console, emit, handle_errors
+from ray_app.errors import InputError, PrismError
+from ray_app.reports import write_report
 
 MODES = ("vector", "text", "hybrid")
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -31,6 +33,25 @@ DEPTH = 10
 # The description, whether metadata holds a JSON object or (older writes) that object encoded as a JSON string.
 _DESCRIPTION = ("(CASE jsonb_typeof(metadata) WHEN 'string' THEN (metadata #>> '{}')::jsonb ELSE metadata END)"
                 " ->> 'description'")
+
+
+@dataclass
+class RetrievalEvalConfig:
+    """What `prism eval retrieval` evaluates and where it writes.
+
+    Attributes:
+        queries: evaluate a deterministic spread of this many queries (None: all).
+        depth: candidates per list fused by hybrid search (None: the store's default).
+        out: folder for ``retrieval.{json,md}`` (``retrieval-onnx-int8.*`` with the INT8 embedder).
+        write: write the report files.
+        corpus_command: how the corpus was built, quoted in the report.
+    """
+
+    queries: int | None = None
+    depth: int | None = None
+    out: Path = Path("docs/reports")
+    write: bool = True
+    corpus_command: str | None = None
 
 
 @dataclass
@@ -119,7 +140,7 @@ def evaluate_retrieval(store=None, limit: int | None = None, depth: int | None =
         depth: candidates per list fused by hybrid search (default: the store's).
 
     Raises:
-        CLIError: no wiki documents with descriptions in the store.
+        InputError: no wiki documents with descriptions in the store.
     """
     from ray_app.models.text import get_text_embedder
     from ray_app.store import get_store
@@ -127,7 +148,7 @@ def evaluate_retrieval(store=None, limit: int | None = None, depth: int | None =
     store = store or get_store()
     queries = load_queries(store, limit)
     if not queries:
-        raise CLIError("no wiki documents in the store: run `prism corpus build wiki` and `prism ingest` first")
+        raise InputError("no wiki documents in the store: run `prism corpus build wiki` and `prism ingest` first")
     started = time.perf_counter()
     embedder = get_text_embedder()
     vectors = embedder.embed([q.text for q in queries])
@@ -153,7 +174,9 @@ def evaluate_retrieval(store=None, limit: int | None = None, depth: int | None =
     return result
 
 
-def render_markdown(result: dict, command: str) -> str:
+def render_markdown(result: dict) -> str:
+    """The Markdown page for ``retrieval.md`` (the command that ran is ``result["command"]``)."""
+    command = result["command"]
     corpus = result["corpus"]
     scope = ("the full wiki corpus" if corpus["full"] else
              f"a deterministic subset of the wiki corpus ({corpus['documents']:,} of 10,033 articles)")
@@ -196,37 +219,49 @@ def report_name(result: dict) -> str:
     return "retrieval" if backend in ("onnx", "torch") else f"retrieval-{backend}"
 
 
-def write_report(result: dict, out_dir: Path, command: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{report_name(result)}.json", out_dir / f"{report_name(result)}.md"
-    json_path.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
-    md_path.write_text(render_markdown(result, command))
-    return json_path, md_path
+def describe(result: dict) -> str:
+    """One line per search mode (what the job prints without ``--json``)."""
+    return "\n".join(f"{mode:>7}: R@1 {m['r_at_1']:.3f}  R@10 {m['r_at_10']:.3f}  MRR {m['mrr']:.3f}  "
+                     f"nDCG@10 {m['ndcg_at_10']:.3f}" for mode, m in result["modes"].items())
 
 
-@handle_errors
-def command(
-    queries: int | None = typer.Option(None, "--queries", min=1, help="Evaluate a spread of N queries (default all)."),
-    depth: int | None = typer.Option(None, "--depth", min=1, help="Candidates per list fused by hybrid search."),
-    out: Path = typer.Option(Path("docs/reports"), "--out", help="Where retrieval.{json,md} are written."),
-    write: bool = typer.Option(True, "--write/--no-write", help="Write the report files."),
-    corpus_command: str | None = typer.Option(None, "--corpus-command", help="How the corpus was built (for the report)."),
-    json_out: bool = JSON_OPTION,
-) -> None:
-    """R@1, R@10, MRR and nDCG@10 for vector, text and hybrid search on the ingested wiki corpus."""
-    result = evaluate_retrieval(limit=queries, depth=depth)
-    if corpus_command:
-        result["corpus_command"] = corpus_command
-    command_line = "prism eval retrieval" + (f" --queries {queries}" if queries else "") + (
-        f" --depth {depth}" if depth else "")
+def eval_retrieval(config: RetrievalEvalConfig) -> dict:
+    """Evaluate and (with ``config.write``) write the report; returns the result.
+
+    Raises:
+        InputError: no wiki documents with descriptions in the store.
+    """
+    result = evaluate_retrieval(limit=config.queries, depth=config.depth)
+    if config.corpus_command:
+        result["corpus_command"] = config.corpus_command
+    command = "prism eval retrieval" + (f" --queries {config.queries}" if config.queries else "") + (
+        f" --depth {config.depth}" if config.depth else "")
     if report_name(result) != "retrieval":
-        command_line = f"PRISM_EMBED_BACKEND={result['backend']} {command_line}"
-    if write:
-        write_report(result, out, command_line)
+        command = f"PRISM_EMBED_BACKEND={result['backend']} {command}"
+    if config.write:
+        write_report(config.out, report_name(result), result, render_markdown, command=command)
+    return result
 
-    def human(r: dict) -> None:
-        for mode, m in r["modes"].items():
-            console.print(f"{mode:>7}: R@1 {m['r_at_1']:.3f}  R@10 {m['r_at_10']:.3f}  MRR {m['mrr']:.3f}  "
-                          f"nDCG@10 {m['ndcg_at_10']:.3f}")
 
-    emit(result, json_out, human)
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.evaluation.retrieval [...]``: evaluate, write the report, print the result."""
+    d = RetrievalEvalConfig
+    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.retrieval", description=__doc__.splitlines()[0])
+    p.add_argument("--queries", type=int, default=d.queries, help="Evaluate a spread of N queries (default all).")
+    p.add_argument("--depth", type=int, default=d.depth, help="Candidates per list fused by hybrid search.")
+    p.add_argument("--out", type=Path, default=d.out, help="Where retrieval.{json,md} are written.")
+    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
+    p.add_argument("--corpus-command", default=d.corpus_command, help="How the corpus was built (for the report).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    args = vars(p.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        result = eval_retrieval(RetrievalEvalConfig(**args))
+    except PrismError as exc:
+        p.exit(2, f"error: {exc}\n")
+    print(json.dumps(result) if as_json else describe(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

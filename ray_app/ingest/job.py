@@ -15,14 +15,16 @@ is skipped: a run killed at any point and started again ends with exactly the ro
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ import numpy as np
 import pyarrow as pa
 from ray.data import ActorPoolStrategy, Datasink
 
+from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.ingest.chunking import ChunkConfig
-from ray_app.models.text import check_backend, embedder_key
+from ray_app.ingest.config import IngestConfig
+from ray_app.models.text import embedder_key
 from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_DIM, get_settings
 
@@ -66,56 +70,6 @@ def _append_fields(schema: pa.Schema, fields: Iterable[tuple[str, pa.DataType]])
 
 IMAGED_SCHEMA = _append_fields(PREPARED_SCHEMA, IMAGE_FIELDS)
 EMBEDDED_SCHEMA = _append_fields(IMAGED_SCHEMA, [("embeddings", pa.binary()), ("busy_embed", pa.float64())])
-
-
-@dataclass
-class IngestConfig:
-    """Everything one ingest run needs; the driver resolves paths and the database URL once.
-
-    Attributes:
-        input_dir: folder of Parquet shards in Prism's document schema.
-        address: Ray address ('auto', 'ray://...'); None starts a local Ray (or joins RAY_ADDRESS).
-        embed_actors: text-embedding actors (each loads the model once).
-        embed_threads: intra-op threads per actor (None: the node's CPU count / actors).
-        embed_cpus: logical CPUs Ray reserves per embedding actor; threads are set separately, and
-            leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
-        backend: 'onnx', 'onnx-int8' or 'torch' (None: settings).
-        batch_docs: documents per ``map_batches`` batch.
-        embed_batch_docs: documents per batch of the text-embedding stage. Bigger batches pad less
-            (the embedder sorts a batch's texts by length); their output is still cut into blocks
-            of ``block_bytes``, so write transactions stay small.
-        block_bytes: Ray Data's target block size; a block is written in one transaction.
-        chunk: chunk budget and overlap.
-        image_encoder: open_clip checkpoint folder; None uses the default one when it exists.
-        num_cpus: CPUs for a local Ray (None: all).
-        rebuild_index: drop the HNSW and full-text indexes before loading and build them after; None
-            decides by load size (when the input is at least as big as what the store holds).
-        database_url: resolved on the driver when None.
-        home: PRISM_HOME made absolute on the driver, so workers find the same model caches.
-    """
-
-    input_dir: Path
-    address: str | None = None
-    embed_actors: int = 1
-    embed_threads: int | None = None
-    embed_cpus: float = 0.5
-    backend: str | None = None
-    batch_docs: int = 128
-    embed_batch_docs: int = 768
-    block_bytes: int = 512 * 1024
-    chunk: ChunkConfig = field(default_factory=ChunkConfig)
-    image_encoder: Path | None = None
-    num_cpus: int | None = None
-    rebuild_index: bool | None = None
-    database_url: str | None = None
-    home: str | None = None
-
-    def __post_init__(self) -> None:
-        self.input_dir = Path(self.input_dir)
-        if self.embed_actors < 1 or self.batch_docs < 1 or self.embed_batch_docs < 1:
-            raise ValueError("embed_actors, batch_docs and embed_batch_docs must be at least 1")
-        if self.backend is not None:
-            check_backend(self.backend)
 
 
 def _worker_env(home: str, database_url: str) -> None:
@@ -256,7 +210,7 @@ class EmbedImages:
 
             self._encoder = ImageEncoder(self.encoder_dir, threads=self.threads)
             if self._encoder.dim != EMBED_DIM:
-                raise ValueError(f"image encoder {self.encoder_dir} gives {self._encoder.dim}-d vectors, need {EMBED_DIM}")
+                raise InputError(f"image encoder {self.encoder_dir} gives {self._encoder.dim}-d vectors, need {EMBED_DIM}")
         return self._encoder
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -445,7 +399,7 @@ def _resolve(config: IngestConfig) -> tuple[str, str, str | None]:
     home = config.home or str(settings.home.resolve())
     encoder = config.image_encoder
     if encoder is not None and not (Path(encoder) / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"no image encoder at {encoder} ({CONFIG_NAME} missing)")
+        raise NotFound(f"no image encoder at {encoder} ({CONFIG_NAME} missing)")
     if encoder is None:
         default = default_image_encoder_dir()
         encoder = default if (default / CONFIG_NAME).exists() and (default / WEIGHTS_NAME).exists() else None
@@ -491,13 +445,15 @@ def scan_input(input_dir: Path) -> tuple[int, bool]:
     """Rows in the input shards and whether any has an image, from Parquet metadata only.
 
     Raises:
-        FileNotFoundError: no shards.
+        NotFound: no such folder, or no shards in it.
     """
     import pyarrow.parquet as pq
 
+    if not input_dir.exists():
+        raise NotFound(f"no such folder: {input_dir}")
     files = sorted(input_dir.rglob("*.parquet")) if input_dir.is_dir() else [input_dir]
     if not files:
-        raise FileNotFoundError(f"no Parquet shards under {input_dir} (run `prism corpus build ...` first)")
+        raise NotFound(f"no Parquet shards under {input_dir} (run `prism corpus build ...` first)")
     rows, has_images = 0, False
     for file in files:
         meta = pq.ParquetFile(file).metadata
@@ -525,7 +481,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
         ``skipped_reasons``), rates over the run's wall time (writes: over time spent in ``Store.write``).
 
     Raises:
-        FileNotFoundError: no input shards, or a missing ``--image-encoder``.
+        NotFound: no input shards, or a missing ``--image-encoder``.
         StoreError: no database.
     """
     import ray
@@ -589,19 +545,76 @@ def summarise(totals: Counter, load_seconds: float, index_seconds: float, store_
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m ray_app.ingest DIR [...]`` (what ``ray job submit`` runs): the `prism ingest` command."""
-    import sys
+def describe(summary: dict) -> str:
+    """The summary in a few readable lines (what the job prints without ``--json``)."""
+    s = summary
+    lines = [f"ingested {s['documents']:,} documents ({s['written']:,} written, {s['unchanged']:,} unchanged), "
+             f"{s['chunks']:,} chunks, {s['images']:,} images in {s['seconds']:.1f}s "
+             f"({s['docs_per_s']:.1f} docs/s, {s['embed_per_s']:.1f} chunks/s)"]
+    if s["skipped"]:
+        lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in s["skipped_reasons"].items()))
+    if s["images_without_embedding"]:
+        lines.append(f"{s['images_without_embedding']} images stored without embeddings (no image encoder)")
+    return "\n".join(lines)
 
-    import typer
 
-    from ray_app.cli.ingest import command
+@contextlib.contextmanager
+def stdout_to_stderr(active: bool) -> Iterator[None]:
+    """Send everything written to file descriptor 1 (Ray's logs and progress included) to stderr,
+    so that with ``--json`` stdout carries only the result."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(command)
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="python -m ray_app.ingest")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`IngestConfig`'s (or :class:`ChunkConfig`'s)."""
+    p = argparse.ArgumentParser(prog="python -m ray_app.ingest", description=__doc__.splitlines()[0])
+    p.add_argument("input_dir", type=Path, help="Folder of Parquet shards (from `prism corpus build`).")
+    p.add_argument("--address", default=IngestConfig.address, help="Ray address ('auto' joins a running cluster).")
+    p.add_argument("--embed-actors", type=int, default=IngestConfig.embed_actors, help="Text-embedding actors.")
+    p.add_argument("--threads", dest="embed_threads", type=int, default=IngestConfig.embed_threads,
+                   help="Threads per embedding actor.")
+    p.add_argument("--backend", default=IngestConfig.backend, help="Embedding backend: onnx, onnx-int8 or torch.")
+    p.add_argument("--batch-docs", type=int, default=IngestConfig.batch_docs, help="Documents per map_batches batch.")
+    p.add_argument("--embed-batch-docs", type=int, default=IngestConfig.embed_batch_docs,
+                   help="Documents per text-embedding batch.")
+    p.add_argument("--chunk-tokens", type=int, default=ChunkConfig.max_tokens, help="Token budget per chunk.")
+    p.add_argument("--overlap-tokens", type=int, default=ChunkConfig.overlap_tokens, help="Token overlap between chunks.")
+    p.add_argument("--image-encoder", type=Path, default=IngestConfig.image_encoder, help="open_clip checkpoint folder.")
+    p.add_argument("--num-cpus", type=int, default=IngestConfig.num_cpus, help="CPUs for a local Ray.")
+    p.add_argument("--rebuild-index", dest="rebuild_index", action="store_const", const=True,
+                   default=IngestConfig.rebuild_index,
+                   help="Drop the HNSW and full-text indexes and build them after the load (default: when bulk loading).")
+    p.add_argument("--keep-index", dest="rebuild_index", action="store_const", const=False,
+                   help="Keep the indexes during the load.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m ray_app.ingest DIR [...]`` (what ``ray job submit`` runs); prints and returns the summary."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    as_json = args.pop("json")
+    try:
+        chunk = ChunkConfig(args.pop("chunk_tokens"), args.pop("overlap_tokens"))
+        with stdout_to_stderr(as_json):
+            summary = run_ingest(chunk=chunk, **args)
+    except PrismError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(json.dumps(summary, default=str) if as_json else describe(summary), flush=True)
+    return summary
 
 
 if __name__ == "__main__":
     main()
-

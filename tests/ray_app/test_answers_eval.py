@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import ray_app.cli  # noqa: F401  (build the CLI first: command modules import ray_app.cli.common)
 from ray_app.llm.prompting import NOT_IN_SOURCES
 
 EXAMPLE = {
@@ -137,3 +136,19 @@ def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
     test_path = write_jsonl([EXAMPLE], tmp_path / "test.jsonl")
     result = CliRunner().invoke(app, ["eval", "answers", "--methods", "full", "--test-path", str(test_path), "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+def test_eval_job_main_takes_the_same_options_and_fails_in_one_line(tmp_path, capsys):
+    """``python -m ray_app.evaluation.answers``: the job's own parser, Prism errors as one line with exit status 2."""
+    from ray_app.evaluation.answers import main
+    from ray_app.llm.data import write_jsonl
+
+    test_path = write_jsonl([EXAMPLE], tmp_path / "test.jsonl")
+    with pytest.raises(SystemExit) as exited:
+        main(["--methods", "full", "--test-path", str(test_path), "--runs-dir", str(tmp_path), "--json"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: full: no checkpoint at") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "lora", "--test-path", str(test_path)])
+    assert "is not METHOD=DIR" in capsys.readouterr().err

@@ -85,3 +85,12 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().startswith("error: no image encoder at")
     assert not (tmp_path / "image-encoder.json").exists()
+
+
+def test_job_main_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    from ray_app.evaluation.image_encoder import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path), "--json"])
+    assert exited.value.code == 2 and capsys.readouterr().err.startswith("error: no image encoder at")
+    assert not (tmp_path / "image-encoder.json").exists()

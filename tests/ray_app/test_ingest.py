@@ -395,3 +395,22 @@ def test_bench_cpu_profile_attributes_cpu_time_to_the_process_that_spent_it():
     assert set(summary["by_group_s"]) == set(CPU_GROUPS)
     assert summary["by_group_s"]["driver"] >= 0.45
     assert 0.45 <= summary["busy_s"] <= summary["available_s"] + 0.5
+
+
+def test_ingest_job_and_cli_take_their_defaults_from_the_config_and_fail_in_one_line(tmp_path, capsys):
+    """``python -m ray_app.ingest`` (the job's own parser) and `prism ingest` share IngestConfig's defaults."""
+    import inspect
+
+    from ray_app.cli.ingest import command
+    from ray_app.ingest.config import IngestConfig
+    from ray_app.ingest.job import build_parser, main
+
+    args = build_parser().parse_args([str(tmp_path)])
+    cli = {name: p.default.default for name, p in inspect.signature(command).parameters.items()}
+    for field in ("batch_docs", "embed_batch_docs", "embed_actors", "rebuild_index"):
+        assert getattr(args, field) == cli[field] == getattr(IngestConfig, field)
+    assert args.chunk_tokens == cli["chunk_tokens"] == ChunkConfig().max_tokens
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path / "missing"), "--json"])
+    assert exited.value.code == 2
+    assert capsys.readouterr() == ("", f"error: no such folder: {tmp_path / 'missing'}\n")

@@ -30,7 +30,7 @@ def test_weighted_rrf():
     assert [h.id for h in fuse_rrf([a, b], 3, rrf_k=1, weights=(1.0, 0.1))] == ["x", "y", "z"]  # x 1/2 > y 1/3+0.05
 
 
-def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tmp_path):
+def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tmp_path, capsys):
     records = list(wiki.build_records())[::200]  # 51 articles across the alphabet
     totals = ingest_inline(records, database_url)
     assert totals["written"] == len(records)
@@ -52,6 +52,15 @@ def test_eval_retrieval_reports_all_modes_and_writes_the_report(database_url, tm
     saved = json.loads((tmp_path / "retrieval.json").read_text())
     assert saved["modes"] == report["modes"] and saved["command"] == "prism eval retrieval"
     assert "| hybrid |" in (tmp_path / "retrieval.md").read_text() and "| vector only |" in (tmp_path / "retrieval.md").read_text()
+
+    # The job without the CLI (`python -m ray_app.evaluation.retrieval`): same numbers, same report files.
+    from ray_app.evaluation.retrieval import main
+
+    capsys.readouterr()
+    returned = main(["--queries", "10", "--out", str(tmp_path / "job"), "--json"])
+    assert json.loads(capsys.readouterr().out) == returned and returned["queries"] == 10
+    saved = json.loads((tmp_path / "job" / "retrieval.json").read_text())
+    assert saved["command"] == "prism eval retrieval --queries 10" and saved["modes"] == returned["modes"]
 
 
 def test_eval_retrieval_without_wiki_documents_is_a_one_line_error(database_url, tmp_path):

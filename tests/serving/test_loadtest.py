@@ -1,11 +1,59 @@
-"""A short run of the Locust mix through `prism bench serve` (slow: asks decode on the CPU)."""
+"""The load test: its request mix is data beside the locustfile, the report re-renders from its JSON,
+and a short run of the Locust mix through `prism bench serve` (slow: asks decode on the CPU)."""
 
+import ast
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `prism_app`)
+from tests.serving.harness import free_port, prism_app_fixture  # noqa: F401  (registers `prism_app`)
+
+REPO = Path(__file__).resolve().parents[2]
+LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
+
+
+def test_the_locustfile_imports_nothing_of_prism_and_the_benchmark_reads_its_mix():
+    from ray_app.benchmarks.serve import load_mix
+
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(LOCUSTFILE.read_text()))
+                if isinstance(node, ast.Import | ast.ImportFrom)
+                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert imported.isdisjoint({"ray_app", "serving", "training", "edge"})
+    mix = load_mix(LOCUSTFILE)
+    assert len(mix["questions"]) >= 10 and len(mix["searches"]) >= 10 and mix["image_questions"]
+    assert mix["max_new_tokens"] == 48
+
+
+def test_load_max_new_tokens_is_a_setting(monkeypatch):
+    from ray_app.settings import Settings
+
+    assert Settings().load_max_new_tokens is None  # the mix's own then
+    monkeypatch.setenv("PRISM_LOAD_MAX_NEW_TOKENS", "16")
+    assert Settings().load_max_new_tokens == 16
+
+
+def test_serve_report_rerenders_from_its_json_and_leaves_the_json_alone(tmp_path):
+    from ray_app.benchmarks.serve import rerender
+
+    for suffix in (".json", ".md"):
+        shutil.copy(REPO / "docs" / "reports" / f"serve-100users{suffix}", tmp_path / f"serve-100users{suffix}")
+    before = (tmp_path / "serve-100users.json").read_bytes()
+    md = rerender(tmp_path / "serve-100users")
+    assert (tmp_path / "serve-100users.json").read_bytes() == before  # the notes are the run's
+    assert md.read_text() == (REPO / "docs" / "reports" / "serve-100users.md").read_text()
+
+
+def test_bench_serve_without_an_app_or_a_mix_is_a_one_line_error(tmp_path):
+    from ray_app.cli import app
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["bench", "serve", "--url", url, "--locustfile", str(LOCUSTFILE)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: no Prism app at {url}")
+    result = CliRunner().invoke(app, ["bench", "serve", "--url", url, "--locustfile", str(tmp_path / "locustfile.py")])
+    assert result.exit_code == 2 and result.output.startswith("error: no Locust file")
 
 
 @pytest.mark.slow
