@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ray_app.errors import InputError
+from ray_app.errors import InputError, NotFound
 from ray_app.jobconfig import JobConfigError, StrictModel
 from ray_app.jsonl import read_jsonl
 
@@ -141,8 +141,6 @@ def read_records(path: str | Path, limit: int | None, hint: str) -> list[dict]:
         NotFound: no such file (``hint`` says how to build it).
         InputError: the file has no records.
     """
-    from ray_app.errors import NotFound
-
     path = Path(path)
     if not path.exists():
         raise NotFound(f"training data not found: {path} (build it with `{hint}`)")
