@@ -217,21 +217,43 @@ def load_method(method: str, base: str, checkpoint: Path | None):
 
 
 def generate_answers(llm, examples: list[dict], max_new_tokens: int, batch_size: int) -> tuple[list[str], float, int]:
-    """Greedy answers for ``examples`` in batches; returns ``(answers, seconds, new_tokens)``."""
-    from ray_app.ask.service import stream_tokens
-    from ray_app.llm.collate import render_prompt
+    """Greedy answers for ``examples`` through the ask service; returns ``(answers, seconds, new_tokens)``.
 
-    answers, new_tokens, started = [], 0, time.perf_counter()
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        texts = [""] * len(chunk)
-        for deltas in stream_tokens(llm, [render_prompt(llm.tokenizer, e) for e in chunk], max_new_tokens):
-            for j, delta in enumerate(deltas):
-                if delta is not None:
-                    texts[j] += delta
-                    new_tokens += 1
-        answers.extend(t.strip() for t in texts)
-    return answers, time.perf_counter() - started, new_tokens
+    Each question keeps its own passages (retrieval is replaced by them); up to ``batch_size``
+    answers decode together in one continuous batch; answers are checked but not audit-logged.
+    """
+    import asyncio
+
+    from ray_app.llm.batching import ContinuousBatcher
+
+    batcher = ContinuousBatcher(llm, batch_size)
+    try:
+        started = time.perf_counter()
+        answers = asyncio.run(_answer_all(llm, batcher, examples, max_new_tokens))
+        seconds = time.perf_counter() - started
+        new_tokens = batcher.generated_tokens
+    finally:
+        batcher.close()
+    return answers, seconds, new_tokens
+
+
+async def _answer_all(llm, batcher, examples: list[dict], max_new_tokens: int) -> list[str]:
+    import asyncio
+
+    from ray_app.ask.service import AskOptions, AskService
+    from ray_app.ask.stages import BatchedGenerate, CheckOnlyAudit, FixedPassages
+    from ray_app.llm.collate import record_passages
+    from ray_app.settings import get_settings
+
+    settings = get_settings().model_copy(update={"max_new_tokens": max_new_tokens})
+    generate, audit = BatchedGenerate(llm, batcher, settings), CheckOnlyAudit()
+
+    async def answer(example: dict) -> str:
+        service = AskService(None, FixedPassages(record_passages(example)), generate, audit, settings)
+        response = await service.ask(example["question"], options=AskOptions(k=len(example["passages"])))
+        return response["answer"]
+
+    return list(await asyncio.gather(*(answer(e) for e in examples)))
 
 
 def training_cost(checkpoint: Path | None) -> dict:

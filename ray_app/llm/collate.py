@@ -95,8 +95,3 @@ class DPOCollator:
             "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0),
             "labels": pad_sequences(labels, IGNORE_INDEX),
         }
-
-
-def count_label_tokens(batch: dict) -> int:
-    """Tokens that carry a loss in a collated batch."""
-    return int((batch["labels"] != IGNORE_INDEX).sum())

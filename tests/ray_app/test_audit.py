@@ -5,7 +5,14 @@ import json
 import psycopg
 from typer.testing import CliRunner
 
-from ray_app.audit.chain import AuditEntry, append_record, audit_answer, chain_hash, injection_flags, verify_chain
+from ray_app.audit.chain import (
+    AuditEntry,
+    append_record,
+    audit_answer,
+    chain_hash,
+    injection_flags,
+    verify_chain,
+)
 from ray_app.llm.prompting import Passage
 
 

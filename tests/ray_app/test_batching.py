@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ray_app.llm.generate import stop_token_ids, stream_tokens
 from ray_app.llm.batching import BatcherClosed, ContinuousBatcher
+from ray_app.llm.generate import stop_token_ids, stream_tokens
 
 PASSAGE = (
     "The axolotl is a salamander that lives only in the lakes and canals of Xochimilco near Mexico City. "

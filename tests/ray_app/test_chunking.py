@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ray_app.ingest.chunking import ChunkConfig, Chunker, load_tokenizer, split_sentences
 from ray_app.corpus.synthetic import build_records
+from ray_app.ingest.chunking import ChunkConfig, Chunker, load_tokenizer, split_sentences
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ray_app.ingest.chunking import ChunkConfig, Chunker
 from ray_app.corpus import synthetic, wiki
 from ray_app.corpus.schema import SCHEMA, make_record, write_shards
+from ray_app.ingest.chunking import ChunkConfig, Chunker
 from ray_app.ingest.job import EmbedImages, EmbedText, PrepareDocuments, rows_for_store, run_ingest
 from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
 
@@ -129,7 +129,7 @@ def test_int8_vectors_have_their_own_content_hash_so_switching_backends_re_embed
 
 def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable(corpus, tiny_encoder, store,
                                                                                    local_ray):
-    from ray_app.ask.search import search_corpus
+    from ray_app.ask.retrieval import search_corpus
 
     shards, good = corpus
     first = run_ingest(shards, image_encoder=tiny_encoder, batch_docs=8, embed_batch_docs=8)
@@ -149,11 +149,12 @@ def test_ingest_counts_skips_bad_rows_embeds_images_is_idempotent_and_searchable
     # Search: each wiki description finds its article.
     articles = {a["title"]: a for a in wiki.load_wiki_records()}
     wiki_docs = [r for r in good if r["source"] == "wiki"]
+    described = [r for r in wiki_docs if articles[r["title"]]["description"].strip()]
     found = sum(
         r["id"] in {h.doc_id for h in search_corpus(articles[r["title"]]["description"], k=10, store=store)}
-        for r in wiki_docs
+        for r in described
     )
-    assert found >= len(wiki_docs) - 3, f"only {found}/{len(wiki_docs)} descriptions found their article"
+    assert found >= len(described) - 3, f"only {found}/{len(described)} descriptions found their article"
 
     # Second run with one document changed (shorter): it alone is rewritten and loses its extra
     # chunks; every other document is recognised as complete and skipped.
@@ -238,14 +239,13 @@ def test_bench_exact_search_in_blocks_matches_the_full_matrix_and_names_reports(
     import numpy as np
 
     from ray_app.benchmarks.ingest import exact_top_k, report_name
-    from ray_app.store.store import exact_neighbours
 
     rng = np.random.default_rng(0)
     corpus = rng.normal(size=(2500, 384)).astype(np.float32)
     corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
     queries = corpus[rng.integers(0, 2500, 20)] + 0.1 * rng.normal(size=(20, 384)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    assert (exact_top_k(corpus, queries, 10, block=700) == exact_neighbours(corpus, queries, 10)).all()
+    assert (exact_top_k(corpus, queries, 10, block=700) == np.argsort(-(queries @ corpus.T), axis=1)[:, :10]).all()
     assert [report_name(n) for n in (1_000_000, 20_000, 1234)] == ["ingest-1m", "ingest-20k", "ingest-1234"]
 
 
