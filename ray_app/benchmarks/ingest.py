@@ -33,6 +33,7 @@ import numpy as np
 
 from ray_app.benchmarks.embed import bare_embed, int8_speedup
 from ray_app.errors import NotFound
+from ray_app.jsonl import append_jsonl, read_jsonl
 from ray_app.reports import load_average, write_report
 
 HELD_OUT = 1000
@@ -158,8 +159,7 @@ class Heartbeat(_Periodic):
             documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         entry = {"segment": self.segment, "event": event, "t": time.time(), "documents": documents,
                  "load_average": round(os.getloadavg()[0], 2)}
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_jsonl(entry, self.path)
 
     def tick(self) -> None:
         try:
@@ -262,7 +262,7 @@ class CpuProfile(_Periodic):
 
 def read_beats(progress: Path) -> list[dict]:
     """The heartbeat entries of ``progress.jsonl`` in the order written (none if it does not exist)."""
-    return [json.loads(line) for line in progress.read_text().splitlines()] if progress.exists() else []
+    return read_jsonl(progress) if progress.exists() else []
 
 
 def segments(beats: list[dict]) -> list[dict]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ray_app.cli.common import JSON_OPTION, CLIError, emit, handle_errors
+from ray_app.jsonl import read_jsonl, write_jsonl
 
 app = typer.Typer(help="Build SFT and DPO data for the answer LLM.", no_args_is_help=True)
 
@@ -18,11 +19,9 @@ def default_dir(name: str) -> Path:
 
 
 def read_rows(path: Path) -> list[dict]:
-    import json
-
     if not path.exists():
         raise CLIError(f"{path} not found: run `prism data sft` first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 @app.command()
@@ -37,7 +36,7 @@ def sft(
 ) -> None:
     """Question + retrieved passages + a cited reference answer; split by article into train/test."""
     from ray_app.corpus.wiki import load_wiki_records
-    from ray_app.llm.data import build_sft_examples, summarise, write_jsonl
+    from ray_app.llm.data import build_sft_examples, summarise
 
     out = out or default_dir("sft")
     train, test = build_sft_examples(load_wiki_records(), articles, k, test_fraction, seed)
@@ -67,7 +66,7 @@ def dpo(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Preference pairs: chosen = grounded and cited; rejected = hallucinated, uncited or injection-following."""
-    from ray_app.llm.data import build_dpo_pairs, summarise, write_jsonl
+    from ray_app.llm.data import build_dpo_pairs, summarise
 
     sft_dir = sft_dir or default_dir("sft")
     out = out or default_dir("dpo")

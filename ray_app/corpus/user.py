@@ -19,6 +19,7 @@ from typing import Any
 
 from ray_app.corpus.schema import COLUMNS, make_record
 from ray_app.errors import InputError, NotFound
+from ray_app.jsonl import iter_jsonl
 from ray_app.settings import get_settings
 
 SOURCE = "user"
@@ -111,16 +112,14 @@ def record_from_row(row: Any, key: str, base_dir: Path) -> dict:
 
 def read_jsonl(path: Path, skipped: Counter) -> Iterator[dict]:
     """Records from a JSONL file (one object per line; blank lines ignored)."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield record_from_row(json.loads(line), f"{path.name}:{line_no}", path.parent)
-            except json.JSONDecodeError:
-                skipped["bad_json"] += 1
-            except BadRow as exc:
-                skipped[exc.reason] += 1
+    def bad_json(line_no: int, error) -> None:
+        skipped["bad_json"] += 1
+
+    for line_no, row in iter_jsonl(path, on_error=bad_json):
+        try:
+            yield record_from_row(row, f"{path.name}:{line_no}", path.parent)
+        except BadRow as exc:
+            skipped[exc.reason] += 1
 
 
 def read_parquet(path: Path, skipped: Counter) -> Iterator[dict]:

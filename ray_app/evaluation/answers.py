@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray_app.errors import InputError, NotFound, PrismError
+from ray_app.jsonl import read_jsonl
 from ray_app.reports import write_report
 
 METHODS = ("base", "lora", "full", "lora_dpo")
@@ -464,7 +465,7 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
     names = [m.strip() for m in config.methods.split(",") if m.strip()]
     chosen, missing = resolve_methods(names, config.runs_dir or settings.checkpoints_dir, config.checkpoints,
                                       config.skip_missing)
-    rows = [json.loads(line) for line in test_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(test_path)
     examples = pick_questions(rows, config.n, config.seed)
     torch.manual_seed(0)
     cache_dir = settings.home.resolve() / "eval-cache" if config.reuse else None

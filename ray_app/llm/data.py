@@ -12,11 +12,9 @@ before any example is made, so test articles are never trained on.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -224,17 +222,6 @@ def build_dpo_pairs(sft_examples: list[dict], seed: int = 0, per_example: int = 
         for kind, rejected in chosen_options:
             pairs.append({**ex, "chosen": ex["answer"], "rejected": rejected, "rejected_kind": kind})
     return pairs
-
-
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    """Write rows atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def summarise(rows: list[dict], key: str = "kind") -> dict[str, int]:

@@ -111,7 +111,7 @@ def tiny_runs(tmp_path) -> Path:
 
 def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
     from ray_app.cli import app
-    from ray_app.llm.data import write_jsonl
+    from ray_app.jsonl import write_jsonl
 
     test_path = write_jsonl([{**EXAMPLE, "id": f"q{i}"} for i in range(2)], tmp_path / "test.jsonl")
     out = tmp_path / "reports" / "fine-tuning"
@@ -131,7 +131,7 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
 
 def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
     from ray_app.cli import app
-    from ray_app.llm.data import write_jsonl
+    from ray_app.jsonl import write_jsonl
 
     test_path = write_jsonl([EXAMPLE], tmp_path / "test.jsonl")
     result = CliRunner().invoke(app, ["eval", "answers", "--methods", "full", "--test-path", str(test_path), "--runs-dir", str(tmp_path)])
@@ -141,7 +141,7 @@ def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):
 def test_eval_job_main_takes_the_same_options_and_fails_in_one_line(tmp_path, capsys):
     """``python -m ray_app.evaluation.answers``: the job's own parser, Prism errors as one line with exit status 2."""
     from ray_app.evaluation.answers import main
-    from ray_app.llm.data import write_jsonl
+    from ray_app.jsonl import write_jsonl
 
     test_path = write_jsonl([EXAMPLE], tmp_path / "test.jsonl")
     with pytest.raises(SystemExit) as exited:
