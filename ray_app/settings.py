@@ -85,6 +85,15 @@ class Settings(BaseSettings):
         description="max_new_tokens of the load test's asks; `prism bench serve` hands it to Locust and uses it in "
         "its fusion profile (default: the mix's own, loadtests/load_mix.json).")
 
+    # Admission control (the ingress: ray_app/ask/admission.py)
+    ask_max_active: int = Field(
+        default=16, ge=1, description="Asks in flight per ingress replica (what the fusion replicas decode together).")
+    ask_max_waiting: int = Field(
+        default=16, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
+    ask_wait_s: float = Field(
+        default=1.0, ge=0, description="Longest wait for a place before an ask gets 503 + Retry-After.")
+    retry_after_s: float = Field(default=2.0, ge=0, description="Retry-After sent with 503 when overloaded.")
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:

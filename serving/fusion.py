@@ -37,6 +37,10 @@ class FusionDeployment:
         """Model and adapter versions for the audit record."""
         return await self.generator.versions()
 
+    def stats(self) -> dict:
+        """The continuous batcher's rows and queue (load, and whether a gone client's row was freed)."""
+        return self.batcher.stats()
+
     async def generate(self, question: str, passages: list[Passage], context: str | None, max_new_tokens: int):
         """Stream the answer's text pieces (use with ``handle.options(stream=True)``)."""
         limit = max(1, min(int(max_new_tokens), self.settings.max_new_tokens))

@@ -11,6 +11,7 @@ Bad input gets a 4xx ``{"error": {"code", "message"}}``, never a 500.
 import base64
 import binascii
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,11 +21,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.service import AskEvent, AskOptions, AskService
 from ray_app.errors import InputError, NotFound, PrismError
-from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
 from serving.schemas import (
@@ -46,8 +49,7 @@ from serving.stages import ServeAudit, ServeGenerate, ServeRetrieve, ServeVision
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp", ".svg": "image/svg+xml"}
-ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-          415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
 
 api = FastAPI(title="Prism", version="0.1.0",
               description="Multimodal learning assistant: cited answers about images and questions, audited.")
@@ -61,8 +63,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_json(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_json(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
+    """The error body of every failure; a 503 says when to come back (``Retry-After``, whole seconds)."""
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 @api.exception_handler(ApiError)
@@ -87,12 +91,20 @@ def status_for(exc: PrismError) -> int:
 
 @api.exception_handler(PrismError)
 async def _prism_error(_: Request, exc: PrismError) -> JSONResponse:
-    return error_json(status_for(exc), exc.code, str(exc))
+    status = status_for(exc)
+    retry = getattr(exc, "retry_after_s", get_settings().retry_after_s) if status == 503 else None
+    return error_json(status, exc.code, str(exc).splitlines()[0], retry)
 
 
-@api.exception_handler(ModelNotAvailable)
-async def _model_missing(_: Request, exc: ModelNotAvailable) -> JSONResponse:
-    return error_json(503, "model_not_available", str(exc).splitlines()[0])
+@api.exception_handler(BackPressureError)
+async def _backpressure(_: Request, exc: BackPressureError) -> JSONResponse:
+    """A deployment's queue (``max_queued_requests``) is full: overloaded, not broken."""
+    return error_json(503, "overloaded", "the service is at capacity", get_settings().retry_after_s)
+
+
+@api.exception_handler(RayActorError)
+async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
+    return error_json(503, "unavailable", "a replica failed; try again", get_settings().retry_after_s)
 
 
 @api.exception_handler(RequestValidationError)
@@ -248,8 +260,10 @@ class Ingress:
     def __init__(self, vision, rag, fusion, audit):
         self.rag = rag
         self.settings = get_settings()
+        self.gate = AdmissionGate(self.settings.ask_max_active, self.settings.ask_max_waiting, self.settings.ask_wait_s,
+                             self.settings.retry_after_s)
         self.service = AskService(ServeVision(vision), ServeRetrieve(rag), ServeGenerate(fusion), ServeAudit(audit),
-                                  self.settings)
+                                  self.settings, self.gate)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -257,7 +271,8 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "versions": await self.service.versions(with_image=True)}
+        return {"status": "ok", "versions": await self.service.versions(with_image=True),
+                "admission": self.gate.stats()}
 
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, body: SearchRequest) -> dict:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.retrieval import Retrieved, image_context
 from ray_app.errors import InputError
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
@@ -130,12 +132,15 @@ class AskService:
         generate: the LLM's answer, streamed.
         audit: grounding and injection checks plus the audit-log record.
         settings: limits (``max_new_tokens``).
+        gate: admission control; an ask holds a place from before vision until its last event
+            (None: every ask is admitted).
     """
 
     def __init__(self, vision: VisionStage | None, retrieve: RetrieveStage, generate: GenerateStage,
-                 audit: AuditStage, settings: Settings | None = None):
+                 audit: AuditStage, settings: Settings | None = None, gate: AdmissionGate | None = None):
         self.vision, self.retriever, self.generator, self.auditor = vision, retrieve, generate, audit
         self.settings = settings or get_settings()
+        self.gate = gate
         self._versions: dict | None = None
 
     async def versions(self, with_image: bool) -> dict[str, str | None]:
@@ -149,13 +154,19 @@ class AskService:
                      options: AskOptions | None = None) -> AsyncIterator[AskEvent]:
         """Yield ``meta``, ``token``..., ``done``.
 
-        Raises (before the first event): :class:`AskInputError`, ``ImageRejected`` and the stages'
-        own errors. Later errors end the stream with the exception.
+        Raises (before the first event): :class:`AskInputError`, ``ImageRejected``,
+        :class:`~ray_app.ask.admission.Overloaded` and the stages' own errors. Later errors end the
+        stream with the exception.
         """
         question = check_question(question)
         options = (options or AskOptions()).check(self.settings)
         if image is not None and self.vision is None:
             raise AskInputError("this service answers questions without images")
+        async with self.gate.place() if self.gate is not None else nullcontext():
+            async for event in self._events(question, image, options):
+                yield event
+
+    async def _events(self, question: str, image: bytes | None, options: AskOptions) -> AsyncIterator[AskEvent]:
         start = time.perf_counter()
         timings: dict[str, float] = {}
         vision = None

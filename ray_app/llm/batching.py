@@ -141,6 +141,11 @@ class ContinuousBatcher:
             self._waiting.put(stream)
         return stream
 
+    def stats(self) -> dict:
+        """Rows decoding now and requests waiting for a row (read from another thread: a snapshot)."""
+        return {"running": len(self._rows), "waiting": self._waiting.qsize(), "max_batch_size": self.max_batch_size,
+                "generated_tokens": self.generated_tokens}
+
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Decode one prompt to the end and return its text (blocking; not from an event loop)."""
         return "".join(self.submit(prompt, max_new_tokens))

@@ -165,8 +165,12 @@ def wait_healthy(url: str, timeout_s: float = 600) -> None:
 
 
 @contextlib.contextmanager
-def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24):
-    """Start the real Serve app (serving/config.yaml, 1 replica each) on a fresh database."""
+def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_active: int = 4, max_waiting: int = 2):
+    """Start the real Serve app (serving/config.yaml, 1 replica each) on a fresh database.
+
+    Admission is small (``max_active`` asks in flight, ``max_waiting`` waiting for at most 1 s) so a
+    burst of asks shows refusals.
+    """
     import ray
     from ray import serve
 
@@ -179,8 +183,10 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24):
     url = pg_server_url.replace("/postgres?", f"/{name}?")
     trained = trained_encoder_dir()
     encoder_dir = trained or build_random_encoder(tmp_dir / "random-encoder")
-    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "PRISM_IMAGE_ENCODER", "PRISM_MAX_NEW_TOKENS")}
-    os.environ.update(DATABASE_URL=url, PRISM_IMAGE_ENCODER=str(encoder_dir), PRISM_MAX_NEW_TOKENS=str(max_new_tokens))
+    env = {"DATABASE_URL": url, "PRISM_IMAGE_ENCODER": str(encoder_dir), "PRISM_MAX_NEW_TOKENS": str(max_new_tokens),
+           "PRISM_ASK_MAX_ACTIVE": str(max_active), "PRISM_ASK_MAX_WAITING": str(max_waiting), "PRISM_ASK_WAIT_S": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     reset_settings()
     try:
         from ray_app.models.image import ImageEncoder

@@ -1,0 +1,70 @@
+"""Admission control: a bounded set of places, a short bounded wait, refusal at once when full."""
+
+import asyncio
+import time
+
+import pytest
+
+from ray_app.ask.admission import AdmissionGate, Overloaded
+
+
+def test_places_wait_and_refusal():
+    async def scenario():
+        gate = AdmissionGate(max_active=2, max_waiting=1, wait_s=5, retry_after_s=3)
+        release = asyncio.Event()
+        entered = []
+
+        async def hold(name):
+            async with gate.place():
+                entered.append(name)
+                await release.wait()
+
+        holders = [asyncio.create_task(hold(n)) for n in ("a", "b")]
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(hold("c"))  # waits for a place
+        await asyncio.sleep(0.05)
+        assert gate.stats()["active"] == 2 and gate.stats()["waiting"] == 1
+        started = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:
+            async with gate.place():
+                pass
+        assert time.perf_counter() - started < 0.1  # refused at once, not after a wait
+        assert refused.value.retry_after_s == 3 and refused.value.code == "overloaded"
+        release.set()
+        await asyncio.gather(*holders, waiter)
+        assert sorted(entered) == ["a", "b", "c"]
+        return gate.stats()
+
+    stats = asyncio.run(scenario())
+    assert stats["active"] == 0 and stats["waiting"] == 0 and stats["refused"] == 1
+
+
+def test_a_wait_longer_than_wait_s_is_refused():
+    async def scenario():
+        gate = AdmissionGate(max_active=1, max_waiting=4, wait_s=0.1, retry_after_s=1)
+        async with gate.place():
+            with pytest.raises(Overloaded):
+                async with gate.place():
+                    pass
+        async with gate.place():  # free again
+            pass
+        return gate.stats()
+
+    assert asyncio.run(scenario())["refused"] == 1
+
+
+def test_a_place_is_freed_when_the_holder_is_cancelled():
+    async def scenario():
+        gate = AdmissionGate(max_active=1, max_waiting=0, wait_s=0, retry_after_s=1)
+
+        async def hold():
+            async with gate.place():
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return gate.stats()
+
+    assert asyncio.run(scenario())["active"] == 0

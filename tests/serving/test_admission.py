@@ -1,0 +1,64 @@
+"""Overload over HTTP on the real Serve app: excess asks get 503 + Retry-After + the JSON error body at once,
+admitted ones finish, nothing is a 500, and a client that goes away gives its places back."""
+
+import json
+import threading
+import time
+
+import httpx
+
+from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `prism_app`)
+
+QUESTION = {"question": "Where do frogs live?", "stream": True}
+
+
+def streamed_ask(url: str, results: list) -> None:
+    started = time.perf_counter()
+    with httpx.stream("POST", url + "/v1/ask", json=QUESTION, timeout=600) as r:
+        if r.status_code != 200:
+            r.read()
+            results.append({"status": r.status_code, "seconds": time.perf_counter() - started,
+                            "retry_after": r.headers.get("retry-after"), "body": r.json()})
+            return
+        events = [line.split(": ", 1)[1] for line in r.iter_lines() if line.startswith("event: ")]
+    results.append({"status": 200, "events": events})
+
+
+def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
+    results: list = []
+    threads = [threading.Thread(target=streamed_ask, args=(prism_app.url, results)) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = [r["status"] for r in results]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 4 and statuses.count(503) >= 1, statuses
+    for r in results:
+        if r["status"] == 200:
+            assert r["events"][0] == "meta" and r["events"][-1] == "done"
+        else:
+            assert r["retry_after"] and int(r["retry_after"]) >= 1
+            assert r["body"]["error"]["code"] == "overloaded"
+            assert r["seconds"] < 3  # refused at once or after the 1 s wait, never after an answer's time
+    health = httpx.get(prism_app.url + "/healthz").json()["admission"]
+    assert health["active"] == 0 and health["refused"] >= statuses.count(503)
+
+
+def test_a_client_that_disconnects_frees_its_places(prism_app):
+    from ray import serve
+
+    with httpx.stream("POST", prism_app.url + "/v1/ask", timeout=600,
+                      json={**QUESTION, "max_new_tokens": 24}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: token"):
+                break  # the answer is decoding: go away
+    fusion = serve.get_deployment_handle("fusion", app_name="prism")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        admission = httpx.get(prism_app.url + "/healthz").json()["admission"]
+        rows = fusion.stats.remote().result()
+        if admission["active"] == 0 and rows["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert admission["active"] == 0 and rows["running"] == 0, (admission, rows)
+    assert json.dumps(rows)  # plain data
