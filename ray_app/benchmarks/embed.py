@@ -13,7 +13,6 @@ that does to retrieval.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.reports import load_average, write_report
 
 REPORT_NAME = "embed-int8"
+PROG = "python -m ray_app.benchmarks.embed"
 
 
 @dataclass
@@ -117,21 +118,23 @@ def bench_embed(config: EmbedBenchConfig) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.benchmarks.embed [...]``: run, write the report, print the result as JSON."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`EmbedBenchConfig`'s."""
     d = EmbedBenchConfig
-    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.embed", description=__doc__.splitlines()[0])
-    p.add_argument("--docs", type=int, default=d.docs, help="Synthetic documents whose chunks are embedded.")
+    p = job_parser(prog, __doc__)
+    p.add_argument("--docs", type=int_at_least(1), default=d.docs, metavar="N",
+                   help="Synthetic documents whose chunks are embedded.")
     p.add_argument("--seed", type=int, default=d.seed, help="Synthetic corpus seed.")
-    p.add_argument("--threads", type=int, default=d.threads, help="Threads per backend (default: all CPUs).")
+    p.add_argument("--threads", type=int_at_least(1), default=d.threads, metavar="N",
+                   help="Threads per backend (default: all CPUs).")
     p.add_argument("--out", type=Path, default=d.out, help="Where embed-int8.{json,md} are written.")
-    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
-    p.add_argument("--json", action="store_true", help="Print the result as one line of JSON.")
-    args = vars(p.parse_args(argv))
-    as_json = args.pop("json")
-    result = bench_embed(EmbedBenchConfig(**args))
-    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
-    return result
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism bench embed`` / ``python -m ray_app.benchmarks.embed``: run, write the report, print the result."""
+    return run_job(build_parser(prog or PROG), argv, lambda args: bench_embed(EmbedBenchConfig(**args)))
 
 
 if __name__ == "__main__":

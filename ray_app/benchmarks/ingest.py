@@ -32,10 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from ray_app.benchmarks.embed import bare_embed, int8_speedup
+from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import NotFound
 from ray_app.jsonl import append_jsonl, read_jsonl
 from ray_app.reports import load_average, write_report
+from ray_app.settings import EMBED_BACKENDS
 
+PROG = "python -m ray_app.benchmarks.ingest"
 HELD_OUT = 1000
 INT8_SAMPLE = 2000  # texts for the fp32-vs-INT8 comparison of an onnx-int8 run
 TARGETS = {"embed_ratio": 0.8, "copy_ratio": 0.8, "recall_at_10": 0.95, "search_p95_ms": 50.0}
@@ -627,35 +630,43 @@ def run_progress(config: IngestBenchConfig) -> dict:
     return progress_summary(workdir / "progress.jsonl", config.docs)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.benchmarks.ingest [...]``: run (or ``--progress``), print the result as JSON."""
-    from ray_app.errors import PrismError
-    from ray_app.ingest.job import stdout_to_stderr
-
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`IngestBenchConfig`'s."""
     d = IngestBenchConfig
-    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.ingest", description=__doc__.splitlines()[0])
-    p.add_argument("--docs", type=int, default=d.docs, help="Synthetic documents to ingest.")
+    p = job_parser(prog, __doc__)
+    p.add_argument("--docs", type=int_at_least(1), default=d.docs, metavar="N", help="Synthetic documents to ingest.")
     p.add_argument("--seed", type=int, default=d.seed, help="Synthetic corpus seed.")
-    p.add_argument("--threads", type=int, default=d.threads, help="Embedding threads (pipeline and bare).")
-    p.add_argument("--backend", default=d.backend, help="Embedding backend: onnx, onnx-int8 or torch.")
-    p.add_argument("--bare-sample", type=int, default=d.bare_sample, help="Texts/rows for the bare baselines.")
-    p.add_argument("--queries", type=int, default=d.queries, help="Held-out queries for recall/latency.")
-    p.add_argument("--workdir", type=Path, default=d.workdir, help="Where the corpus shards go.")
-    p.add_argument("--resume", action="store_true", help="Continue an earlier, killed run in --workdir.")
+    p.add_argument("--threads", type=int_at_least(1), default=d.threads, metavar="N",
+                   help="Embedding threads, pipeline and bare loop (default: all CPUs).")
+    p.add_argument("--backend", choices=EMBED_BACKENDS, default=d.backend,
+                   help="Embedding backend of the pipeline, the bare loop and the queries (default: PRISM_EMBED_BACKEND).")
+    p.add_argument("--bare-sample", type=int_at_least(100), default=d.bare_sample, metavar="N",
+                   help="Texts/rows for the bare baselines.")
+    p.add_argument("--queries", type=int_at_least(10, 2000), default=d.queries, metavar="10..2000",
+                   help="Held-out queries for recall/latency.")
+    p.add_argument("--workdir", type=Path, default=d.workdir, metavar="DIR",
+                   help="Where the corpus shards go (default: a temp dir; with --resume: $PRISM_HOME/bench/ingest-<N>).")
+    p.add_argument("--resume", action="store_true", default=d.resume,
+                   help="Keep and reuse the corpus and database of an earlier, killed run in --workdir and continue it "
+                   "(for multi-hour runs).")
     p.add_argument("--out", type=Path, default=d.out, help="Where ingest-<N>.{json,md} are written.")
-    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
-    p.add_argument("--progress", action="store_true", help="Only print where a --resume run stands.")
-    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
-    args = vars(p.parse_args(argv))
-    as_json, progress = args.pop("json"), args.pop("progress")
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
+    p.add_argument("--progress", action="store_true",
+                   help="Only print where a --resume run of this --docs stands (documents stored, recent rate, ETA) "
+                   "from its heartbeats; runs nothing.")
+    return p
+
+
+def run_bench(args: dict) -> dict:
+    """The benchmark, or with ``progress`` where a resumable run stands, from the parsed arguments."""
+    progress = args.pop("progress")
     config = IngestBenchConfig(**args)
-    try:
-        with stdout_to_stderr(as_json):
-            result = run_progress(config) if progress else bench_ingest(config)
-    except PrismError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
-    return result
+    return run_progress(config) if progress else bench_ingest(config)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism bench ingest`` / ``python -m ray_app.benchmarks.ingest``: run (or ``--progress``), print the result."""
+    return run_job(build_parser(prog or PROG), argv, run_bench)
 
 
 if __name__ == "__main__":

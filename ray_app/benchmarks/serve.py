@@ -36,9 +36,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ray_app.errors import InputError, NotFound, PrismError, Unavailable
+from ray_app.entrypoints import int_at_least, job_parser, positive_float, run_job
+from ray_app.errors import InputError, NotFound, Unavailable
 from ray_app.reports import read_report, write_report
 
+PROG = "python -m ray_app.benchmarks.serve"
 TARGETS = {"failures": 0, "search_p95_ms": 500.0, "ask_ttft_p95_ms": 2000.0}
 
 
@@ -468,27 +470,33 @@ def rerender(out: Path) -> Path:
     return md_path
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.benchmarks.serve [...]``: run the load test, print the report as JSON."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`ServeBenchConfig`'s."""
     d = ServeBenchConfig
-    p = argparse.ArgumentParser(prog="python -m ray_app.benchmarks.serve", description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=d.users, help="Concurrent simulated users.")
-    p.add_argument("--duration", type=int, default=d.duration, help="Seconds of load.")
+    p = job_parser(prog, __doc__)
+    p.add_argument("--users", type=int_at_least(1, 5000), default=d.users, metavar="1..5000",
+                   help="Concurrent simulated users.")
+    p.add_argument("--duration", type=int_at_least(5, 3600), default=d.duration, metavar="5..3600",
+                   help="Seconds of load.")
     p.add_argument("--url", default=d.url, help="The Prism app under test.")
-    p.add_argument("--spawn-rate", type=float, default=d.spawn_rate, help="Users started per second.")
-    p.add_argument("--overhead-requests", type=int, default=d.overhead_requests, help="Requests per no-op server (0: skip).")
-    p.add_argument("--no-profile", dest="profile", action="store_false", help="Skip the in-process fusion profile.")
-    p.add_argument("--out", type=Path, default=d.out, help="Write OUT.json and OUT.md.")
-    p.add_argument("--locustfile", type=Path, default=d.locustfile, help="The Locust file (its mix lies beside it).")
-    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
-    args = vars(p.parse_args(argv))
-    as_json = args.pop("json")
-    try:
-        report = bench_serve(ServeBenchConfig(**args))
-    except PrismError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(report, default=str) if as_json else render_markdown(report))
-    return report
+    p.add_argument("--spawn-rate", type=positive_float, default=d.spawn_rate, metavar="RATE",
+                   help="Users started per second.")
+    p.add_argument("--overhead-requests", type=int_at_least(0), default=d.overhead_requests, metavar="N",
+                   help="Requests per no-op server for the Serve-overhead comparison (0: skip).")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=d.profile,
+                   help="After the load, time the fusion LLM's prefill and decode steps in-process on the load mix's "
+                   "prompts (needs the app's database).")
+    p.add_argument("--out", type=Path, default=d.out,
+                   help="Write OUT.json and OUT.md, e.g. docs/reports/serve-100users (default: only print).")
+    p.add_argument("--locustfile", type=Path, default=d.locustfile,
+                   help="The Locust file; its request mix is load_mix.json beside it.")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism bench serve`` / ``python -m ray_app.benchmarks.serve``: run the load test, print the report."""
+    return run_job(build_parser(prog or PROG), argv, lambda args: bench_serve(ServeBenchConfig(**args)),
+                   render_markdown)
 
 
 if __name__ == "__main__":

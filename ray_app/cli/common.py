@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: JSON output, one-line errors, progress bars."""
+"""Helpers shared by the CLI commands: JSON output, one-line errors, progress bars, mounting groups and jobs."""
 
 from __future__ import annotations
 
@@ -98,6 +98,20 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def job_command(app: typer.Typer, name: str, module: str, help: str) -> None:
+    """Mount the job ``module`` (one with ``main(argv, prog)``) as the command ``name`` of ``app``.
+
+    The command hands its raw arguments to the job's own parser, so ``--help`` is the job's and the
+    options exist once. The module is imported only when the command runs, to keep ``prism --help`` fast.
+    """
+
+    @app.command(name, help=help, add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @handle_errors
+    def forward(ctx: typer.Context) -> None:
+        importlib.import_module(module).main(list(ctx.args), prog=ctx.command_path)
 
 
 def mount(app: typer.Typer, entries: dict[str, tuple[str, str]]) -> None:

@@ -2,6 +2,7 @@
 
 Command groups live one module each; groups that belong to `training`, `serving` and `edge`
 are mounted by import path, so `ray_app` itself never imports those packages at module level.
+A job with its own ``main(argv)`` (``prism ingest``) is mounted as a command that forwards its arguments.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import typer  # noqa: E402
 
 from ray_app.cli import db, demo, search  # noqa: E402
-from ray_app.cli.common import mount, setup_logging  # noqa: E402
+from ray_app.cli.common import job_command, mount, setup_logging  # noqa: E402
 
 app = typer.Typer(
     name="prism",
@@ -40,7 +41,6 @@ app.command("demo")(demo.demo)
 # `export` (edge.cli) joins when the edge package has its CLI.
 _GROUPS = {
     "corpus": ("ray_app.cli.corpus", "Build corpora (wiki, stamps, photos, synthetic, your files) as Parquet shards."),
-    "ingest": ("ray_app.cli.ingest", "Embed a corpus with Ray Data and load it into pgvector."),
     "ask": ("ray_app.cli.ask", "Ask a question (optionally about an image) and get a cited answer."),
     "data": ("ray_app.cli.data", "Build SFT and DPO training data from the corpus."),
     "eval": ("ray_app.cli.eval", "Evaluate retrieval, the image encoder and answers; write docs/reports."),
@@ -51,8 +51,14 @@ _GROUPS = {
     "serve": ("serving.cli", "Run the Ray Serve application (HTTP API + web page)."),
 }
 
+# Jobs mounted as one command each; the module (imported when the command runs) has `main(argv, prog)`.
+_JOBS = {
+    "ingest": ("ray_app.ingest.job", "Embed a corpus with Ray Data and load it into pgvector."),
+}
 
 mount(app, _GROUPS)
+for _name, (_module, _help) in _JOBS.items():
+    job_command(app, _name, _module, _help)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray_app.errors import InputError, NotFound, PrismError
+from ray_app.entrypoints import int_at_least, job_parser, run_job
+from ray_app.errors import InputError, NotFound
 from ray_app.jsonl import read_jsonl
 from ray_app.reports import write_report
 
@@ -48,6 +49,7 @@ METHODS = ("base", "lora", "full", "lora_dpo")
 DEFAULT_RUNS = {"lora": "smollm2-lora", "full": "smollm2-full", "lora_dpo": "smollm2-lora-dpo"}
 _CITATION = re.compile(r"\s*\[\d{1,3}\]")
 _TOKEN = re.compile(r"\w+")
+PROG = "python -m ray_app.evaluation.answers"
 
 
 @dataclass
@@ -486,33 +488,41 @@ def summarise(report: dict, out: Path) -> dict:
     return {"report": str(out.with_suffix(".json")), "methods": methods, "verdict": report["verdict"]}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.evaluation.answers [...]``: evaluate, write the report, print its summary as JSON."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`AnswersEvalConfig`'s."""
     d = AnswersEvalConfig
-    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.answers", description=__doc__.splitlines()[0])
+    p = job_parser(prog, __doc__)
     p.add_argument("--methods", default=d.methods, help="Comma-separated subset of base,lora,full,lora_dpo.")
-    p.add_argument("--n", type=int, default=d.n, help="Held-out questions (stratified by kind).")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="Generation limit per answer.")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Answers decoded together.")
+    p.add_argument("--n", type=int_at_least(1), default=d.n, metavar="N", help="Held-out questions (stratified by kind).")
+    p.add_argument("--max-new-tokens", type=int_at_least(8, 512), default=d.max_new_tokens, metavar="8..512",
+                   help="Generation limit per answer.")
+    p.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, metavar="N", help="Answers decoded together.")
     p.add_argument("--seed", type=int, default=d.seed, help="Question sampling seed.")
-    p.add_argument("--test-path", type=Path, default=d.test_path, help="SFT test JSONL.")
-    p.add_argument("--runs-dir", type=Path, default=d.runs_dir, help="Checkpoints dir holding the runs.")
+    p.add_argument("--test-path", type=Path, default=d.test_path, metavar="JSONL",
+                   help="SFT test JSONL (default $PRISM_HOME/data/sft/test.jsonl).")
+    p.add_argument("--runs-dir", type=Path, default=d.runs_dir, metavar="DIR",
+                   help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo (default: the checkpoints folder).")
     p.add_argument("--out", type=Path, default=d.out, help="Report path without extension.")
-    p.add_argument("--no-reuse", dest="reuse", action="store_false", help="Regenerate every method's answers.")
-    p.add_argument("--checkpoint", dest="checkpoints", action="append", default=[],
-                   help="METHOD=DIR: evaluate this checkpoint for METHOD (repeatable).")
-    p.add_argument("--note", dest="notes", action="append", default=[], help="A line for the report's notes.")
-    p.add_argument("--skip-missing", action="store_true", help="Report a method without a checkpoint as not evaluated.")
-    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
-    args = vars(p.parse_args(argv))
-    as_json = args.pop("json")
-    try:
-        config = AnswersEvalConfig(**{**args, "checkpoints": parse_checkpoints(args["checkpoints"])})
-        summary = summarise(eval_answers(config), config.out)
-    except PrismError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(summary, default=str) if as_json else json.dumps(summary, indent=2, default=str))
-    return summary
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=d.reuse,
+                   help="Reuse a method's cached answers when nothing changed.")
+    p.add_argument("--checkpoint", dest="checkpoints", action="append", default=[], metavar="METHOD=DIR",
+                   help="Evaluate this checkpoint for METHOD (repeatable).")
+    p.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
+                   help="A line for the report's notes, e.g. the machine's load (repeatable).")
+    p.add_argument("--skip-missing", action="store_true", default=d.skip_missing,
+                   help="Report a method without a checkpoint as not evaluated.")
+    return p
+
+
+def run_eval(args: dict) -> dict:
+    """Evaluate with the parsed arguments and return what the command prints (:func:`summarise`)."""
+    config = AnswersEvalConfig(**{**args, "checkpoints": parse_checkpoints(args["checkpoints"])})
+    return summarise(eval_answers(config), config.out)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism eval answers`` / ``python -m ray_app.evaluation.answers``: evaluate, write the report, print its summary."""
+    return run_job(build_parser(prog or PROG), argv, run_eval)
 
 
 def training_notes(results: dict) -> list[str]:

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_app.errors import PrismError
+from ray_app.entrypoints import job_parser, run_job
 from ray_app.reports import write_report
 
 REPORT_NAME = "image-encoder"
+PROG = "python -m ray_app.evaluation.image_encoder"
 
 
 @dataclass
@@ -300,23 +301,21 @@ def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.evaluation.image_encoder [...]``: evaluate, write the report, print it."""
-    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.image_encoder", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=ImageEncoderEvalConfig.checkpoint,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`ImageEncoderEvalConfig`'s."""
+    p = job_parser(prog, __doc__)
+    p.add_argument("--checkpoint", type=Path, default=ImageEncoderEvalConfig.checkpoint, metavar="DIR",
                    help="Checkpoint folder (default: the demo encoder under PRISM_HOME).")
     p.add_argument("--out", type=Path, default=ImageEncoderEvalConfig.out, help="Where image-encoder.{json,md} go.")
-    p.add_argument("--curve", type=Path, action="append", default=[],
-                   help="Earlier checkpoints of the run, for a learning curve (repeatable).")
-    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
-    args = vars(p.parse_args(argv))
-    as_json = args.pop("json")
-    try:
-        report = eval_image_encoder(ImageEncoderEvalConfig(**args))
-    except PrismError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(report) if as_json else render_markdown(report))
-    return report
+    p.add_argument("--curve", type=Path, action="append", default=[], metavar="DIR",
+                   help="An earlier checkpoint of the run, for a learning curve (repeatable).")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism eval image-encoder`` / ``python -m ray_app.evaluation.image_encoder``: evaluate, write the report, print it."""
+    return run_job(build_parser(prog or PROG), argv, lambda args: eval_image_encoder(ImageEncoderEvalConfig(**args)),
+                   render_markdown)
 
 
 if __name__ == "__main__":

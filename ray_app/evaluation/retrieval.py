@@ -16,7 +16,6 @@ is where the default was chosen, the test half shows whether the choice holds on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_app.errors import InputError, PrismError
+from ray_app.entrypoints import int_at_least, job_parser, run_job
+from ray_app.errors import InputError
 from ray_app.reports import write_report
 
 MODES = ("vector", "text", "hybrid")
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEPTH = 10
+PROG = "python -m ray_app.evaluation.retrieval"
 # The description, whether metadata holds a JSON object or (older writes) that object encoded as a JSON string.
 _DESCRIPTION = ("(CASE jsonb_typeof(metadata) WHEN 'string' THEN (metadata #>> '{}')::jsonb ELSE metadata END)"
                 " ->> 'description'")
@@ -243,24 +244,21 @@ def eval_retrieval(config: RetrievalEvalConfig) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m ray_app.evaluation.retrieval [...]``: evaluate, write the report, print the result."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`RetrievalEvalConfig`'s."""
     d = RetrievalEvalConfig
-    p = argparse.ArgumentParser(prog="python -m ray_app.evaluation.retrieval", description=__doc__.splitlines()[0])
-    p.add_argument("--queries", type=int, default=d.queries, help="Evaluate a spread of N queries (default all).")
-    p.add_argument("--depth", type=int, default=d.depth, help="Candidates per list fused by hybrid search.")
+    p = job_parser(prog, __doc__)
+    p.add_argument("--queries", type=int_at_least(1), default=d.queries, help="Evaluate a spread of N queries (default all).")
+    p.add_argument("--depth", type=int_at_least(1), default=d.depth, help="Candidates per list fused by hybrid search.")
     p.add_argument("--out", type=Path, default=d.out, help="Where retrieval.{json,md} are written.")
-    p.add_argument("--no-write", dest="write", action="store_false", help="Do not write the report files.")
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
     p.add_argument("--corpus-command", default=d.corpus_command, help="How the corpus was built (for the report).")
-    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout and nothing else.")
-    args = vars(p.parse_args(argv))
-    as_json = args.pop("json")
-    try:
-        result = eval_retrieval(RetrievalEvalConfig(**args))
-    except PrismError as exc:
-        p.exit(2, f"error: {exc}\n")
-    print(json.dumps(result) if as_json else describe(result))
-    return result
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism eval retrieval`` / ``python -m ray_app.evaluation.retrieval``: evaluate, write the report, print the result."""
+    return run_job(build_parser(prog or PROG), argv, lambda args: eval_retrieval(RetrievalEvalConfig(**args)), describe)
 
 
 if __name__ == "__main__":

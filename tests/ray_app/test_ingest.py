@@ -397,20 +397,27 @@ def test_bench_cpu_profile_attributes_cpu_time_to_the_process_that_spent_it():
     assert 0.45 <= summary["busy_s"] <= summary["available_s"] + 0.5
 
 
-def test_ingest_job_and_cli_take_their_defaults_from_the_config_and_fail_in_one_line(tmp_path, capsys):
-    """``python -m ray_app.ingest`` (the job's own parser) and `prism ingest` share IngestConfig's defaults."""
-    import inspect
+def test_ingest_job_takes_its_defaults_from_the_config_and_the_cli_forwards_to_it(tmp_path, capsys):
+    """``python -m ray_app.ingest`` and `prism ingest` are one parser, with IngestConfig's defaults; errors are one line."""
+    from typer.testing import CliRunner
 
-    from ray_app.cli.ingest import command
+    from ray_app.cli import app
     from ray_app.ingest.config import IngestConfig
     from ray_app.ingest.job import build_parser, main
 
     args = build_parser().parse_args([str(tmp_path)])
-    cli = {name: p.default.default for name, p in inspect.signature(command).parameters.items()}
-    for field in ("batch_docs", "embed_batch_docs", "embed_actors", "rebuild_index"):
-        assert getattr(args, field) == cli[field] == getattr(IngestConfig, field)
-    assert args.chunk_tokens == cli["chunk_tokens"] == ChunkConfig().max_tokens
+    for field in ("batch_docs", "embed_batch_docs", "embed_actors", "embed_threads", "rebuild_index", "num_cpus"):
+        assert getattr(args, field) == getattr(IngestConfig, field)
+    assert (args.chunk_tokens, args.overlap_tokens) == (ChunkConfig().max_tokens, ChunkConfig().overlap_tokens)
+    assert build_parser().parse_args([str(tmp_path), "--keep-index"]).rebuild_index is False
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path / "missing"), "--json"])
     assert exited.value.code == 2
     assert capsys.readouterr() == ("", f"error: no such folder: {tmp_path / 'missing'}\n")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--chunk-tokens", "16", "--overlap-tokens", "16"])
+    assert capsys.readouterr().err == "error: --overlap-tokens (16) must be below --chunk-tokens (16)\n"
+
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "missing"), "--threads", "2", "--json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: no such folder: {tmp_path / 'missing'}\n"
