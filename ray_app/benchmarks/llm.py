@@ -1,0 +1,255 @@
+"""`prism bench llm`: the fusion deployment's LLM engine in each precision, on the same answer prompts.
+
+    prism bench llm --json                          # writes docs/reports/llm-engines.{json,md}
+    python -m ray_app.benchmarks.llm --engines torch-fp32,torch-bf16 --json
+
+Every engine runs the serving decoder (:class:`ray_app.llm.batching.ContinuousBatcher`, greedy,
+continuous batching) in this process with the same threads, on the same prompts: the serving
+prompt (system prompt, five numbered wiki passages, a question) at about the load mix's length,
+with the load mix's ``max_new_tokens``. Per engine: time to first token at batch 1 (one prefill),
+decode tokens/s and answers/s with 1, 4 and 16 answers in flight, resident memory, and how often
+its greedy tokens agree with the first engine's (top-1 agreement over the tokens both produced up
+to the first difference, and the share of answers identical in full). The machine's matmul rate in
+each precision is measured too, so a ratio can be read against what the hardware gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray_app.entrypoints import int_at_least, job_parser, run_job
+from ray_app.reports import load_average, write_report
+
+REPORT_NAME = "llm-engines"
+PROG = "python -m ray_app.benchmarks.llm"
+ENGINES = {"torch-fp32": "float32", "torch-bf16": "bfloat16"}
+QUESTIONS = ("Where do frogs live?", "What is a tiger?", "How does a rocket fly in space?", "What is coffee made from?",
+             "Why is the sky blue?", "Who painted the Mona Lisa?", "What causes earthquakes?", "How do bees make honey?")
+
+
+@dataclass
+class LLMBenchConfig:
+    """What `prism bench llm` measures and where it writes.
+
+    Attributes:
+        engines: engine names (``torch-fp32``, ``torch-bf16``); the first is the reference for agreement.
+        batches: answers in flight for the throughput runs.
+        max_new_tokens: tokens per answer (the load mix's 48).
+        prompt_passages: wiki passages per prompt (five: about the load mix's prompt length).
+        threads: torch threads (default: all CPUs).
+        out: folder for ``llm-engines.{json,md}``.
+        write: write the report files.
+    """
+
+    engines: list[str] = field(default_factory=lambda: list(ENGINES))
+    batches: list[int] = field(default_factory=lambda: [1, 4, 16])
+    max_new_tokens: int = 48
+    prompt_passages: int = 5
+    threads: int | None = None
+    out: Path = Path("docs/reports")
+    write: bool = True
+
+
+def build_prompts(tokenizer, n: int, passages_per_prompt: int) -> list[str]:
+    """``n`` serving prompts: a question and wiki lead passages (deterministic: sorted articles)."""
+    from ray_app.corpus.wiki import load_wiki_records
+    from ray_app.llm.generate import render_prompt
+    from ray_app.llm.prompting import Passage
+
+    articles = [a for a in load_wiki_records() if len(a["text"]) > 400][: n * passages_per_prompt]
+    prompts = []
+    for i in range(n):
+        chosen = articles[i * passages_per_prompt:(i + 1) * passages_per_prompt]
+        passages = [Passage(j + 1, a["title"], a["text"][:600]) for j, a in enumerate(chosen)]
+        prompts.append(render_prompt(tokenizer, QUESTIONS[i % len(QUESTIONS)], passages, None))
+    return prompts
+
+
+def matmul_gflops(dtype_name: str, threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a square matmul in ``dtype_name`` on ``threads`` threads (the compute bound's rate)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def run_batch(batcher, prompts: list[str], max_new_tokens: int) -> dict:
+    """Submit ``prompts`` at once; wall time, each one's time to first piece, and the tokens generated."""
+    import threading
+
+    before = batcher.generated_tokens
+    started = time.perf_counter()
+    streams = [batcher.submit(p, max_new_tokens) for p in prompts]
+    first: list[float | None] = [None] * len(streams)
+
+    def drain(i: int) -> None:
+        for _ in streams[i]:
+            if first[i] is None:
+                first[i] = time.perf_counter() - started
+
+    workers = [threading.Thread(target=drain, args=(i,)) for i in range(len(streams))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "ttft_s": [f for f in first if f is not None], "tokens": batcher.generated_tokens - before,
+            "token_ids": [list(s.tokens) for s in streams]}
+
+
+def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
+    """Load the model in the engine's precision and run the single-prompt and batched measurements."""
+    import psutil
+    import torch
+
+    from ray_app.llm.batching import ContinuousBatcher
+    from ray_app.models.llm import load_llm
+
+    torch.set_num_threads(threads)
+    llm = load_llm(adapter=None, dtype=ENGINES[name])
+    batcher = ContinuousBatcher(llm, max(config.batches))
+    try:
+        prompts = build_prompts(llm.tokenizer, max(config.batches), config.prompt_passages)
+        prompt_tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        run_batch(batcher, prompts[:1], 4)  # warm-up
+        single = [run_batch(batcher, [p], 1)["ttft_s"][0] for p in prompts[:4]]
+        batches = {}
+        for size in config.batches:
+            run = run_batch(batcher, prompts[:size], config.max_new_tokens)
+            batches[str(size)] = {"answers_per_s": round(size / run["wall_s"], 3),
+                                  "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
+                                  "ttft_p50_ms": round(1000 * statistics.median(run["ttft_s"]), 1),
+                                  "wall_s": round(run["wall_s"], 2)}
+            if size == max(config.batches):
+                token_ids = run["token_ids"]
+    finally:
+        batcher.close()
+    return {
+        "engine": name, "dtype": ENGINES[name], "threads": threads,
+        "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
+        "ttft_ms_batch1": round(1000 * statistics.median(single), 1),
+        "batches": batches,
+        "answers_per_s_best": max(b["answers_per_s"] for b in batches.values()),
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "matmul_gflops": round(matmul_gflops(ENGINES[name], threads), 1),
+        "token_ids": token_ids,
+    }
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
+    """Top-1 agreement up to the first difference of each answer, and the share of identical answers."""
+    agree = total = 0
+    for a, b in zip(reference, other, strict=True):
+        n = min(len(a), len(b))
+        first_diff = next((i for i in range(n) if a[i] != b[i]), n)
+        agree += first_diff
+        total += max(len(a), 1)
+    identical = sum(a == b for a, b in zip(reference, other, strict=True)) / max(len(reference), 1)
+    return {"prefix_agreement": round(agree / max(total, 1), 4), "identical_answers": round(identical, 4)}
+
+
+def bench_llm(config: LLMBenchConfig) -> dict:
+    """Measure every engine, one after the other in this process; (with ``config.write``) write the report."""
+    unknown = [e for e in config.engines if e not in ENGINES]
+    if unknown:
+        from ray_app.errors import InputError
+
+        raise InputError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    threads = config.threads or os.cpu_count() or 1
+    engines = [measure_engine(name, config, threads) for name in config.engines]
+    reference = engines[0]["token_ids"]
+    for e in engines:
+        e["agreement_with_" + config.engines[0]] = agreement(reference, e.pop("token_ids"))
+    base = engines[0]
+    for e in engines:
+        e["speedup_vs_" + config.engines[0]] = round(e["answers_per_s_best"] / base["answers_per_s_best"], 3)
+    best = max(engines, key=lambda e: e["answers_per_s_best"])
+    result = {"engines": engines, "winner": best["engine"], "max_new_tokens": config.max_new_tokens,
+              "batches": config.batches, "cpu_count": os.cpu_count(), "load_average": load_average(),
+              "cpu_flags": _bf16_flags()}
+    command = (f"prism bench llm --engines {','.join(config.engines)} --threads {threads} "
+               f"--max-new-tokens {config.max_new_tokens} --json")
+    if config.write:
+        write_report(config.out, REPORT_NAME, result, render_markdown, command=command)
+    return result
+
+
+def _bf16_flags() -> list[str]:
+    """The CPU's matrix-math flags that decide what bf16 costs here."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"amx_bf16", "amx_int8", "avx512_bf16", "avx512f", "avx2"})
+
+
+def render_markdown(r: dict) -> str:
+    """The Markdown page for ``llm-engines.md``."""
+    first = r["engines"][0]["engine"]
+    lines = [
+        "# LLM engines for the fusion deployment",
+        "",
+        f"Generated by `{r['command']}` ({r['cpu_count']} CPUs, flags {', '.join(r['cpu_flags']) or 'none'}; "
+        f"1-minute load average at the end {r['load_average'][0]}). SmolLM2-135M-Instruct, the serving decoder "
+        f"(continuous batching, greedy), serving prompts of five wiki passages, {r['max_new_tokens']} new tokens.",
+        "",
+        "| engine | prompt tokens | TTFT batch 1 (ms) | " + " | ".join(f"answers/s @{b}" for b in r["batches"])
+        + f" | tokens/s @{max(r['batches'])} | RSS (MB) | matmul GFLOP/s | agreement with {first} |",
+        "|---|---|---|" + "---|" * len(r["batches"]) + "---|---|---|---|",
+    ]
+    for e in r["engines"]:
+        agree = e[f"agreement_with_{first}"]
+        lines.append(
+            f"| {e['engine']} | {e['prompt_tokens_mean']:.0f} | {e['ttft_ms_batch1']:.0f} | "
+            + " | ".join(f"{e['batches'][str(b)]['answers_per_s']:.2f}" for b in r["batches"])
+            + f" | {e['batches'][str(max(r['batches']))]['tokens_per_s']:.0f} | {e['rss_mb']:.0f} | "
+            f"{e['matmul_gflops']:.0f} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) |")
+    lines += [
+        "",
+        f"Winner by answers/s at its best batch: **{r['winner']}**. Agreement is top-1 greedy agreement with "
+        f"{first} up to each answer's first differing token, over the largest batch's answers.",
+        "",
+        "The numbers are in `llm-engines.json` next to this file.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's arguments; every default is :class:`LLMBenchConfig`'s."""
+    d = LLMBenchConfig()
+    p = job_parser(prog, __doc__)
+    p.add_argument("--engines", type=lambda s: [e.strip() for e in s.split(",") if e.strip()], default=d.engines,
+                   help=f"Comma-separated engines, the first is the reference ({', '.join(ENGINES)}).")
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=d.batches,
+                   help="Comma-separated answers in flight for the throughput runs.")
+    p.add_argument("--max-new-tokens", type=int_at_least(1, 512), default=d.max_new_tokens, metavar="N",
+                   help="Tokens per answer.")
+    p.add_argument("--prompt-passages", type=int_at_least(1, 20), default=d.prompt_passages, metavar="N",
+                   help="Wiki passages per prompt.")
+    p.add_argument("--threads", type=int_at_least(1), default=d.threads, metavar="N",
+                   help="torch threads (default: all CPUs).")
+    p.add_argument("--out", type=Path, default=d.out, help="Where llm-engines.{json,md} are written.")
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """``prism bench llm`` / ``python -m ray_app.benchmarks.llm``: measure, write the report, print the result."""
+    return run_job(build_parser(prog or PROG), argv, lambda args: bench_llm(LLMBenchConfig(**args)))
+
+
+if __name__ == "__main__":
+    main()
