@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted image upload.")
     max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
     max_new_tokens: int = Field(default=160, ge=1, le=2048, description="Generation limit for answers.")
+    prompt_token_budget: int | None = Field(
+        default=512, ge=64, le=4096,
+        description="Most tokens in an answer prompt: passages are cut (longest first) to fit; unset: no limit.")
     fusion_threads: int = Field(
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1,
         description="torch threads per fusion (LLM) replica; default: every core.")
@@ -97,6 +100,9 @@ class Settings(BaseSettings):
         default=16, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
     ask_wait_s: float = Field(
         default=1.0, ge=0, description="Longest wait for a place before an ask gets 503 + Retry-After.")
+    ask_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest an ask may run, from admission to its last event (the server's "
+                                         "limit: clients' x-request-timeout-seconds headers cannot lift it).")
     retry_after_s: float = Field(default=2.0, ge=0, description="Retry-After sent with 503 when overloaded.")
 
     @field_validator("database_url")

@@ -214,12 +214,16 @@ def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta, finish: 
 async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str) -> AsyncIterator[str]:
     """OpenAI-style chunks: the answer's pieces, a final chunk with ``finish_reason`` and ``prism``, ``[DONE]``."""
     ask_id, created, role = first.data["id"], int(time.time()), "assistant"
-    async for event in events:
-        if event.kind == "token":
-            yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
-            role = None
-        elif event.kind == "done":
-            yield chat_chunk(ask_id, model, created, ChatDelta(), "stop", event.data)
+    try:
+        async for event in events:
+            if event.kind == "token":
+                yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
+                role = None
+            elif event.kind == "done":
+                yield chat_chunk(ask_id, model, created, ChatDelta(), "stop", event.data)
+    except Exception as exc:  # the stream has started: an error chunk, then the end marker clients wait for
+        code = exc.code if isinstance(exc, PrismError) else "internal_error"
+        yield f"data: {json.dumps({'error': {'code': code, 'message': type(exc).__name__}})}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -16,6 +16,7 @@ before the first event, so a transport can still answer them with a status code.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.retrieval import Retrieved, image_context
-from ray_app.errors import InputError
+from ray_app.errors import InputError, Unavailable
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
 from ray_app.settings import Settings, get_settings
 
@@ -35,6 +36,12 @@ MAX_QUESTION_CHARS = 2000
 
 class AskInputError(InputError):
     """A question or option a user can fix (empty question, k out of range)."""
+
+
+class AskTimeout(Unavailable):
+    """The ask ran past ``PRISM_ASK_TIMEOUT_S`` (the server's own limit, whatever the client asked for)."""
+
+    code = "timeout"
 
 
 @dataclass
@@ -163,7 +170,7 @@ class AskService:
         if image is not None and self.vision is None:
             raise AskInputError("this service answers questions without images")
         async with self.gate.place() if self.gate is not None else nullcontext():
-            async for event in self._events(question, image, options):
+            async for event in within(self._events(question, image, options), self.settings.ask_timeout_s):
                 yield event
 
     async def _events(self, question: str, image: bytes | None, options: AskOptions) -> AsyncIterator[AskEvent]:
@@ -209,6 +216,21 @@ class AskService:
         async for piece in self.generator.generate(question, passages, image_context(vision), max_new_tokens):
             if piece:
                 yield piece
+
+
+async def within(events: AsyncIterator[AskEvent], seconds: float) -> AsyncIterator[AskEvent]:
+    """``events`` until ``seconds`` have passed in all, then :class:`AskTimeout` (the rest is cancelled)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            event = await asyncio.wait_for(anext(events), max(deadline - loop.time(), 0))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await events.aclose()
+            raise AskTimeout(f"the answer took longer than the server's limit of {seconds:g} s") from None
+        yield event
 
 
 def build_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:

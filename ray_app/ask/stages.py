@@ -71,7 +71,8 @@ class LocalGenerate:
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
-        pieces = generate_answer(self.llm, question, passages, context, max_new_tokens)
+        pieces = generate_answer(self.llm, question, passages, context, max_new_tokens,
+                                 self.settings.prompt_token_budget)
         while (piece := await asyncio.to_thread(next, pieces, _END)) is not _END:
             yield piece
 
@@ -87,7 +88,8 @@ class BatchedGenerate:
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
-        stream = self.batcher.submit(render_prompt(self.llm.tokenizer, question, passages, context), max_new_tokens)
+        prompt = render_prompt(self.llm.tokenizer, question, passages, context, self.settings.prompt_token_budget)
+        stream = self.batcher.submit(prompt, max_new_tokens)
         try:
             async for piece in stream:
                 yield piece

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray_app.entrypoints import int_at_least, job_parser, run_job
+from ray_app.llm.generate import count_tokens
 from ray_app.reports import load_average, write_report
 
 REPORT_NAME = "llm-engines"
@@ -55,8 +56,9 @@ class LLMBenchConfig:
     write: bool = True
 
 
-def build_prompts(tokenizer, n: int, passages_per_prompt: int) -> list[str]:
-    """``n`` serving prompts: a question and wiki lead passages (deterministic: sorted articles)."""
+def build_prompts(tokenizer, n: int, passages_per_prompt: int, budget: int | None) -> list[str]:
+    """``n`` serving prompts: a question and wiki lead passages (deterministic: sorted articles), cut to
+    ``budget`` tokens as the fusion deployment cuts them (``PRISM_PROMPT_TOKEN_BUDGET``)."""
     from ray_app.corpus.wiki import load_wiki_records
     from ray_app.llm.generate import render_prompt
     from ray_app.llm.prompting import Passage
@@ -66,7 +68,7 @@ def build_prompts(tokenizer, n: int, passages_per_prompt: int) -> list[str]:
     for i in range(n):
         chosen = articles[i * passages_per_prompt:(i + 1) * passages_per_prompt]
         passages = [Passage(j + 1, a["title"], a["text"][:600]) for j, a in enumerate(chosen)]
-        prompts.append(render_prompt(tokenizer, QUESTIONS[i % len(QUESTIONS)], passages, None))
+        prompts.append(render_prompt(tokenizer, QUESTIONS[i % len(QUESTIONS)], passages, None, budget))
     return prompts
 
 
@@ -116,15 +118,19 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
 
     from ray_app.llm.batching import ContinuousBatcher
     from ray_app.models.llm import load_llm
+    from ray_app.settings import get_settings
 
     torch.set_num_threads(threads)
     llm = load_llm(adapter=None, dtype=ENGINES[name])
     batcher = ContinuousBatcher(llm, max(config.batches))
     try:
-        prompts = build_prompts(llm.tokenizer, max(config.batches), config.prompt_passages)
-        prompt_tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        budget = get_settings().prompt_token_budget
+        prompts = build_prompts(llm.tokenizer, max(config.batches), config.prompt_passages, budget)
+        uncut = build_prompts(llm.tokenizer, 4, config.prompt_passages, None)
+        prompt_tokens = [count_tokens(llm.tokenizer, p) for p in prompts]
         run_batch(batcher, prompts[:1], 4)  # warm-up
         single = [run_batch(batcher, [p], 1)["ttft_s"][0] for p in prompts[:4]]
+        single_uncut = [run_batch(batcher, [p], 1)["ttft_s"][0] for p in uncut]
         batches = {}
         for size in config.batches:
             run = run_batch(batcher, prompts[:size], config.max_new_tokens)
@@ -140,6 +146,9 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
         "engine": name, "dtype": ENGINES[name], "threads": threads,
         "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
         "ttft_ms_batch1": round(1000 * statistics.median(single), 1),
+        "prompt_budget": {"budget_tokens": budget,
+                          "uncut_prompt_tokens_mean": round(statistics.mean(count_tokens(llm.tokenizer, p) for p in uncut), 1),
+                          "uncut_ttft_ms_batch1": round(1000 * statistics.median(single_uncut), 1)},
         "batches": batches,
         "answers_per_s_best": max(b["answers_per_s"] for b in batches.values()),
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
@@ -216,7 +225,13 @@ def render_markdown(r: dict) -> str:
             + " | ".join(f"{e['batches'][str(b)]['answers_per_s']:.2f}" for b in r["batches"])
             + f" | {e['batches'][str(max(r['batches']))]['tokens_per_s']:.0f} | {e['rss_mb']:.0f} | "
             f"{e['matmul_gflops']:.0f} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) |")
+    budget = r["engines"][0]["prompt_budget"]
     lines += [
+        "",
+        f"Prompt budget ({budget['budget_tokens']} tokens, `PRISM_PROMPT_TOKEN_BUDGET`): the same prompts uncut average "
+        f"{budget['uncut_prompt_tokens_mean']:.0f} tokens; " + "; ".join(
+            f"{e['engine']} TTFT at batch 1 {e['prompt_budget']['uncut_ttft_ms_batch1']:.0f} ms uncut, "
+            f"{e['ttft_ms_batch1']:.0f} ms cut" for e in r["engines"]) + ".",
         "",
         f"Winner by answers/s at its best batch: **{r['winner']}**. Agreement is top-1 greedy agreement with "
         f"{first} up to each answer's first differing token, over the largest batch's answers.",

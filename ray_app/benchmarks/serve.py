@@ -3,6 +3,7 @@
     prism serve up --detach                       # the app under test (127.0.0.1:8000 by default)
     prism bench serve --users 100 --duration 60 --json --out docs/reports/serve-100users
     python -m ray_app.benchmarks.serve --users 100 --duration 60 --json --out docs/reports/serve-100users
+    prism bench serve --capacity --json --out docs/reports/serve-capacity    # steps of users: see capacity.py
 
 Run from the project root: the load test is ``loadtests/locustfile.py`` (``--locustfile``) and its
 request mix ``load_mix.json`` next to it; neither imports Prism.
@@ -14,7 +15,12 @@ request mix ``load_mix.json`` next to it; neither imports Prism.
    (``python -m serving.noop``) and by bare uvicorn, each measured with the same client
    (sequential latency and concurrent throughput), one after the other.
 3. The report: RPS, p50/p95/p99 per endpoint, time to first token for asks, failures, the
-   server-side per-stage timings of asks (where the time goes), targets met or missed.
+   server-side per-stage timings of asks (where the time goes), targets met or missed, and what
+   happened to every request (``outcomes``: answered, shed with 503 + Retry-After, 4xx, 5xx, client
+   timeout, other error; ``shed_share`` of asks, ``ask_ttft_p95_ms_admitted``).
+
+With ``--capacity`` the same Locust mix runs at several user counts, one after the other, and the
+engine's bare throughput is measured in the same run (:mod:`ray_app.benchmarks.capacity`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,6 +48,10 @@ from ray_app.reports import read_report, write_report
 
 PROG = "python -m ray_app.benchmarks.serve"
 TARGETS = {"failures": 0, "search_p95_ms": 500.0, "ask_ttft_p95_ms": 2000.0}
+ASK_NAMES = ("ask", "ask_image")
+# What the locustfile reports for every request, as OUTCOME entries named "<request>:<outcome>".
+OUTCOMES = ("ok", "shed", "4xx", "5xx", "timeout", "error")
+EXTRA_TYPES = {"TTFT", "STAGE", "OUTCOME"}  # the locustfile's extra entries, not requests of their own
 
 
 @dataclass
@@ -58,6 +68,11 @@ class ServeBenchConfig:
             prompts (needs the app's database).
         out: write ``OUT.json`` and ``OUT.md`` (e.g. ``docs/reports/serve-100users``); None: only print.
         locustfile: the Locust file (relative to the current directory); its mix is ``load_mix.json`` beside it.
+        client_timeout: seconds the load's client waits for response headers or a stream's next event.
+        capacity: run the capacity benchmark instead (``steps``, ``step_duration``, ``bare_batches``).
+        steps: users of each capacity step, in order.
+        step_duration: seconds of load per capacity step.
+        bare_batches: answers in flight for the engine's bare throughput (capacity run).
     """
 
     users: int = 100
@@ -68,12 +83,22 @@ class ServeBenchConfig:
     profile: bool = True
     out: Path | None = None
     locustfile: Path = Path("loadtests/locustfile.py")
+    client_timeout: float = 30.0
+    capacity: bool = False
+    steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100, 150])
+    step_duration: int = 60
+    bare_batches: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
 
     def __post_init__(self) -> None:
         if not 1 <= self.users <= 5000 or not 5 <= self.duration <= 3600:
             raise InputError(f"users must be in 1..5000 and duration in 5..3600 s, got {self.users} and {self.duration}")
-        if self.spawn_rate <= 0 or self.overhead_requests < 0:
-            raise InputError("spawn_rate must be positive and overhead_requests at least 0")
+        if self.spawn_rate <= 0 or self.overhead_requests < 0 or self.client_timeout <= 0:
+            raise InputError("spawn_rate and client_timeout must be positive and overhead_requests at least 0")
+        if not self.steps or not all(1 <= u <= 5000 for u in self.steps) or not 5 <= self.step_duration <= 3600:
+            raise InputError(f"steps must be users in 1..5000 and step_duration in 5..3600 s, got {self.steps} "
+                             f"and {self.step_duration}")
+        if not self.bare_batches or min(self.bare_batches) < 1:
+            raise InputError(f"bare_batches must be positive batch sizes, got {self.bare_batches}")
 
 
 def load_mix(locustfile: Path) -> dict:
@@ -95,12 +120,15 @@ def bench_serve(config: ServeBenchConfig) -> dict:
     Raises:
         Unavailable: no healthy app at ``config.url``, or Locust failed.
     """
-    from ray_app.settings import get_settings
+    if config.capacity:
+        from ray_app.benchmarks.capacity import bench_capacity
 
+        return bench_capacity(config)
     mix = load_mix(config.locustfile)
-    max_new_tokens = get_settings().load_max_new_tokens or mix["max_new_tokens"]
-    health = _health(config.url)
-    stats = run_locust(config.url, config.users, config.duration, config.spawn_rate, config.locustfile, max_new_tokens)
+    max_new_tokens = load_max_new_tokens(mix)
+    health = app_health(config.url)
+    stats = run_locust(config.url, config.users, config.duration, config.spawn_rate, config.locustfile, max_new_tokens,
+                       config.client_timeout)
     report = summarise(stats, config.users, config.duration, config.url)
     report["app"] = health
     if config.overhead_requests:
@@ -114,7 +142,14 @@ def bench_serve(config: ServeBenchConfig) -> dict:
     return report
 
 
-def _health(url: str) -> dict:
+def load_max_new_tokens(mix: dict) -> int:
+    """The asks' answer length: ``PRISM_LOAD_MAX_NEW_TOKENS``, else the mix's."""
+    from ray_app.settings import get_settings
+
+    return get_settings().load_max_new_tokens or mix["max_new_tokens"]
+
+
+def app_health(url: str) -> dict:
     try:
         r = httpx.get(f"{url}/healthz", timeout=30)
     except httpx.HTTPError as exc:
@@ -125,16 +160,21 @@ def _health(url: str) -> dict:
 
 
 def run_locust(url: str, users: int, duration: int, spawn_rate: float, locustfile: Path,
-               max_new_tokens: int) -> list[dict]:
-    """Run Locust headless in its own process; return its per-entry stats (``--json-file``)."""
+               max_new_tokens: int, client_timeout: float = 30.0) -> list[dict]:
+    """Run Locust headless in its own process; return its per-entry stats (``--json-file``).
+
+    When the time is up, users finish the request in hand (up to ``client_timeout`` + 30 s), so every
+    request sent is counted, answered or timed out.
+    """
     locust = shutil.which("locust") or str(Path(sys.executable).with_name("locust"))
-    env = {**os.environ, "PRISM_LOAD_MAX_NEW_TOKENS": str(max_new_tokens)}
+    env = {**os.environ, "PRISM_LOAD_MAX_NEW_TOKENS": str(max_new_tokens), "PRISM_LOAD_TIMEOUT_S": f"{client_timeout:g}"}
+    stop_timeout = int(client_timeout) + 30
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / "stats"
-        cmd = [locust, "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(spawn_rate),
-               "-t", f"{duration}s", "--host", url, "--json-file", str(stats_path), "--stop-timeout", "60",
-               "--only-summary", "--loglevel", "WARNING"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300, env=env)
+        cmd = [locust, "-f", str(locustfile), "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
+               "-t", f"{duration}s", "--host", url, "--json-file", str(stats_path), "--stop-timeout",
+               str(stop_timeout), "--only-summary", "--loglevel", "WARNING"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + stop_timeout + 300, env=env)
         path = stats_path.with_suffix(".json") if stats_path.with_suffix(".json").exists() else stats_path
         if not path.exists():
             raise Unavailable(f"locust wrote no stats (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
@@ -154,6 +194,7 @@ def _histogram(entries: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def percentile(entries: list[dict], q: float) -> float | None:
+    """The ``q``-th percentile (ms) of the merged response times of Locust entries; None without any."""
     values, counts = _histogram(entries)
     if not counts.sum():
         return None
@@ -161,12 +202,32 @@ def percentile(entries: list[dict], q: float) -> float | None:
     return float(values[np.searchsorted(cum, q / 100 * cum[-1])])
 
 
-def _entries(stats: list[dict], names: set[str], request_type: str | None = None) -> list[dict]:
+def named_entries(stats: list[dict], names: set[str], request_type: str | None = None) -> list[dict]:
     return [e for e in stats if e["name"] in names and (request_type is None or e["method"] == request_type)]
 
 
+def outcome_entries(stats: list[dict], names, outcomes=OUTCOMES) -> list[dict]:
+    """The locustfile's OUTCOME entries (``<name>:<outcome>``) of the requests ``names``."""
+    wanted = {f"{n}:{o}" for n in names for o in outcomes}
+    return [e for e in stats if e["method"] == "OUTCOME" and e["name"] in wanted]
+
+
+def outcome_counts(stats: list[dict], names) -> dict[str, int]:
+    """How many of the requests ``names`` ended in each outcome (``ok``, ``shed``, ``4xx``, ...)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for e in outcome_entries(stats, names):
+        counts[e["name"].rsplit(":", 1)[1]] += e["num_requests"]
+    return counts
+
+
+def shed_share(counts: dict[str, int]) -> float | None:
+    """The share of requests refused for overload (503 + Retry-After); None when none was sent."""
+    sent = sum(counts.values())
+    return round(counts["shed"] / sent, 4) if sent else None
+
+
 def _endpoint(stats: list[dict], names: set[str], duration: float, ttft: bool = False) -> dict:
-    entries = [e for e in _entries(stats, names) if e["method"] not in {"TTFT", "STAGE"}]
+    entries = [e for e in named_entries(stats, names) if e["method"] not in EXTRA_TYPES]
     requests = sum(e["num_requests"] for e in entries)
     out = {
         "requests": requests,
@@ -175,22 +236,22 @@ def _endpoint(stats: list[dict], names: set[str], duration: float, ttft: bool = 
         **{f"p{q}_ms": percentile(entries, q) for q in (50, 95, 99)},
     }
     if ttft:
-        ttft_entries = _entries(stats, {f"{n}:ttft" for n in names}, "TTFT")
+        ttft_entries = named_entries(stats, {f"{n}:ttft" for n in names}, "TTFT")
         out |= {f"ttft_p{q}_ms": percentile(ttft_entries, q) for q in (50, 95, 99)}
     return out
 
 
-def _stages(stats: list[dict], names: set[str]) -> dict:
+def stage_percentiles(stats: list[dict], names: set[str]) -> dict:
     stage_names = sorted({e["name"].split(":", 1)[1] for e in stats
                           if e["method"] == "STAGE" and e["name"].split(":", 1)[0] in names})
-    return {s: {f"p{q}_ms": percentile(_entries(stats, {f"{n}:{s}" for n in names}, "STAGE"), q) for q in (50, 95)}
+    return {s: {f"p{q}_ms": percentile(named_entries(stats, {f"{n}:{s}" for n in names}, "STAGE"), q) for q in (50, 95)}
             for s in stage_names}
 
 
 def summarise(stats: list[dict], users: int, duration: int, url: str) -> dict:
     """The report's numbers from Locust's stats."""
-    ask_names = {"ask", "ask_image"}
-    real = [e for e in stats if e["method"] not in {"TTFT", "STAGE"}]
+    ask_names = set(ASK_NAMES)
+    real = [e for e in stats if e["method"] not in EXTRA_TYPES]
     requests = sum(e["num_requests"] for e in real)
     endpoints = {
         "search": _endpoint(stats, {"search"}, duration),
@@ -207,7 +268,10 @@ def summarise(stats: list[dict], users: int, duration: int, url: str) -> dict:
     return {
         "users": users, "duration_s": duration, "url": url, "requests": requests, "failures": failures,
         "rps": round(requests / duration, 2), "endpoints": endpoints,
-        "ask_stages": _stages(stats, ask_names), "targets": TARGETS, "targets_met": met,
+        "ask_ttft_p95_ms_admitted": endpoints["ask"]["ttft_p95_ms"],
+        "shed_share": shed_share(outcome_counts(stats, ask_names)),
+        "outcomes": {"search": outcome_counts(stats, {"search"}), "ask": outcome_counts(stats, ask_names)},
+        "ask_stages": stage_percentiles(stats, ask_names), "targets": TARGETS, "targets_met": met,
         "failure_examples": _failure_examples(stats),
     }
 
@@ -221,11 +285,20 @@ def explain(report: dict) -> list[str]:
     notes = []
     stages = report.get("ask_stages") or {}
     p50 = {k: v.get("p50_ms") or 0 for k, v in stages.items()}
+    asks = (report.get("outcomes") or {}).get("ask") or {}
     if not report["endpoints"]["ask"]["requests"]:
         notes.append(
-            "No ask completed inside the run window plus Locust's 60 s stop timeout, so the ask rows are empty "
-            "(not failed: Locust drops requests still in flight when it stops users). Asks queue at the fusion "
-            "replica for a slot in its continuous batch; see the stage table for where their time went.")
+            f"No ask was let in: all {asks['shed']} were refused with 503 + Retry-After (overload)." if asks.get("shed")
+            else "No ask completed inside the run window plus the client's timeout, so the ask rows are empty. "
+            "Asks queue at the fusion replica for a slot in its continuous batch; see the stage table for where "
+            "their time went.")
+    elif asks.get("shed"):
+        notes.append(
+            f"{asks['shed']} of {sum(asks.values())} asks ({report['shed_share']:.0%}) were refused at once with 503 + "
+            "Retry-After (admission control: the fusion deployment was at capacity); they are not failures, and "
+            "the ask rows and TTFT columns are those of the asks let in.")
+    if asks.get("timeout"):
+        notes.append(f"{asks['timeout']} asks timed out at the client (no next byte within its timeout).")
     if not report["targets_met"]["ask_ttft_p95_ms"] and p50:
         before = p50.get("vision_ms", 0) + p50.get("retrieval_ms", 0)
         waiting = max(p50.get("ttft_ms", 0) - before, 0)
@@ -367,30 +440,47 @@ def decode_step_ms(llm, prompt: str, rows: int, steps: int) -> float:
     return (time.perf_counter() - started) / steps * 1000
 
 
-def fusion_profile(questions: list[str], max_new_tokens: int, batch_sizes: tuple[int, ...] = (1, 16),
-                   steps: int = 8) -> dict:
-    """What one ask costs the fusion step on this machine, measured in-process after the load.
+def serving_prompts(tokenizer, questions: list[str]) -> list[str]:
+    """The load mix's ``questions`` as the fusion deployment gets them: the asks' passages retrieved
+    against the app's database, rendered and cut to ``PRISM_PROMPT_TOKEN_BUDGET``.
 
-    The load mix's ``questions`` are retrieved against the app's database and rendered into the
-    serving prompt; then: prompt tokens, the prefill of each prompt alone, and the time of one
-    decode step with ``B`` rows of the median prompt, with the replicas' model and adapter
-    (``PRISM_LLM_ADAPTER``) and threads (``PRISM_FUSION_THREADS``, else all CPUs).
+    A question without a relevant passage is answered without the LLM, so it is left out (unless
+    none has one: then every question is rendered, to have something to measure).
     """
-    import torch
-
     from ray_app.ask.retrieval import retrieve_passages
     from ray_app.ask.service import AskOptions
-    from ray_app.llm.generate import render_prompt, stream_tokens
-    from ray_app.models.llm import load_llm
+    from ray_app.llm.generate import render_prompt
     from ray_app.models.text import get_text_embedder
     from ray_app.settings import get_settings
     from ray_app.store import get_store
 
-    torch.set_num_threads(get_settings().fusion_threads)
-    llm, store, embedder = load_llm(), get_store(), get_text_embedder()
+    store, embedder, settings = get_store(), get_text_embedder(), get_settings()
     k = AskOptions().k  # what the load's asks use
-    prompts = [render_prompt(llm.tokenizer, q, retrieve_passages(q, None, k, store, embedder).passages, None)
-               for q in questions]
+    retrieved = [(q, retrieve_passages(q, None, k, store, embedder).passages) for q in questions]
+    with_passages = [(q, p) for q, p in retrieved if p] or retrieved
+    return [render_prompt(tokenizer, q, p, None, settings.prompt_token_budget) for q, p in with_passages]
+
+
+def fusion_profile(questions: list[str], max_new_tokens: int, batch_sizes: tuple[int, ...] = (1, 16),
+                   steps: int = 8, llm=None) -> dict:
+    """What one ask costs the fusion step on this machine, measured in-process after the load.
+
+    The load mix's ``questions`` are rendered into the serving prompt (:func:`serving_prompts`); then:
+    prompt tokens, the prefill of each prompt alone, and the time of one decode step with ``B`` rows of
+    the median prompt, with the replicas' model and adapter (``PRISM_LLM_ADAPTER``; or ``llm``, already
+    loaded) and threads (``PRISM_FUSION_THREADS``, else all CPUs).
+    """
+    import torch
+
+    from ray_app.ask.service import AskOptions
+    from ray_app.llm.generate import stream_tokens
+    from ray_app.models.llm import load_llm
+    from ray_app.settings import get_settings
+
+    torch.set_num_threads(get_settings().fusion_threads)
+    llm = llm or load_llm()
+    k = AskOptions().k
+    prompts = serving_prompts(llm.tokenizer, questions)
     tokens = [len(llm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     typical = prompts[int(np.argsort(tokens)[len(tokens) // 2])]  # the median-length prompt
     next(stream_tokens(llm, [typical], 2))  # warm-up
@@ -415,7 +505,7 @@ def fusion_profile(questions: list[str], max_new_tokens: int, batch_sizes: tuple
 # ------------------------------------------------------------------------------------------ report
 
 
-def _fmt(v) -> str:
+def fmt_number(v) -> str:
     return "–" if v is None else f"{v:,.0f}" if isinstance(v, float | int) and abs(v) >= 10 else f"{v}"
 
 
@@ -432,21 +522,23 @@ def render_markdown(r: dict) -> str:
         "",
         f"Requests {r['requests']:,}, failures {r['failures']:,}, throughput {r['rps']} req/s.",
         "",
+        *_outcome_lines(r),
         "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms | TTFT p50 ms | TTFT p95 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in e.items():
-        lines.append(f"| {name} | {s['requests']} | {s['failures']} | {s['rps']} | {_fmt(s['p50_ms'])} | "
-                     f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | {_fmt(s.get('ttft_p50_ms'))} | {_fmt(s.get('ttft_p95_ms'))} |")
+        lines.append(f"| {name} | {s['requests']} | {s['failures']} | {s['rps']} | {fmt_number(s['p50_ms'])} | "
+                     f"{fmt_number(s['p95_ms'])} | {fmt_number(s['p99_ms'])} | {fmt_number(s.get('ttft_p50_ms'))} | "
+                     f"{fmt_number(s.get('ttft_p95_ms'))} |")
     lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
     measured = {"failures": r["failures"], "search_p95_ms": e["search"]["p95_ms"], "ask_ttft_p95_ms": e["ask"]["ttft_p95_ms"]}
     for key, goal in r["targets"].items():
-        lines.append(f"| {key} | {'= 0' if key == 'failures' else f'< {goal:,.0f}'} | {_fmt(measured[key])} | "
+        lines.append(f"| {key} | {'= 0' if key == 'failures' else f'< {goal:,.0f}'} | {fmt_number(measured[key])} | "
                      f"{'yes' if r['targets_met'][key] else '**no**'} |")
     if r.get("ask_stages"):
         lines += ["", "## Where an ask's time goes (server-side timings_ms, all asks)", "",
                   "| stage | p50 ms | p95 ms |", "|---|---:|---:|"]
-        lines += [f"| {k} | {_fmt(v['p50_ms'])} | {_fmt(v['p95_ms'])} |" for k, v in r["ask_stages"].items()]
+        lines += [f"| {k} | {fmt_number(v['p50_ms'])} | {fmt_number(v['p95_ms'])} |" for k, v in r["ask_stages"].items()]
     if r.get("serve_overhead"):
         o = r["serve_overhead"]
         lines += ["", "## Serve overhead (no-op route, same run, after the load)", "",
@@ -460,19 +552,36 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _outcome_lines(r: dict) -> list[str]:
+    """What happened to the requests (reports written before outcomes were recorded have none)."""
+    if "outcomes" not in r:
+        return []
+    asks, search = r["outcomes"]["ask"], r["outcomes"]["search"]
+    share = "–" if r["shed_share"] is None else f"{r['shed_share']:.1%}"
+    return [
+        f"Asks: {sum(asks.values())} sent, {asks['ok']} answered, {asks['shed']} shed with 503 + Retry-After "
+        f"(shed share {share}), {asks['4xx']} 4xx, {asks['5xx']} other 5xx, {asks['timeout']} client timeouts, "
+        f"{asks['error']} other errors; time to first token of the asks let in: p95 "
+        f"{fmt_number(r['ask_ttft_p95_ms_admitted'])} ms. Searches: {sum(search.values())} sent, {search['ok']} answered, "
+        f"{search['shed']} shed, {search['4xx'] + search['5xx']} 4xx/5xx, {search['timeout']} client timeouts.",
+        "",
+    ]
+
+
 def rerender(out: Path) -> Path:
-    """Render ``OUT.md`` again from the existing ``OUT.json`` (after changing :func:`render_markdown`).
+    """Render ``OUT.md`` again from the existing ``OUT.json`` (after changing :func:`render_markdown`, or the
+    capacity report's).
 
     The JSON, its notes included, is left as the run wrote it: new notes need a new run.
     """
     md_path = out.with_suffix(".md")
-    md_path.write_text(render_markdown(read_report(out.parent, out.name)))
+    md_path.write_text(render_any(read_report(out.parent, out.name)))
     return md_path
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The job's arguments; every default is :class:`ServeBenchConfig`'s."""
-    d = ServeBenchConfig
+    d = ServeBenchConfig()
     p = job_parser(prog, __doc__)
     p.add_argument("--users", type=int_at_least(1, 5000), default=d.users, metavar="1..5000",
                    help="Concurrent simulated users.")
@@ -490,13 +599,46 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="Write OUT.json and OUT.md, e.g. docs/reports/serve-100users (default: only print).")
     p.add_argument("--locustfile", type=Path, default=d.locustfile,
                    help="The Locust file; its request mix is load_mix.json beside it.")
+    p.add_argument("--client-timeout", type=positive_float, default=d.client_timeout, metavar="SECONDS",
+                   help="The load's client gives up when response headers or a stream's next event take longer.")
+    capacity = p.add_argument_group("capacity", "--capacity: the load at several user counts in one run, and the "
+                                    "engine's bare throughput (writes e.g. docs/reports/serve-capacity with --out)")
+    capacity.add_argument("--capacity", action="store_true",
+                          help="Run the capacity benchmark (--users and --duration are then unused).")
+    capacity.add_argument("--steps", type=int_list(1, 5000), default=d.steps, metavar="U1,U2,...",
+                          help="Users of each step, in order.")
+    capacity.add_argument("--step-duration", type=int_at_least(5, 3600), default=d.step_duration, metavar="5..3600",
+                          help="Seconds of load per step.")
+    capacity.add_argument("--bare-batches", type=int_list(1, 256), default=d.bare_batches, metavar="B1,B2,...",
+                          help="Answers in flight for the engine's bare throughput (its best is bare_answers_per_s).")
     return p
+
+
+def int_list(low: int, high: int):
+    """An argparse ``type=``: comma-separated integers, each in ``low..high``."""
+    one = int_at_least(low, high)
+
+    def parse(text: str) -> list[int]:
+        values = [one(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"no numbers in {text!r}")
+        return values
+
+    return parse
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """``prism bench serve`` / ``python -m ray_app.benchmarks.serve``: run the load test, print the report."""
-    return run_job(build_parser(prog or PROG), argv, lambda args: bench_serve(ServeBenchConfig(**args)),
-                   render_markdown)
+    return run_job(build_parser(prog or PROG), argv, lambda args: bench_serve(ServeBenchConfig(**args)), render_any)
+
+
+def render_any(report: dict) -> str:
+    """The Markdown of either report: the capacity run's (it has ``steps``) or the load test's."""
+    if "steps" in report:
+        from ray_app.benchmarks.capacity import render_markdown as render_capacity
+
+        return render_capacity(report)
+    return render_markdown(report)
 
 
 if __name__ == "__main__":

@@ -283,9 +283,13 @@ def training_cost(checkpoint: Path | None) -> dict:
 
 
 def cache_path(cache_dir: Path, method: str, checkpoint: Path | None, examples: list[dict], max_new_tokens: int) -> Path:
-    """Where one method's results are kept, keyed by its weights' files, the questions and the limit."""
+    """Where one method's results are kept, keyed by its weights' files, the questions, the limit and how
+    the model runs (precision, prompt budget)."""
     import hashlib
 
+    from ray_app.settings import get_settings
+
+    settings = get_settings()
     weights = sorted(checkpoint.glob("*.safetensors")) if checkpoint else []
     key = {
         "method": method,
@@ -293,6 +297,8 @@ def cache_path(cache_dir: Path, method: str, checkpoint: Path | None, examples: 
         "weights": [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights],
         "questions": [e["id"] for e in examples],
         "max_new_tokens": max_new_tokens,
+        "dtype": settings.llm_dtype,
+        "prompt_token_budget": settings.prompt_token_budget,
     }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir / f"answers-{method}-{digest}.json"

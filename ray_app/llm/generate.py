@@ -9,16 +9,53 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from ray_app.llm.prompting import NOT_IN_SOURCES, Passage, build_messages
+from ray_app.llm.prompting import NOT_IN_SOURCES, PASSAGE_CHARS, Passage, build_messages
 from ray_app.settings import Settings, get_settings
 
 
-def render_prompt(tokenizer, question: str, passages: list[Passage], context: str | None) -> str:
-    """The chat-templated prompt for the shared answer format (``ray_app.llm.prompting``)."""
+def render_prompt(tokenizer, question: str, passages: list[Passage], context: str | None,
+                  budget: int | None = None) -> str:
+    """The chat-templated prompt for the shared answer format (``ray_app.llm.prompting``).
+
+    With ``budget``, passages are trimmed (longest first) until the prompt has at most about that many
+    tokens (:func:`fit_passages`); the question, the image line and the system prompt are never cut.
+    """
+    if budget is not None:
+        passages = fit_passages(tokenizer, question, passages, context, budget)
     messages = build_messages(question, passages, context)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_passages(tokenizer, question: str, passages: list[Passage], context: str | None, budget: int) -> list[Passage]:
+    """Passages cut to fit the prompt in ``budget`` tokens: every passage keeps the same number of tokens
+    (the longest are cut first, at one common cap), so no passage is dropped for another."""
+    total = count_tokens(tokenizer, render_prompt(tokenizer, question, passages, context))
+    if total <= budget or not passages:
+        return passages
+    ids = [tokenizer(p.text[:PASSAGE_CHARS], add_special_tokens=False)["input_ids"] for p in passages]
+    allowed = max(sum(len(i) for i in ids) - (total - budget), 0)
+    cap = token_cap([len(i) for i in ids], allowed)
+    return [replace(p, text=tokenizer.decode(i[:cap]).strip()) for p, i in zip(passages, ids, strict=True)]
+
+
+def token_cap(lengths: list[int], allowed: int) -> int:
+    """The largest cap ``c`` with ``sum(min(length, c)) <= allowed`` (water-filling)."""
+    remaining, cap = allowed, 0
+    ordered = sorted(lengths)
+    for i, length in enumerate(ordered):
+        share = remaining // (len(ordered) - i)
+        if length > share:
+            return share
+        remaining -= length
+        cap = length
+    return cap
 
 
 def stop_token_ids(tokenizer) -> set[int]:
@@ -123,12 +160,12 @@ def model_versions(llm, settings: Settings | None = None) -> dict:
 
 
 def generate_answer(llm, question: str, passages: list[Passage], context: str | None,
-                    max_new_tokens: int) -> Iterator[str]:
+                    max_new_tokens: int, budget: int | None = None) -> Iterator[str]:
     """Stream one answer's text; :data:`NOT_IN_SOURCES` (no LLM call) when there are no passages."""
     if not passages:
         yield NOT_IN_SOURCES
         return
-    prompt = render_prompt(llm.tokenizer, question, passages, context)
+    prompt = render_prompt(llm.tokenizer, question, passages, context, budget)
     for deltas in stream_tokens(llm, [prompt], max_new_tokens):
         if deltas[0] is None:
             return

@@ -32,7 +32,10 @@ class Passage:
     score: float = 0.0
 
 
-def format_passages(passages: list[Passage], max_chars: int = 600) -> str:
+PASSAGE_CHARS = 600  # each passage's text is cut here before it reaches the prompt
+
+
+def format_passages(passages: list[Passage], max_chars: int = PASSAGE_CHARS) -> str:
     return "\n".join(f"[{p.n}] {p.title}: {p.text[:max_chars].strip()}" for p in passages)
 
 

@@ -98,3 +98,21 @@ def test_fixed_passages_and_check_only_audit_write_no_log(store, llm):
     done = asyncio.run(service.ask("Where do frogs live?", options=AskOptions(max_new_tokens=8)))
     assert done["answer"] and isinstance(done["audit"]["grounded"], bool)
     assert last_records(store, 1) == []
+
+
+def test_an_ask_past_the_servers_time_limit_ends_with_a_timeout(store, llm):
+    from ray_app.ask.service import AskTimeout
+    from ray_app.settings import Settings
+
+    passages = [Passage(1, "Frog", FROG.removeprefix("Frog: "), "frog", "frog:0", 1.0)]
+    settings = Settings(ask_timeout_s=0.3, max_new_tokens=400)
+    service = AskService(None, FixedPassages(passages), LocalGenerate(llm, settings), CheckOnlyAudit(), settings)
+    seen = []
+
+    async def run():
+        async for event in service.stream("Tell me everything about frogs.", None, AskOptions(max_new_tokens=400)):
+            seen.append(event.kind)
+
+    with pytest.raises(AskTimeout):
+        asyncio.run(run())
+    assert seen and seen[0] == "meta" and "done" not in seen
