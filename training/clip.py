@@ -42,13 +42,12 @@ from training.common import (
     check_gpu_request,
     check_resources,
     finished_summary,
+    fit_trainer,
     lr_multiplier,
     reject_renamed,
     restored_checkpoint,
     resume_point,
     run_dir_of,
-    start_ray,
-    trainer_configs,
 )
 
 RATE_WARMUP_STEPS = 3
@@ -425,7 +424,6 @@ def train(cfg: ClipJobConfig) -> dict:
         RuntimeError: the run failed after ``run.max_failures`` restarts.
     """
     import ray
-    from ray.train.torch import TorchTrainer
 
     from ray_app.models.image import WEIGHTS_NAME
 
@@ -439,18 +437,11 @@ def train(cfg: ClipJobConfig) -> dict:
     started = time.perf_counter()
     data = prepare_training_data(cfg)
     prepare_seconds = time.perf_counter() - started
-    owns_ray = start_ray(cfg.ray, cfg.scaling)
-    try:
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "data_ref": ray.put(data), "run_dir": str(run_dir),
-                               "resume_from": str(resume_from or "")},
-            **trainer_configs(cfg.scaling, cfg.run, run_dir, keep_checkpoints=cfg.train.keep_checkpoints),
-        )
-        result = trainer.fit()
-    finally:
-        if owns_ray:
-            ray.shutdown()
+    result, _ = fit_trainer(
+        train_loop,
+        lambda: {"config": cfg.model_dump(mode="json"), "data_ref": ray.put(data), "run_dir": str(run_dir),
+                 "resume_from": str(resume_from or "")},
+        cfg, run_dir, keep_checkpoints=cfg.train.keep_checkpoints)
     if result.error is not None or result.checkpoint is None:
         raise RuntimeError(f"clip training failed: {result.error}")
     summary = {

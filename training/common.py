@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -279,6 +280,35 @@ def start_ray(ray: RaySection, scaling: ScalingSection) -> bool:
     os.environ.setdefault("RAY_worker_niceness", "0")
     need = scaling.num_workers * scaling.cpus_per_worker
     return init_ray(ray.address, ray.num_cpus or need, configure_logging=False)
+
+
+def fit_trainer(train_loop, make_loop_config, cfg, run_dir: Path, keep_checkpoints: int | None = None):
+    """Start (or join) Ray, fit a ``TorchTrainer`` with the job's ``scaling`` and ``run`` sections, and shut
+    down the Ray this call started.
+
+    Args:
+        train_loop: the job's per-worker loop.
+        make_loop_config: builds ``train_loop_config`` once Ray is up (it may ``ray.put`` data).
+        cfg: the job config (its ``ray``, ``scaling`` and ``run`` sections are used).
+        run_dir: the run folder.
+        keep_checkpoints: step checkpoints to keep (default: all).
+
+    Returns:
+        Ray Train's ``Result`` and the seconds ``fit`` took.
+    """
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    owns_ray = start_ray(cfg.ray, cfg.scaling)
+    try:
+        trainer = TorchTrainer(train_loop, train_loop_config=make_loop_config(),
+                               **trainer_configs(cfg.scaling, cfg.run, run_dir, keep_checkpoints=keep_checkpoints))
+        started = time.perf_counter()
+        result = trainer.fit()
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return result, time.perf_counter() - started
 
 
 def trainer_configs(scaling: ScalingSection, run: RunSection, run_dir: Path, keep_checkpoints: int | None = None) -> dict:

@@ -42,6 +42,7 @@ from training.common import (
     check_resources,
     current_lr,
     finished_summary,
+    fit_trainer,
     init_deepspeed,
     micro_batch_indices,
     peak_rss_mib,
@@ -53,8 +54,6 @@ from training.common import (
     resume_point,
     run_dir_of,
     shipped_config,
-    start_ray,
-    trainer_configs,
     unwrap,
     warmup_schedule,
     worker_device,
@@ -280,9 +279,6 @@ def run(cfg: SFTConfig) -> dict:
         JobConfigError: QLoRA or a GPU where there is none, a missing DeepSpeed config, or a run
             folder that cannot be resumed (before Ray starts).
     """
-    import ray
-    from ray.train.torch import TorchTrainer
-
     from ray_app.llm.checkpoints import STATE_FILE
     from ray_app.settings import get_settings
 
@@ -299,19 +295,11 @@ def run(cfg: SFTConfig) -> dict:
     if resume_from is not None and resume_from.name == "final":
         return finished_summary(run_dir)
     cfg = cfg.model_copy(update={"model": absolute_model(cfg.model)})
-    owns_ray = start_ray(cfg.ray, cfg.scaling)
-    try:
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
-            **trainer_configs(cfg.scaling, cfg.run, run_dir),
-        )
-        started = time.perf_counter()
-        result = trainer.fit()
-    finally:
-        if owns_ray:
-            ray.shutdown()
-    summary = {**result.metrics, "wall_seconds": time.perf_counter() - started, "resumed_from": str(resume_from or "")}
+    result, seconds = fit_trainer(
+        train_loop,
+        lambda: {"config": cfg.model_dump(mode="json"), "records": records, "resume_from": str(resume_from or "")},
+        cfg, run_dir)
+    summary = {**result.metrics, "wall_seconds": seconds, "resumed_from": str(resume_from or "")}
     summary.update(run_dir=str(run_dir), checkpoint=str(run_dir / "final"), method=cfg.method, strategy=cfg.strategy)
     write_run_files(run_dir, cfg, summary)
     return summary
