@@ -248,12 +248,15 @@ async def _answer_all(llm, batcher, examples: list[dict], max_new_tokens: int) -
     from ray_app.llm.collate import record_passages
     from ray_app.settings import get_settings
 
-    settings = get_settings().model_copy(update={"max_new_tokens": max_new_tokens})
+    # No server time limit here: an evaluation waits for every answer (a day stands for "none").
+    settings = get_settings().model_copy(update={"max_new_tokens": max_new_tokens, "ask_timeout_s": 86_400.0})
     generate, audit = BatchedGenerate(llm, batcher, settings), CheckOnlyAudit()
+    running = asyncio.Semaphore(batcher.max_batch_size)  # as many asks as the batch decodes at once
 
     async def answer(example: dict) -> str:
         service = AskService(None, FixedPassages(record_passages(example)), generate, audit, settings)
-        response = await service.ask(example["question"], options=AskOptions(k=len(example["passages"])))
+        async with running:
+            response = await service.ask(example["question"], options=AskOptions(k=len(example["passages"])))
         return response["answer"]
 
     return list(await asyncio.gather(*(answer(e) for e in examples)))
