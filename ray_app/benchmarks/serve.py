@@ -51,7 +51,7 @@ TARGETS = {"failures": 0, "search_p95_ms": 500.0, "ask_ttft_p95_ms": 2000.0}
 ASK_NAMES = ("ask", "ask_image")
 # What the locustfile reports for every request, as OUTCOME entries named "<request>:<outcome>".
 OUTCOMES = ("ok", "shed", "4xx", "5xx", "timeout", "error")
-EXTRA_TYPES = {"TTFT", "STAGE", "OUTCOME"}  # the locustfile's extra entries, not requests of their own
+EXTRA_TYPES = {"TTFT", "STAGE", "OUTCOME", "ANSWER"}  # the locustfile's extra entries, not requests of their own
 
 
 @dataclass
