@@ -95,9 +95,10 @@ class Settings(BaseSettings):
 
     # Admission control (the ingress: ray_app/ask/admission.py)
     ask_max_active: int = Field(
-        default=16, ge=1, description="Asks in flight per ingress replica (what the fusion replicas decode together).")
+        default=2, ge=1, description="Asks in flight per ingress replica: as many as the fusion replicas start within "
+                                     "the TTFT SLO (2 on 2 cores: docs/reports/serve-capacity.md).")
     ask_max_waiting: int = Field(
-        default=16, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
+        default=2, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
     ask_wait_s: float = Field(
         default=1.0, ge=0, description="Longest wait for a place before an ask gets 503 + Retry-After.")
     ask_timeout_s: float = Field(

@@ -286,8 +286,8 @@ def explain_capacity(r: dict) -> list[str]:
         notes += _step_target_notes(step, r["targets_met"])
     load = r["load_average"][0]
     if r["cpus"] and load > 2 * r["cpus"]:
-        notes.append(f"The machine was shared with other jobs (1-minute load average {load} on {r['cpus']} CPUs), "
-                     "which lowers every rate here.")
+        notes.append(f"1-minute load average {load} on {r['cpus']} CPUs at the end: the app under test, Locust and "
+                     "the bare engine share these CPUs; anything else running beside them lowers every rate here.")
     return notes
 
 

@@ -332,8 +332,8 @@ def explain(report: dict) -> list[str]:
         notes.append(f"Failures: {', '.join(report['failure_examples'])}.")
     load = report.get("machine", {}).get("load_avg_1m_after")
     if load and report.get("machine", {}).get("cpus") and load > 2 * report["machine"]["cpus"]:
-        notes.append(f"The machine was shared with other jobs during the run (1-minute load average {load} on "
-                     f"{report['machine']['cpus']} CPUs), which inflates every latency here.")
+        notes.append(f"1-minute load average {load} on {report['machine']['cpus']} CPUs after the run: the app under "
+                     "test and Locust share these CPUs; anything else running beside them inflates every latency here.")
     return notes
 
 
