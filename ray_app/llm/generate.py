@@ -146,13 +146,15 @@ def folder_version(folder: str | Path | None, files: tuple[str, ...]) -> str | N
 
 
 def model_versions(llm, settings: Settings | None = None) -> dict:
-    """The LLM and adapter versions recorded in every audit record."""
+    """The LLM and adapter versions recorded in every audit record; the model's names the precision it ran
+    in (``smollm2-135m-instruct@<hash>/bfloat16``)."""
     from ray_app.models.llm import resolve_llm
 
     settings = settings or get_settings()
     files = ("config.json", "generation_config.json", "model.safetensors")
+    dtype = str(getattr(llm.model, "dtype", "")).removeprefix("torch.")
     return {
-        "model": folder_version(resolve_llm(llm.name, settings), files) or llm.name,
+        "model": f"{folder_version(resolve_llm(llm.name, settings), files) or llm.name}/{dtype}",
         "adapter": folder_version(llm.adapter, ("adapter_config.json", "adapter_model.safetensors")),
     }
 
