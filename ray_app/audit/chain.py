@@ -129,6 +129,7 @@ class AuditEntry:
     timings_ms: dict[str, float]
     image_encoder: str | None = None
     audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    caller: str | None = None  # the API key id (never the key); None when auth is off or outside the API
 
     def to_record(self) -> dict:
         return {
@@ -143,6 +144,7 @@ class AuditEntry:
             "grounded": bool(self.grounded),
             # Rounded so that the JSON survives a jsonb round trip byte for byte.
             "timings_ms": {k: round(float(v), 1) for k, v in sorted(self.timings_ms.items())},
+            "caller": self.caller,
         }
 
 
@@ -220,7 +222,7 @@ def request_hash(question: str, image_sha256: str | None, k: int) -> str:
 
 
 def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
-                  k: int, versions: dict, timings_ms: dict, embedder=None) -> dict:
+                  k: int, versions: dict, timings_ms: dict, embedder=None, caller: str | None = None) -> dict:
     """Audit one answer and append it to the chain; returns ``{"grounded", "flags", "citations"}``."""
     verdict = audit_answer(question, answer, passages, embedder)
     similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
@@ -235,6 +237,7 @@ def record_answer(store, *, ask_id: str, question: str, answer: str, passages: l
         grounded=verdict.grounded,
         timings_ms=timings_ms,
         audit_id=ask_id,
+        caller=caller,
     ))
     return {"grounded": verdict.grounded, "flags": verdict.flags,
             "citations": build_citations(passages, verdict.grounding)}
