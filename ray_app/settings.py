@@ -7,6 +7,7 @@ holds a connection string, a model path or a limit.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,16 @@ class Settings(BaseSettings):
         default=0.25, ge=0.0, le=1.0,
         description="Weight of the full-text ranking in hybrid search (the vector ranking weighs 1); chosen on "
                     "the dev half of the wiki retrieval evaluation (docs/reports/retrieval.md).")
+
+    # Audit log (ray_app/audit/; docs/serving.md#audit)
+    audit_dir: Path | None = Field(
+        default=None, description="Folder of the audit chain's HMAC key and head checkpoint (default PRISM_HOME/audit); "
+                                  "keep it off the database's disks and backups.")
+    audit_key_file: Path | None = Field(
+        default=None, description="The audit HMAC key (default AUDIT_DIR/hmac.key, created 0600 on first use).")
+    audit_head_file: Path | None = Field(
+        default=None, description="The append-only head checkpoint of the audit chain (default "
+                                  "AUDIT_DIR/head-<database>.log: one file per database).")
 
     # Limits
     max_text_chars: int = Field(default=1_000_000, description="Documents longer than this are skipped at ingest.")
@@ -141,6 +152,12 @@ class Settings(BaseSettings):
     def data_dir(self) -> Path:
         """Generated corpora and training data."""
         return self.home.resolve() / "data"
+
+    def audit_files(self, database: str) -> tuple[Path, Path]:
+        """The audit chain's HMAC key file and the head checkpoint file of ``database``."""
+        folder = (self.audit_dir or self.home / "audit").resolve()
+        head = self.audit_head_file or folder / f"head-{re.sub(r'[^A-Za-z0-9_.-]', '_', database)}.log"
+        return (self.audit_key_file or folder / "hmac.key").resolve(), Path(head).resolve()
 
     @property
     def logs_dir(self) -> Path:

@@ -1,29 +1,44 @@
 """The tamper-evident audit log and the per-answer audit (grounding + prompt-injection flags).
 
-Every answer appends one row to ``audit_log``: ``record`` is a JSON object (request hash,
-retrieved ids, model and adapter versions, answer hash, flags, timings, ...) and
-``hash = sha256(prev_hash + canonical_json(record))``, where canonical JSON is sorted keys, no
-spaces, UTF-8. Editing, deleting or reordering any row breaks the chain at that row, which
-:func:`verify_chain` names. Appends are serialised with a transaction-scoped advisory lock, so
-concurrent replicas keep one chain.
+Every ask appends two rows to ``audit_log``: a ``started`` record before generation and a
+``completed`` one however the ask ended (answered, cancelled, timeout, error). ``record`` is a JSON
+object (its own ``seq`` and ``created_at``, request hash, retrieved ids and the content hashes of the
+passages used, model and adapter versions, answer hash, flags, timings, ...) and
+``hash = HMAC-SHA256(key, prev_hash + canonical_json(record))``, where canonical JSON is sorted keys,
+no spaces, UTF-8, and the key lives outside the database (:mod:`ray_app.audit.checkpoint`). After
+every committed append the head checkpoint file gets an authenticated ``(seq, audit_id, hash)`` line.
+:func:`verify_chain` finds and names the first bad record: an edit, a removed or reordered row, a
+backdated ``created_at``, a chain recomputed without the key, a cut tail or an emptied table, a
+forged checkpoint. Appends hold one session advisory lock from reading the previous hash until the
+checkpoint line is written, so concurrent replicas keep one chain and the checkpoint only grows.
+Migration ``0011_audit_integrity`` makes rows append-only (a trigger refuses UPDATE, DELETE and
+TRUNCATE) and ``prev_hash`` unique.
 
     prism audit verify [--json]
-    prism audit show [--last N] [--json]
+    prism audit show [ID] [--last N] [--json]
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from ray_app.audit.checkpoint import HeadFile, HeadState, load_or_create_key, mac_hex
 from ray_app.audit.grounding import GroundingReport, check_grounding
 from ray_app.llm.prompting import Passage
 
 GENESIS_HASH = "0" * 64
+RECORD_VERSION = 2  # records with "v": 2 carry seq and created_at and are HMAC'd; older ones are plain sha256
 _LOCK_KEY = 0x50_52_49_53_4D  # "PRISM": one advisory lock for the whole chain
 INJECTION_PATTERNS = [
     re.compile(p, re.IGNORECASE)
@@ -48,8 +63,13 @@ def sha256_hex(data: str | bytes) -> str:
 
 
 def chain_hash(prev_hash: str, record: dict) -> str:
-    """``sha256(prev_hash + canonical_json(record))``."""
+    """``sha256(prev_hash + canonical_json(record))``: the hash of records written before HMAC keys (no ``v``)."""
     return sha256_hex(prev_hash + canonical_json(record))
+
+
+def record_hmac(key: bytes, prev_hash: str, record: dict) -> str:
+    """``HMAC-SHA256(key, prev_hash + canonical_json(record))``: the hash of a version-2 record."""
+    return mac_hex(key, prev_hash + canonical_json(record))
 
 
 def injection_flags(question: str, passages: list[Passage]) -> list[str]:
@@ -117,83 +137,219 @@ def build_citations(passages: list[Passage], report: GroundingReport) -> list[di
 
 @dataclass
 class AuditEntry:
-    """What one logged answer records (the ``record`` JSON of an ``audit_log`` row)."""
+    """What one logged record says (the ``record`` JSON of an ``audit_log`` row, less ``v``, ``seq`` and
+    ``created_at``, which :func:`append_record` adds under the chain's lock).
+
+    ``event`` is ``started`` (before generation) or ``completed``; a completed record's ``status`` is
+    ``answered``, ``cancelled`` (the client went away), ``timeout`` or ``error``. ``passages`` holds the
+    content hash of every passage the prompt was built from.
+    """
 
     request_hash: str
     retrieved_ids: list[str]
     model: str
     adapter: str | None
-    answer_hash: str
+    answer_hash: str | None
     flags: list[str]
-    grounded: bool
+    grounded: bool | None
     timings_ms: dict[str, float]
     image_encoder: str | None = None
     audit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     caller: str | None = None  # the API key id (never the key); None when auth is off or outside the API
+    ask_id: str | None = None
+    event: str = "completed"
+    status: str = "answered"
+    passages: list[dict] = field(default_factory=list)
+    error: str | None = None
 
     def to_record(self) -> dict:
         return {
             "audit_id": self.audit_id,
+            "ask_id": self.ask_id or self.audit_id,
+            "event": self.event,
+            "status": self.status,
             "request_hash": self.request_hash,
             "retrieved_ids": list(self.retrieved_ids),
+            "passages": [dict(p) for p in self.passages],
             "model": self.model,
             "adapter": self.adapter,
             "image_encoder": self.image_encoder,
             "answer_hash": self.answer_hash,
             "flags": list(self.flags),
-            "grounded": bool(self.grounded),
+            "grounded": None if self.grounded is None else bool(self.grounded),
             # Rounded so that the JSON survives a jsonb round trip byte for byte.
             "timings_ms": {k: round(float(v), 1) for k, v in sorted(self.timings_ms.items())},
             "caller": self.caller,
+            "error": self.error,
         }
 
 
+_keys: dict[Path, bytes] = {}
+
+
+def chain_files(store) -> tuple[Path, Path]:
+    """The HMAC key file and the head checkpoint file of ``store``'s chain (from settings)."""
+    database = conninfo_to_dict(store.url).get("dbname") or "postgres"
+    return store.settings.audit_files(database)
+
+
+def chain_key(path: Path, create: bool = True) -> bytes | None:
+    """The HMAC key (cached per process); with ``create=False``, None when the file does not exist."""
+    path = Path(path).resolve()
+    if path not in _keys:
+        if not create and not path.exists():
+            return None
+        _keys[path] = load_or_create_key(path)
+    return _keys[path]
+
+
+def utc_iso(moment: datetime) -> str:
+    """The timestamp as it is hashed: UTC, microseconds, ISO 8601."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def append_record(store, entry: AuditEntry) -> dict:
-    """Append ``entry`` to the chain in one transaction; returns ``{"seq", "audit_id", "hash"}``."""
-    record = entry.to_record()
-    with store.pool.connection() as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        row = conn.execute("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        prev = row[0] if row else GENESIS_HASH
-        digest = chain_hash(prev, record)
-        seq = conn.execute(
-            "INSERT INTO audit_log (audit_id, record, prev_hash, hash) VALUES (%s, %s::jsonb, %s, %s) RETURNING seq",
-            (entry.audit_id, canonical_json(record), prev, digest),
-        ).fetchone()[0]
+    """Append ``entry`` to the chain and advance the head checkpoint; returns ``{"seq", "audit_id", "hash"}``.
+
+    A session advisory lock is held from reading the previous record until the checkpoint line is
+    fsynced, so appends from any number of processes form one chain and the checkpoint's seq only grows.
+    """
+    key_path, head_path = chain_files(store)
+    head = HeadFile(head_path, chain_key(key_path))
+    with store.pool.connection() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            with conn.transaction():
+                seq, digest = _insert_record(conn, head.key, entry)
+            head.append(seq, entry.audit_id, digest)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return {"seq": seq, "audit_id": entry.audit_id, "hash": digest}
 
 
+def _insert_record(conn, key: bytes, entry: AuditEntry) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+    created_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    record = {"v": RECORD_VERSION, "seq": seq, "created_at": utc_iso(created_at), **entry.to_record()}
+    digest = record_hmac(key, prev, record)
+    conn.execute(
+        "INSERT INTO audit_log (seq, audit_id, created_at, record, prev_hash, hash)"
+        " VALUES (%s, %s, %s, %s::jsonb, %s, %s)",
+        (seq, entry.audit_id, created_at, canonical_json(record), prev, digest),
+    )
+    return seq, digest
+
+
 def verify_chain(store, batch: int = 5000) -> dict:
-    """Walk the chain in ``seq`` order and recompute every hash.
+    """Walk the chain in ``seq`` order, recompute every hash, then hold it against the head checkpoint.
 
     Returns:
-        ``{"ok", "records", "first_broken": None | {"seq", "audit_id", "reason"}, "head"}``.
+        ``{"ok", "records", "first_broken": None | {"seq", "audit_id", "reason"}, "head", "checkpoint":
+        {"path", "seq", "entries"}, "unanchored", "legacy_records"}``; ``unanchored`` counts records after
+        the checkpoint's newest line (appended while this ran, or a crash between commit and checkpoint).
     """
-    prev, count, last_seq = GENESIS_HASH, 0, 0
-    while True:
-        with store.pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT seq, audit_id, record, prev_hash, hash FROM audit_log WHERE seq > %s ORDER BY seq LIMIT %s",
-                (last_seq, batch),
-            ).fetchall()
-        for seq, audit_id, record, prev_hash, digest in rows:
-            reason = _broken_reason(prev, audit_id, record, prev_hash, digest)
-            if reason:
-                broken = {"seq": seq, "audit_id": audit_id, "reason": reason}
-                return {"ok": False, "records": count, "first_broken": broken, "head": prev}
-            prev, count, last_seq = digest, count + 1, seq
+    key_path, head_path = chain_files(store)
+    key = chain_key(key_path, create=False)
+    # The checkpoint is read before the table: it is written after each commit, so it never runs ahead.
+    checkpoint = HeadFile(head_path, key or b"").read() if key else HeadState(Path(head_path))
+    walk = ChainWalk(key, key_path, checkpoint)
+    last_seq = 0
+    while walk.broken is None:
+        try:
+            with store.pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log"
+                    " WHERE seq > %s ORDER BY seq LIMIT %s", (last_seq, batch)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            walk.broken = {"seq": None, "audit_id": None, "reason": "the audit_log table is missing (dropped)"}
+            break
+        for row in rows:
+            if not walk.check(*row):
+                break
         if len(rows) < batch:
-            return {"ok": True, "records": count, "first_broken": None, "head": prev}
+            break
+        last_seq = rows[-1][0]
+    broken = walk.broken or walk.check_checkpoint(head_path)
+    anchored = checkpoint.last["seq"] if checkpoint.last else 0
+    return {
+        "ok": broken is None, "records": walk.records, "first_broken": broken, "head": walk.prev,
+        "checkpoint": {"path": str(head_path), "seq": checkpoint.last and checkpoint.last["seq"],
+                       "entries": checkpoint.entries},
+        "unanchored": max(walk.last_seq - anchored, 0) if broken is None else 0,
+        "legacy_records": walk.legacy,
+    }
 
 
-def _broken_reason(expected_prev: str, audit_id: str, record: dict, prev_hash: str, digest: str) -> str | None:
-    if prev_hash != expected_prev:
-        return "prev_hash does not match the previous record's hash (a record was removed or reordered)"
-    if record.get("audit_id") != audit_id:
-        return "audit_id column does not match the record"
-    if chain_hash(prev_hash, record) != digest:
-        return "record content does not match its hash (the record was edited)"
-    return None
+class ChainWalk:
+    """The state of one verification: the previous hash and seq, counts, the first broken record."""
+
+    def __init__(self, key: bytes | None, key_path: Path, checkpoint: HeadState):
+        self.key, self.key_path, self.checkpoint = key, key_path, checkpoint
+        self.prev, self.last_seq, self.records, self.legacy, self.authenticated = GENESIS_HASH, 0, 0, 0, 0
+        self.broken: dict | None = None
+
+    def check(self, seq: int, audit_id: str, created_at: datetime, record: dict, prev_hash: str,
+              digest: str) -> bool:
+        """Check one row; on the first bad one remember why and return False."""
+        legacy = "v" not in record
+        reason = self._reason(seq, audit_id, created_at, record, prev_hash, digest, legacy)
+        if reason:
+            self.broken = {"seq": seq, "audit_id": audit_id, "reason": reason}
+            return False
+        self.prev, self.last_seq, self.records = digest, seq, self.records + 1
+        self.legacy += legacy
+        self.authenticated += not legacy
+        return True
+
+    def _reason(self, seq, audit_id, created_at, record, prev_hash, digest, legacy: bool) -> str | None:
+        if prev_hash != self.prev:
+            return "prev_hash does not match the previous record's hash (a record was removed, inserted or reordered)"
+        if record.get("audit_id") != audit_id:
+            return "audit_id column does not match the record"
+        anchored = self.checkpoint.tail.get(seq)
+        if anchored is not None and (anchored["hash"] != digest or anchored["audit_id"] != audit_id):
+            return "record does not match the head checkpoint's line for its seq (the chain was rewritten)"
+        if legacy:
+            if self.authenticated:
+                return "a record in the old unauthenticated format after authenticated ones (forged)"
+            return None if chain_hash(prev_hash, record) == digest else \
+                "record content does not match its hash (the record was edited)"
+        if record.get("v") != RECORD_VERSION:
+            return f"unknown record version {record.get('v')!r}"
+        if record.get("seq") != seq or (self.last_seq and seq != self.last_seq + 1):
+            return f"seq {seq} does not match the record's own seq or follow seq {self.last_seq} (renumbered)"
+        if record.get("created_at") != utc_iso(created_at):
+            return "created_at column does not match the hashed timestamp (backdated or edited)"
+        if self.key is None:
+            return f"the HMAC key {self.key_path} is missing, so authenticated records cannot be checked"
+        if not hmac.compare_digest(record_hmac(self.key, prev_hash, record), digest):
+            return "record content does not match its HMAC (edited, or the chain recomputed without the key)"
+        return None
+
+    def check_checkpoint(self, head_path: Path) -> dict | None:
+        """After a clean walk: the checkpoint's lines are authentic and the table reaches its newest one."""
+        problem, last = self.checkpoint.problem, self.checkpoint.last
+        if self.key is None and head_path.exists() and head_path.stat().st_size:
+            return {"seq": None, "audit_id": None, "reason": (
+                f"the HMAC key {self.key_path} is missing but the head checkpoint {head_path} exists")}
+        if problem is not None:
+            return {"seq": problem["seq"], "audit_id": problem["audit_id"],
+                    "reason": f"{problem['reason']}: line {problem['line']} of {head_path}"}
+        if last is None:
+            if self.authenticated:
+                return {"seq": None, "audit_id": None, "reason": (
+                    f"no head checkpoint at {head_path} for {self.authenticated} authenticated records: a cut tail "
+                    "cannot be ruled out (the file was removed, or PRISM_AUDIT_DIR points elsewhere)")}
+            return None
+        if self.last_seq < last["seq"]:
+            missing = self.last_seq + 1
+            entry = self.checkpoint.tail.get(missing, {})
+            cut = "the table was emptied" if self.records == 0 else "the tail was cut"
+            return {"seq": missing, "audit_id": entry.get("audit_id"), "reason": (
+                f"record missing: the head checkpoint says the chain reached seq {last['seq']}, the table ends "
+                f"at seq {self.last_seq} ({cut})")}
+        return None
 
 
 def get_record(store, audit_id: str) -> dict | None:
@@ -202,8 +358,16 @@ def get_record(store, audit_id: str) -> dict | None:
         row = conn.execute(
             "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log WHERE audit_id = %s", (audit_id,)
         ).fetchone()
-    keys = ("seq", "audit_id", "created_at", "record", "prev_hash", "hash")
-    return None if row is None else dict(zip(keys, row, strict=True))
+    return None if row is None else dict(zip(_ROW_KEYS, row, strict=True))
+
+
+def ask_records(store, ask_id: str) -> list[dict]:
+    """Every record of one ask (``started``, then ``completed``), oldest first."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log"
+            " WHERE audit_id = %s OR record->>'ask_id' = %s ORDER BY seq", (ask_id, ask_id)).fetchall()
+    return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
 
 
 def last_records(store, n: int = 10) -> list[dict]:
@@ -212,8 +376,10 @@ def last_records(store, n: int = 10) -> list[dict]:
         rows = conn.execute(
             "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT %s", (n,)
         ).fetchall()
-    keys = ("seq", "audit_id", "created_at", "record", "prev_hash", "hash")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
+
+
+_ROW_KEYS = ("seq", "audit_id", "created_at", "record", "prev_hash", "hash")
 
 
 def request_hash(question: str, image_sha256: str | None, k: int) -> str:
@@ -221,23 +387,54 @@ def request_hash(question: str, image_sha256: str | None, k: int) -> str:
     return sha256_hex(canonical_json({"question": question, "image_sha256": image_sha256, "k": k}))
 
 
-def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
-                  k: int, versions: dict, timings_ms: dict, embedder=None, caller: str | None = None) -> dict:
-    """Audit one answer and append it to the chain; returns ``{"grounded", "flags", "citations"}``."""
-    verdict = audit_answer(question, answer, passages, embedder)
+def passage_digests(passages: list[Passage]) -> list[dict]:
+    """``{"n", "chunk_id", "sha256"}`` per passage: the hash of the title and text the prompt was built from."""
+    return [{"n": p.n, "chunk_id": p.chunk_id, "sha256": sha256_hex(canonical_json([p.title, p.text]))}
+            for p in passages]
+
+
+def _base_entry(*, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
+                versions: dict, caller: str | None) -> dict:
     similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
-    append_record(store, AuditEntry(
+    return dict(
         request_hash=request_hash(question, (vision or {}).get("image_sha256"), k),
         retrieved_ids=[p.chunk_id for p in passages] + similar_ids,
+        passages=passage_digests(passages),
         model=versions.get("model") or "",
         adapter=versions.get("adapter"),
         image_encoder=versions.get("image_encoder"),
-        answer_hash=sha256_hex(answer),
-        flags=verdict.flags,
-        grounded=verdict.grounded,
-        timings_ms=timings_ms,
-        audit_id=ask_id,
+        ask_id=ask_id,
         caller=caller,
-    ))
-    return {"grounded": verdict.grounded, "flags": verdict.flags,
-            "citations": build_citations(passages, verdict.grounding)}
+    )
+
+
+def record_started(store, *, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
+                   versions: dict, caller: str | None = None) -> dict:
+    """Log that an answer is about to be generated (audit id ``<ask_id>:started``), with the passages' hashes
+    and the injection flags of its inputs."""
+    return append_record(store, AuditEntry(
+        **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
+                      caller=caller),
+        answer_hash=None, flags=injection_flags(question, passages), grounded=None, timings_ms={},
+        audit_id=f"{ask_id}:started", event="started", status="started"))
+
+
+def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
+                  k: int, versions: dict, timings_ms: dict, embedder=None, caller: str | None = None,
+                  status: str = "answered", error: str | None = None) -> dict:
+    """Audit one answer and append its ``completed`` record; returns ``{"grounded", "flags", "citations"}``.
+
+    An answer that did not finish (``status`` ``cancelled``, ``timeout`` or ``error``) is logged with its
+    partial text's hash and the injection flags, without the grounding check.
+    """
+    if status == "answered":
+        verdict = audit_answer(question, answer, passages, embedder)
+        grounded, flags, citations = verdict.grounded, verdict.flags, build_citations(passages, verdict.grounding)
+    else:
+        grounded, flags, citations = None, injection_flags(question, passages) + [f"incomplete:{status}"], []
+    append_record(store, AuditEntry(
+        **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
+                      caller=caller),
+        answer_hash=sha256_hex(answer), flags=flags, grounded=grounded, timings_ms=timings_ms, audit_id=ask_id,
+        status=status, error=error))
+    return {"grounded": bool(grounded), "flags": flags, "citations": citations}

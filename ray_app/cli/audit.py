@@ -1,14 +1,14 @@
-"""`prism audit`: verify the tamper-evident audit chain, or show its newest records.
+"""`prism audit`: verify the tamper-evident audit chain, or show its records.
 
-    prism audit verify [--json]     exit 1 and name the first broken record when the chain is broken
-    prism audit show [--last N] [--json]
+    prism audit verify [--json]     exit 1 and name the first bad record when the chain is broken
+    prism audit show [ID] [--last N] [--json]
 """
 
 from __future__ import annotations
 
 import typer
 
-from ray_app.audit.chain import last_records, verify_chain
+from ray_app.audit.chain import ask_records, last_records, verify_chain
 from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
 from ray_app.store import get_store
 
@@ -18,12 +18,15 @@ app = typer.Typer(help="Inspect and verify the tamper-evident audit log.", no_ar
 @app.command("verify")
 @handle_errors
 def verify(json_out: bool = JSON_OPTION) -> None:
-    """Walk the chain and recompute every hash; exit status 1 at the first broken record."""
+    """Recompute every HMAC and hold the chain against its head checkpoint; exit status 1 at the first bad record."""
     result = verify_chain(get_store())
 
     def human(r: dict) -> None:
         if r["ok"]:
-            console.print(f"[green]audit chain ok[/green]: {r['records']} records, head {r['head'][:16]}")
+            console.print(f"[green]audit chain ok[/green]: {r['records']} records, head {r['head'][:16]}, "
+                          f"checkpoint at seq {r['checkpoint']['seq']} ({r['checkpoint']['path']})")
+            if r["unanchored"]:
+                console.print(f"{r['unanchored']} records are newer than the checkpoint's last line")
         else:
             b = r["first_broken"]
             console.print(f"[red]audit chain broken[/red] at record seq={b['seq']} audit_id={b['audit_id']}: {b['reason']}")
@@ -35,14 +38,18 @@ def verify(json_out: bool = JSON_OPTION) -> None:
 
 @app.command("show")
 @handle_errors
-def show(last: int = typer.Option(10, "--last", min=1, max=1000, help="How many records."),
+def show(audit_id: str | None = typer.Argument(None, help="An ask id (its started and completed records)."),
+         last: int = typer.Option(10, "--last", min=1, max=1000, help="How many records (without ID)."),
          json_out: bool = JSON_OPTION) -> None:
-    """Print the newest records, newest first."""
-    rows = last_records(get_store(), last)
+    """Print one ask's records, or the newest records, newest first."""
+    rows = ask_records(get_store(), audit_id) if audit_id else last_records(get_store(), last)
 
     def human(obj: dict) -> None:
         for r in obj["records"]:
             rec = r["record"]
-            console.print(f"{r['seq']:>6} {r['audit_id']} grounded={rec.get('grounded')} flags={rec.get('flags')}")
+            console.print(f"{r['seq']:>6} {r['created_at']} {r['audit_id']} {rec.get('event', 'completed')}"
+                          f" status={rec.get('status', 'answered')} grounded={rec.get('grounded')} flags={rec.get('flags')}")
 
     emit({"records": rows}, json_out, human)
+    if audit_id and not rows:
+        raise typer.Exit(1)
