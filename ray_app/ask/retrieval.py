@@ -3,22 +3,26 @@
 One search dispatch serves `prism search`, the ``rag`` deployment and the ask pipeline. For an
 ask, the query is the question plus what vision saw (top labels, OCR text, the caption of a
 near-duplicate stored image); passages whose MiniLM cosine to that query reaches
-``min_relevance`` are kept and numbered.
+``min_relevance`` are kept and numbered. Text read from the image (OCR) is untrusted like any
+passage, so it is one: numbered after the corpus passages, cited, and checked by the audit.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray_app.errors import InputError, NotFound
-from ray_app.llm.prompting import Passage
+from ray_app.llm.prompting import PASSAGE_CHARS, Passage
 from ray_app.store import Filters, SearchHit, Store, get_store
 
 SEARCH_MODES = ("hybrid", "vector", "text")
 NEAR_DUPLICATE = 0.9  # a stored image this similar is taken to show the same thing
 RELEVANCE_MARGIN = 0.15
 LABEL_MIN_SCORE = 0.35  # zero-shot labels below this softmax score are too unsure to search with
+OCR_TITLE = "Text in the uploaded image (OCR)"
+OCR_MIN_WORD_CHARS = 3  # less is Tesseract's noise on a photo, not text
 
 
 @dataclass
@@ -49,14 +53,14 @@ def confident_labels(vision: dict) -> list[str]:
 
 
 def image_context(vision: dict | None) -> str | None:
-    """One line describing the image for the prompt (labels, text in it, what it resembles)."""
+    """One line describing the image for the prompt (labels, what it resembles); its text is a passage."""
     if not vision:
         return None
     bits = []
     if confident_labels(vision):
         bits.append("it shows: " + ", ".join(confident_labels(vision)))
-    if vision.get("ocr_text"):
-        bits.append(f"text in the image: {vision['ocr_text'][:200]}")
+    if ocr_passage(vision, 0) is not None:
+        bits.append("it contains text (see the passage titled 'Text in the uploaded image')")
     similar = vision.get("similar_images") or []
     if similar and similar[0].get("score", 0) >= NEAR_DUPLICATE and similar[0].get("caption"):
         bits.append(f"it looks like: {similar[0]['caption']}")
@@ -87,7 +91,16 @@ def retrieve_passages(
         Passage(n, h.title or "", _strip_title(h.text or "", h.title), h.doc_id, h.id, round(cosine[h.id], 4))
         for n, h in enumerate(relevant, 1)
     ]
-    return Retrieved(query, passages, relevant)
+    ocr = ocr_passage(vision, len(passages) + 1)
+    return Retrieved(query, passages + ([ocr] if ocr else []), relevant)
+
+
+def ocr_passage(vision: dict | None, n: int) -> Passage | None:
+    """The image's OCR text as passage ``n`` (chunk id ``ocr:<image sha256 prefix>``), or None without text."""
+    text = " ".join(((vision or {}).get("ocr_text") or "").split())
+    if len(re.findall(r"\w", text)) < OCR_MIN_WORD_CHARS:
+        return None
+    return Passage(n, OCR_TITLE, text[:PASSAGE_CHARS], None, f"ocr:{(vision.get('image_sha256') or '')[:16]}", 1.0)
 
 
 def _strip_title(text: str, title: str | None) -> str:

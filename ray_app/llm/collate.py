@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray_app.llm.prompting import Passage, build_messages
+from ray_app.llm.prompting import Passage, build_messages, special_strings
 
 IGNORE_INDEX = -100
 
@@ -22,7 +22,8 @@ def record_passages(record: dict[str, Any]) -> list[Passage]:
 
 def render_prompt(tokenizer, record: dict[str, Any]) -> str:
     """The generation prompt (system + user turn + assistant header) for a record."""
-    messages = build_messages(record["question"], record_passages(record), record.get("image_context"))
+    messages = build_messages(record["question"], record_passages(record), record.get("image_context"),
+                              reserved=special_strings(tokenizer))
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

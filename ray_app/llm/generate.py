@@ -12,7 +12,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ray_app.llm.prompting import NOT_IN_SOURCES, PASSAGE_CHARS, Passage, build_messages
+from ray_app.llm.prompting import (
+    NOT_IN_SOURCES,
+    PASSAGE_CHARS,
+    Passage,
+    build_messages,
+    neutralise,
+    special_strings,
+)
 from ray_app.settings import Settings, get_settings
 
 
@@ -20,12 +27,15 @@ def render_prompt(tokenizer, question: str, passages: list[Passage], context: st
                   budget: int | None = None) -> str:
     """The chat-templated prompt for the shared answer format (``ray_app.llm.prompting``).
 
+    The question, passages and image line are untrusted: their special-token strings (this tokenizer's
+    added tokens and any ``<|...|>``) are defused and line breaks flattened, so tokenizing the prompt
+    gives exactly the chat template's own special tokens and each passage stays one ``[n]`` line.
     With ``budget``, passages are trimmed (longest first) until the prompt has at most about that many
     tokens (:func:`fit_passages`); the question, the image line and the system prompt are never cut.
     """
     if budget is not None:
         passages = fit_passages(tokenizer, question, passages, context, budget)
-    messages = build_messages(question, passages, context)
+    messages = build_messages(question, passages, context, reserved=special_strings(tokenizer))
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -39,7 +49,10 @@ def fit_passages(tokenizer, question: str, passages: list[Passage], context: str
     total = count_tokens(tokenizer, render_prompt(tokenizer, question, passages, context))
     if total <= budget or not passages:
         return passages
-    ids = [tokenizer(p.text[:PASSAGE_CHARS], add_special_tokens=False)["input_ids"] for p in passages]
+    reserved = special_strings(tokenizer)
+    # Counted and cut as the prompt shows them (neutralised), so a defused token's extra pieces are paid for.
+    ids = [tokenizer(neutralise(p.text[:PASSAGE_CHARS], reserved), add_special_tokens=False)["input_ids"]
+           for p in passages]
     allowed = max(sum(len(i) for i in ids) - (total - budget), 0)
     cap = token_cap([len(i) for i in ids], allowed)
     return [replace(p, text=tokenizer.decode(i[:cap]).strip()) for p, i in zip(passages, ids, strict=True)]
