@@ -20,8 +20,12 @@ class AuditDeployment:
         self.store = get_store()
         self.auditor = LoggedAudit(self.store, get_text_embedder())
 
+    async def start(self, draft: AnswerDraft) -> None:
+        """Log the ``started`` record of an ask about to be generated."""
+        await self.auditor.start(draft)
+
     async def record(self, draft: AnswerDraft) -> dict:
-        """Audit and log one answer: ``{"grounded", "flags", "citations"}``."""
+        """Audit and log one answer (however it ended): ``{"grounded", "flags", "citations"}``."""
         return await self.auditor.record(draft)
 
     def verify(self) -> dict:

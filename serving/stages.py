@@ -54,5 +54,8 @@ class ServeAudit:
     def __init__(self, handle):
         self.handle = handle
 
+    async def start(self, draft: AnswerDraft) -> None:
+        await self.handle.start.remote(draft)
+
     async def record(self, draft: AnswerDraft) -> dict:
         return await self.handle.record.remote(draft)

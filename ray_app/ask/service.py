@@ -12,23 +12,31 @@ errors to status codes. The stages are injected: in one process they are the loc
 
 Errors are Prism's own (:mod:`ray_app.errors`): input errors and rejected images are raised
 before the first event, so a transport can still answer them with a status code.
+
+Every ask that reaches generation is audited twice: a ``started`` record before the first event and a
+``completed`` one however it ends (answered, or cancelled when the client goes away, timeout, error),
+the latter written under :func:`asyncio.shield` so a cancelled request still finishes its record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.retrieval import Retrieved, image_context
+from ray_app.audit.injection import Screening, screen_inputs
 from ray_app.errors import InputError, Unavailable
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
 from ray_app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 MAX_K = 20
 MAX_QUESTION_CHARS = 2000
@@ -87,6 +95,27 @@ class AnswerDraft:
     k: int
     versions: dict[str, str | None]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    caller: str | None = None  # the API key id that asked (never the key); None without auth
+    status: str = "answered"  # or "cancelled", "timeout", "error": how the ask ended
+    error: str | None = None
+    screen_flags: list[str] = field(default_factory=list)  # the pre-generation injection screening's flags
+    quarantined: list[Passage] = field(default_factory=list)  # retrieved, flagged, left out of the prompt
+
+
+@dataclass
+class AskTrace:
+    """How far one ask got, so that its ``completed`` record is written however it ends."""
+
+    draft: AnswerDraft | None = None  # set once the ``started`` record is written
+    answer: str = ""
+    closed: bool = False  # the completed record is written or being written
+
+    def unfinished(self, status: str, error: str | None) -> AnswerDraft | None:
+        """The draft to log for an ask that ended early (once), or None when there is nothing to log."""
+        if self.draft is None or self.closed:
+            return None
+        self.closed = True
+        return replace(self.draft, answer=self.answer.strip(), status=status, error=error)
 
 
 class VisionStage(Protocol):
@@ -112,8 +141,11 @@ class GenerateStage(Protocol):
 
 
 class AuditStage(Protocol):
+    async def start(self, draft: AnswerDraft) -> None:
+        """Log that generation starts (the ``started`` record: request, passages' hashes, versions)."""
+
     async def record(self, draft: AnswerDraft) -> dict:
-        """Check and log one answer: ``{"grounded", "flags", "citations"}``."""
+        """Check and log one answer (``draft.status`` says how it ended): ``{"grounded", "flags", "citations"}``."""
 
 
 def check_question(question: str | None) -> str:
@@ -170,10 +202,33 @@ class AskService:
         if image is not None and self.vision is None:
             raise AskInputError("this service answers questions without images")
         async with self.gate.place() if self.gate is not None else nullcontext():
-            async for event in within(self._events(question, image, options), self.settings.ask_timeout_s):
-                yield event
+            trace, status, error = AskTrace(), "cancelled", None  # a consumer that goes away: cancelled
+            try:
+                async for event in within(self._events(question, image, options, trace=trace),
+                                          self.settings.ask_timeout_s):
+                    yield event
+            except AskTimeout as exc:
+                status, error = "timeout", str(exc)
+                raise
+            except Exception as exc:
+                status, error = "error", f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                await self._log_unfinished(trace, status, error)
 
-    async def _events(self, question: str, image: bytes | None, options: AskOptions) -> AsyncIterator[AskEvent]:
+    async def _log_unfinished(self, trace: AskTrace, status: str, error: str | None) -> None:
+        """The ``completed`` record of an ask that ended early, shielded from the request's cancellation."""
+        draft = trace.unfinished(status, error)
+        if draft is None:
+            return
+        try:
+            await asyncio.shield(self.auditor.record(draft))
+        except Exception:  # the ask's own error (or the client's absence) is what the caller must see
+            log.exception("could not log the %s ask %s", status, draft.ask_id)
+
+    async def _events(self, question: str, image: bytes | None, options: AskOptions,
+                      caller: str | None = None, trace: AskTrace | None = None) -> AsyncIterator[AskEvent]:
+        trace = trace if trace is not None else AskTrace()
         start = time.perf_counter()
         timings: dict[str, float] = {}
         vision = None
@@ -183,22 +238,29 @@ class AskService:
         t1 = time.perf_counter()
         retrieved = await self.retriever.retrieve(question, vision, options)
         timings["retrieval_ms"] = _ms(t1)
+        screening = screen_inputs(question, retrieved.passages)  # flagged passages never reach the prompt
+        passages = screening.kept
         ask_id = new_ask_id()
-        yield AskEvent("meta", {"id": ask_id, "vision": vision, "passages": [asdict(p) for p in retrieved.passages]})
+        draft = AnswerDraft(ask_id, question, "", passages, vision, options.k, await self.versions(image is not None),
+                            timings, caller, screen_flags=screening.flags, quarantined=screening.quarantined)
+        await self.auditor.start(draft)
+        trace.draft = draft
+        yield AskEvent("meta", {"id": ask_id, "vision": vision, "passages": [asdict(p) for p in passages],
+                                "quarantined": quarantine_notes(screening)})
 
-        t2, answer = time.perf_counter(), ""
-        async for piece in self._answer_pieces(question, retrieved.passages, vision, options.max_new_tokens):
-            if not answer:
+        t2 = time.perf_counter()
+        async for piece in self._answer_pieces(question, passages, vision, options.max_new_tokens):
+            if not trace.answer:
                 timings["ttft_ms"] = _ms(start)
-            answer += piece
+            trace.answer += piece
             yield AskEvent("token", {"text": piece})
         timings["generation_ms"] = _ms(t2)
         timings["total_ms"] = _ms(start)
 
-        draft = AnswerDraft(ask_id, question, answer.strip(), retrieved.passages, vision, options.k,
-                            await self.versions(image is not None), timings)
+        draft = replace(draft, answer=trace.answer.strip())
+        trace.closed = True
         t3 = time.perf_counter()
-        verdict = await self.auditor.record(draft)
+        verdict = await asyncio.shield(self.auditor.record(draft))
         yield AskEvent("done", build_response(draft, verdict, audit_ms=_ms(t3)))
 
     async def ask(self, question: str, image: bytes | None = None, options: AskOptions | None = None) -> dict:
@@ -231,6 +293,12 @@ async def within(events: AsyncIterator[AskEvent], seconds: float) -> AsyncIterat
             await events.aclose()
             raise AskTimeout(f"the answer took longer than the server's limit of {seconds:g} s") from None
         yield event
+
+
+def quarantine_notes(screening: Screening) -> list[dict]:
+    """What the client is told about each quarantined passage: which it was and which rules it tripped."""
+    return [{"n": p.n, "title": p.title, "doc_id": p.doc_id, "chunk_id": p.chunk_id,
+             "rules": screening.rules.get(f"passage:{p.n}", [])} for p in screening.quarantined]
 
 
 def build_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from ray_app.ask.retrieval import Retrieved, retrieve_passages
 from ray_app.ask.service import AnswerDraft, AskOptions, AskService
-from ray_app.audit.chain import audit_answer, build_citations, record_answer
+from ray_app.audit.chain import audit_answer, build_citations, merge_flags, record_answer, record_started
 from ray_app.llm.generate import generate_answer, model_versions, render_prompt
 from ray_app.llm.prompting import Passage
 from ray_app.settings import Settings, get_settings
@@ -106,11 +106,18 @@ class LoggedAudit:
     def __init__(self, store, embedder=None):
         self.store, self.embedder = store, embedder
 
+    async def start(self, draft: AnswerDraft) -> None:
+        await asyncio.to_thread(
+            record_started, self.store, ask_id=draft.ask_id, question=draft.question, passages=draft.passages,
+            vision=draft.vision, k=draft.k, versions=draft.versions, caller=draft.caller,
+            extra_flags=draft.screen_flags, quarantined=draft.quarantined)
+
     async def record(self, draft: AnswerDraft) -> dict:
         return await asyncio.to_thread(
             record_answer, self.store, ask_id=draft.ask_id, question=draft.question, answer=draft.answer,
             passages=draft.passages, vision=draft.vision, k=draft.k, versions=draft.versions,
-            timings_ms=draft.timings_ms, embedder=self.embedder)
+            timings_ms=draft.timings_ms, embedder=self.embedder, caller=draft.caller, status=draft.status,
+            error=draft.error, extra_flags=draft.screen_flags, quarantined=draft.quarantined)
 
 
 class CheckOnlyAudit:
@@ -119,9 +126,12 @@ class CheckOnlyAudit:
     def __init__(self, embedder=None):
         self.embedder = embedder
 
+    async def start(self, draft: AnswerDraft) -> None:
+        return None
+
     async def record(self, draft: AnswerDraft) -> dict:
         verdict = audit_answer(draft.question, draft.answer, draft.passages, self.embedder)
-        return {"grounded": verdict.grounded, "flags": verdict.flags,
+        return {"grounded": verdict.grounded, "flags": merge_flags(draft.screen_flags, verdict.flags),
                 "citations": build_citations(draft.passages, verdict.grounding)}
 
 

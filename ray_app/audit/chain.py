@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,22 +34,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ray_app.audit.checkpoint import HeadFile, HeadState, load_or_create_key, mac_hex
 from ray_app.audit.grounding import GroundingReport, check_grounding
+from ray_app.audit.injection import injection_flags, looks_like_injection  # noqa: F401 (re-exported)
 from ray_app.llm.prompting import Passage
 
 GENESIS_HASH = "0" * 64
 RECORD_VERSION = 2  # records with "v": 2 carry seq and created_at and are HMAC'd; older ones are plain sha256
 _LOCK_KEY = 0x50_52_49_53_4D  # "PRISM": one advisory lock for the whole chain
-INJECTION_PATTERNS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"\b(ignore|disregard|forget|override)\b.{0,40}\b(previous|prior|above|earlier|all|any|your)\b.{0,20}"
-        r"\b(instruction|prompt|rule|direction|message)s?\b",
-        r"\b(reveal|print|show|repeat|leak)\b.{0,30}\b(system prompt|instructions|hidden prompt)\b",
-        r"\byou are now\b|\bact as (an? )?(unrestricted|jailbroken|dan)\b|\bdo anything now\b|\bjailbreak\b",
-        r"</?\s*(system|assistant|im_start|im_end)\s*>|<\|im_(start|end)\|>",
-        r"\bnew instructions?\s*:",
-    )
-]
 
 
 def canonical_json(obj: Any) -> str:
@@ -70,20 +59,6 @@ def chain_hash(prev_hash: str, record: dict) -> str:
 def record_hmac(key: bytes, prev_hash: str, record: dict) -> str:
     """``HMAC-SHA256(key, prev_hash + canonical_json(record))``: the hash of a version-2 record."""
     return mac_hex(key, prev_hash + canonical_json(record))
-
-
-def injection_flags(question: str, passages: list[Passage]) -> list[str]:
-    """Flags for text that tries to give the model instructions: ``prompt_injection:question`` and
-    ``prompt_injection:passage:<n>`` (passages are data; the flag says one tried to be a command)."""
-    flags = []
-    if looks_like_injection(question):
-        flags.append("prompt_injection:question")
-    flags += [f"prompt_injection:passage:{p.n}" for p in passages if looks_like_injection(p.text)]
-    return flags
-
-
-def looks_like_injection(text: str) -> bool:
-    return any(p.search(text or "") for p in INJECTION_PATTERNS)
 
 
 @dataclass
@@ -161,6 +136,7 @@ class AuditEntry:
     status: str = "answered"
     passages: list[dict] = field(default_factory=list)
     error: str | None = None
+    quarantined: list[dict] = field(default_factory=list)  # passages left out of the prompt (injection rules)
 
     def to_record(self) -> dict:
         return {
@@ -171,6 +147,7 @@ class AuditEntry:
             "request_hash": self.request_hash,
             "retrieved_ids": list(self.retrieved_ids),
             "passages": [dict(p) for p in self.passages],
+            "quarantined": [dict(p) for p in self.quarantined],
             "model": self.model,
             "adapter": self.adapter,
             "image_encoder": self.image_encoder,
@@ -394,12 +371,13 @@ def passage_digests(passages: list[Passage]) -> list[dict]:
 
 
 def _base_entry(*, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
-                versions: dict, caller: str | None) -> dict:
+                versions: dict, caller: str | None, quarantined: list[Passage]) -> dict:
     similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
     return dict(
         request_hash=request_hash(question, (vision or {}).get("image_sha256"), k),
-        retrieved_ids=[p.chunk_id for p in passages] + similar_ids,
+        retrieved_ids=[p.chunk_id for p in passages + quarantined] + similar_ids,
         passages=passage_digests(passages),
+        quarantined=passage_digests(quarantined),
         model=versions.get("model") or "",
         adapter=versions.get("adapter"),
         image_encoder=versions.get("image_encoder"),
@@ -409,19 +387,26 @@ def _base_entry(*, ask_id: str, question: str, passages: list[Passage], vision: 
 
 
 def record_started(store, *, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
-                   versions: dict, caller: str | None = None) -> dict:
+                   versions: dict, caller: str | None = None, extra_flags: list[str] = (),
+                   quarantined: list[Passage] = ()) -> dict:
     """Log that an answer is about to be generated (audit id ``<ask_id>:started``), with the passages' hashes
-    and the injection flags of its inputs."""
+    and the injection flags of its inputs (``extra_flags``: the pre-generation screening's)."""
     return append_record(store, AuditEntry(
         **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
-                      caller=caller),
-        answer_hash=None, flags=injection_flags(question, passages), grounded=None, timings_ms={},
-        audit_id=f"{ask_id}:started", event="started", status="started"))
+                      caller=caller, quarantined=list(quarantined)),
+        answer_hash=None, flags=merge_flags(extra_flags, injection_flags(question, passages)), grounded=None,
+        timings_ms={}, audit_id=f"{ask_id}:started", event="started", status="started"))
+
+
+def merge_flags(*groups) -> list[str]:
+    """The flags of every group, in order, each once."""
+    return list(dict.fromkeys(f for group in groups for f in group))
 
 
 def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
                   k: int, versions: dict, timings_ms: dict, embedder=None, caller: str | None = None,
-                  status: str = "answered", error: str | None = None) -> dict:
+                  status: str = "answered", error: str | None = None, extra_flags: list[str] = (),
+                  quarantined: list[Passage] = ()) -> dict:
     """Audit one answer and append its ``completed`` record; returns ``{"grounded", "flags", "citations"}``.
 
     An answer that did not finish (``status`` ``cancelled``, ``timeout`` or ``error``) is logged with its
@@ -432,9 +417,10 @@ def record_answer(store, *, ask_id: str, question: str, answer: str, passages: l
         grounded, flags, citations = verdict.grounded, verdict.flags, build_citations(passages, verdict.grounding)
     else:
         grounded, flags, citations = None, injection_flags(question, passages) + [f"incomplete:{status}"], []
+    flags = merge_flags(extra_flags, flags)
     append_record(store, AuditEntry(
         **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
-                      caller=caller),
+                      caller=caller, quarantined=list(quarantined)),
         answer_hash=sha256_hex(answer), flags=flags, grounded=grounded, timings_ms=timings_ms, audit_id=ask_id,
         status=status, error=error))
     return {"grounded": bool(grounded), "flags": flags, "citations": citations}
