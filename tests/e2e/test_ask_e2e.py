@@ -59,6 +59,15 @@ def test_frog_image_question(prism_app, monkeypatch):
     assert json.loads(ok.stdout)["ok"]
 
     with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
+        events = conn.execute("SELECT record->>'event' FROM audit_log WHERE record->>'ask_id' = %s ORDER BY seq",
+                              (body["id"],)).fetchall()
+    assert [e[0] for e in events] == ["started", "completed"]
+
+    # The table refuses changes; its owner can switch the guard off, and the HMAC still finds the edit.
+    with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE audit_log SET record = record WHERE seq = %s", (seq,))
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete")
         conn.execute("UPDATE audit_log SET record = jsonb_set(record, '{grounded}', %s::jsonb) WHERE seq = %s",
                      (json.dumps(not record["grounded"]), seq))
     try:
@@ -69,6 +78,7 @@ def test_frog_image_question(prism_app, monkeypatch):
     finally:  # put the row back so later tests see an intact chain
         with psycopg.connect(prism_app.database_url, autocommit=True) as conn:
             conn.execute("UPDATE audit_log SET record = %s::jsonb WHERE seq = %s", (json.dumps(record), seq))
+            conn.execute("ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_log_no_update_delete")
 
 
 def test_frog_labels_with_the_trained_encoder(prism_app):
