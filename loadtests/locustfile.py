@@ -25,7 +25,9 @@ The queries and questions are ``load_mix.json`` next to this file; it speaks HTT
 nothing of Prism, so a load tester needs only Locust. Environment: ``PRISM_LOAD_MAX_NEW_TOKENS``
 (answer length of the asks; default: the mix's ``max_new_tokens``), ``PRISM_LOAD_STAMPS`` (a folder
 of PNG stamps for the image asks), ``PRISM_LOAD_TIMEOUT_S`` (the client's timeout, default 30 s),
-``PRISM_LOAD_THINK_S`` (think time ``MIN,MAX`` in seconds, default ``1,5``).
+``PRISM_LOAD_THINK_S`` (think time ``MIN,MAX`` in seconds, default ``1,5``), ``PRISM_API_KEY`` (sent as
+``Authorization: Bearer``; create one with limits above the load, e.g. ``prism keys create load --rpm 1000000
+--tokens-per-day 1000000000``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ MAX_NEW_TOKENS = int(os.environ.get("PRISM_LOAD_MAX_NEW_TOKENS") or MIX["max_new
 STAMPS = Path(os.environ.get("PRISM_LOAD_STAMPS", "/usr/share/tuxpaint/stamps"))
 TIMEOUT_S = float(os.environ.get("PRISM_LOAD_TIMEOUT_S") or 30)
 THINK_S = [float(x) for x in (os.environ.get("PRISM_LOAD_THINK_S") or "1,5").split(",")]
+API_KEY = os.environ.get("PRISM_API_KEY", "")
 
 
 def _load_images(limit: int = 12) -> list[str]:
@@ -109,6 +112,10 @@ class PrismUser(HttpUser):
     """One person using Prism: mostly searching, sometimes asking, occasionally about a picture."""
 
     wait_time = between(*THINK_S)
+
+    def on_start(self) -> None:
+        if API_KEY:
+            self.client.headers["Authorization"] = f"Bearer {API_KEY}"
 
     @task(6)
     def search(self) -> None:

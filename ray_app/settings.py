@@ -88,7 +88,10 @@ class Settings(BaseSettings):
     # Limits
     max_text_chars: int = Field(default=1_000_000, description="Documents longer than this are skipped at ingest.")
     max_image_bytes: int = Field(default=10 * 1024 * 1024, description="Largest accepted image upload.")
-    max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
+    max_image_pixels: int = Field(default=16_000_000, description="Largest accepted image (width x height; 413 above).")
+    max_image_side: int = Field(
+        default=2048, ge=64, description="Longest side an accepted image is analysed at: larger ones are downscaled "
+                                         "before OCR and the image encoder.")
     max_new_tokens: int = Field(default=160, ge=1, le=2048, description="Generation limit for answers.")
     prompt_token_budget: int | None = Field(
         default=512, ge=64, le=4096,
@@ -116,6 +119,24 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Longest an ask may run, from admission to its last event (the server's "
                                          "limit: clients' x-request-timeout-seconds headers cannot lift it).")
     retry_after_s: float = Field(default=2.0, ge=0, description="Retry-After sent with 503 when overloaded.")
+
+    # Access control and request limits (ray_app/auth/, serving/http_limits.py; docs/security.md)
+    auth: Literal["on", "off"] = Field(
+        default="on", description="'on': every /v1/* request needs `Authorization: Bearer KEY` (prism keys create); "
+                                  "'off' is for local development only (logged, and shown in /healthz).")
+    key_default_rpm: int = Field(default=60, ge=1, description="Requests per minute of a new key without --rpm.")
+    key_default_tokens_per_day: int = Field(
+        default=200_000, ge=1, description="LLM tokens (prompt + completion) per UTC day of a new key without "
+                                           "--tokens-per-day.")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body (413 above it, from Content-Length or "
+                                                       "while the body streams in).")
+    max_multipart_parts: int = Field(default=16, ge=1, description="Most parts in a multipart /v1/ask form (413).")
+    max_chat_messages: int = Field(default=256, ge=1, description="Most messages in one chat completion (413).")
+    allowed_hosts: list[str] = Field(
+        default=["127.0.0.1", "localhost", "::1"],
+        description="Host header names the ingress answers (any port); '*' allows every host. JSON list in "
+                    "PRISM_ALLOWED_HOSTS.")
 
     @field_validator("database_url")
     @classmethod

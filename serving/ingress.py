@@ -2,12 +2,16 @@
 
 Routes (DESIGN.md): ``GET /healthz``, ``/openapi.json``, ``/docs``, ``POST /v1/search``,
 ``POST /v1/ask`` (JSON or multipart; ``stream: true`` gives server-sent events),
-``POST /v1/chat/completions`` (OpenAI-compatible, image parts as data URLs, streaming),
-``GET /v1/documents/{id}``, ``GET /v1/images/{id}`` (+ ``/file``), ``GET /`` the web page.
-Bad input gets a 4xx ``{"error": {"code", "message"}}``, never a 500.
+``POST /v1/chat/completions`` (OpenAI-compatible, image parts as data URLs, streaming, ``usage``),
+``GET /v1/models`` (+ ``/{id}``), ``GET /v1/documents/{id}``, ``GET /v1/images/{id}`` (+ ``/file``),
+``GET /`` the web page. Bad input gets a 4xx ``{"error": {"code", "message"}}`` (OpenAI's shape, with
+``type`` and ``param``, on the OpenAI routes), never a 500. Every ``/v1/*`` route takes the
+:func:`caller` dependency (an API key, its rate limits); :class:`serving.http_limits.RequestLimits`
+checks host, content type and body size before any route parses the request.
 """
 
 
+import asyncio
 import base64
 import binascii
 import json
@@ -16,7 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -27,9 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.service import AskEvent, AskOptions, AskService
+from ray_app.auth.guard import Admission, Guard, RateLimited
+from ray_app.auth.keys import MissingKey, RevokedKey
 from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
+from serving.http_limits import RequestLimits, error_body
 from serving.schemas import (
     AskRequest,
     AskResponse,
@@ -41,37 +48,48 @@ from serving.schemas import (
     ChatDelta,
     ChatResponseMessage,
     ErrorResponse,
+    ModelCard,
+    ModelList,
     SearchRequest,
     SearchResponse,
+    Usage,
 )
 from serving.stages import ServeAudit, ServeGenerate, ServeRetrieve, ServeVision
 
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp", ".svg": "image/svg+xml"}
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
+MODEL_ID = "prism"  # the one model /v1/models lists: the whole pipeline (retrieval, LLM, audit) behind the chat API
 
 api = FastAPI(title="Prism", version="0.1.0",
-              description="Multimodal learning assistant: cited answers about images and questions, audited.")
+              description="Multimodal learning assistant: cited answers about images and questions, audited. "
+                          "Every /v1/* route needs `Authorization: Bearer KEY` (prism keys create NAME).")
+api.add_middleware(RequestLimits, page=UI_PAGE)
 
 
 class ApiError(Exception):
     """An error for the client: HTTP ``status`` with ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
 
 
-def error_json(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
-    """The error body of every failure; a 503 says when to come back (``Retry-After``, whole seconds)."""
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_json(request: Request, status: int, code: str, message: str, retry_after_s: float | None = None,
+               param: str | None = None, kind: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """The error body of every failure (:func:`serving.http_limits.error_body`); a 503 or 429 says when to come
+    back (``Retry-After``, whole seconds)."""
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse(error_body(request.url.path, status, code, message, param, kind), status_code=status,
+                        headers=headers or None)
 
 
 @api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_json(exc.status, exc.code, exc.message)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_json(request, exc.status, exc.code, exc.message, param=exc.param)
 
 
 # Prism's own errors by type; an image is refused with the status that says why.
@@ -82,6 +100,12 @@ def status_for(exc: PrismError) -> int:
     """The HTTP status of one of Prism's errors (the service below never raises HTTP errors)."""
     if isinstance(exc, ImageRejected):
         return IMAGE_STATUS.get(exc.code, 422)
+    if isinstance(exc, MissingKey):
+        return 401
+    if isinstance(exc, RevokedKey):
+        return 403
+    if isinstance(exc, RateLimited):
+        return 429
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, InputError):
@@ -90,46 +114,89 @@ def status_for(exc: PrismError) -> int:
 
 
 @api.exception_handler(PrismError)
-async def _prism_error(_: Request, exc: PrismError) -> JSONResponse:
+async def _prism_error(request: Request, exc: PrismError) -> JSONResponse:
     status = status_for(exc)
-    retry = getattr(exc, "retry_after_s", get_settings().retry_after_s) if status == 503 else None
-    return error_json(status, exc.code, str(exc).splitlines()[0], retry)
+    retry = getattr(exc, "retry_after_s", get_settings().retry_after_s) if status in (429, 503) else None
+    return error_json(request, status, exc.code, str(exc).splitlines()[0], retry,
+                      kind=getattr(exc, "kind", None), headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(BackPressureError)
-async def _backpressure(_: Request, exc: BackPressureError) -> JSONResponse:
+async def _backpressure(request: Request, exc: BackPressureError) -> JSONResponse:
     """A deployment's queue (``max_queued_requests``) is full: overloaded, not broken."""
-    return error_json(503, "overloaded", "the service is at capacity", get_settings().retry_after_s)
+    return error_json(request, 503, "overloaded", "the service is at capacity", get_settings().retry_after_s)
 
 
 @api.exception_handler(RayActorError)
-async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
-    return error_json(503, "unavailable", "a replica failed; try again", get_settings().retry_after_s)
+async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
+    return error_json(request, 503, "unavailable", "a replica failed; try again", get_settings().retry_after_s)
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return validation_response(exc.errors())
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_response(request, exc.errors())
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_json(exc.status_code, code, str(exc.detail))
+    return error_json(request, exc.status_code, code, str(exc.detail))
 
 
 @api.exception_handler(Exception)
-async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
-    return error_json(500, "internal_error", f"{type(exc).__name__}: the server failed to answer")
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_json(request, 500, "internal_error", f"{type(exc).__name__}: the server failed to answer")
 
 
-def validation_response(errors) -> JSONResponse:
+def validation_response(request: Request, errors) -> JSONResponse:
     """422 for invalid fields; 400 for a body that is not JSON at all."""
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return error_json(400, "malformed_json", f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
+        return error_json(request, 400, "malformed_json",
+                          f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return error_json(422, "invalid_request", f"{where}: {first.get('msg', 'invalid value')}")
+    return error_json(request, 422, "invalid_request", f"{where}: {first.get('msg', 'invalid value')}",
+                      param=where if where != "body" else None)
+
+
+_guard: dict[str, Guard] = {}
+
+
+def get_guard() -> Guard:
+    """This replica's :class:`~ray_app.auth.guard.Guard` (its store only when auth is on)."""
+    if "guard" not in _guard:
+        settings = get_settings()
+        store = None
+        if settings.auth == "on":
+            from ray_app.store import get_store
+
+            store = get_store()
+        _guard["guard"] = Guard(store, settings)
+    return _guard["guard"]
+
+
+async def admit(request: Request, uses_llm: bool) -> Admission:
+    admission = await asyncio.to_thread(get_guard().admit, request.headers.get("authorization"), uses_llm)
+    request.state.rate_headers = admission.headers  # RequestLimits adds them to the response
+    return admission
+
+
+async def caller(request: Request) -> Admission:
+    """Every ``/v1/*`` route's dependency: the API key's id and its requests-per-minute limit (401/403/429)."""
+    return await admit(request, uses_llm=False)
+
+
+async def llm_caller(request: Request) -> Admission:
+    """:func:`caller` plus the key's LLM tokens per day (routes that write an answer)."""
+    return await admit(request, uses_llm=True)
+
+
+async def metered(events: AsyncIterator[AskEvent], admission: Admission) -> AsyncIterator[AskEvent]:
+    """The ask's events; its ``done`` charges the answer's tokens to the caller's day."""
+    async for event in events:
+        if event.kind == "done":
+            await asyncio.to_thread(get_guard().charge_tokens, admission.caller, event.data["usage"]["total_tokens"])
+        yield event
 
 
 def decode_image(value: str) -> bytes:
@@ -150,7 +217,13 @@ async def parse_ask(request: Request) -> tuple[AskRequest, bytes | None]:
     """An :class:`AskRequest` from a JSON body or a multipart form (``image`` as a file part)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
+        parts = get_settings().max_multipart_parts
+        try:
+            form = await request.form(max_files=1, max_fields=parts)
+        except StarletteHTTPException as exc:
+            if "too many" in str(exc.detail).lower():
+                raise ApiError(413, "too_many_parts", f"{exc.detail} (at most one image and {parts} fields)") from exc
+            raise ApiError(400, "malformed_multipart", f"the multipart body does not parse: {exc.detail}") from exc
         upload = form.get("image")
         image = await upload.read() if hasattr(upload, "read") else None
         fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
@@ -204,15 +277,23 @@ async def ask_sse(first: AskEvent, events: AsyncIterator[AskEvent]) -> AsyncIter
         yield sse("error", {"error": {"code": code, "message": type(exc).__name__}})
 
 
-def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta, finish: str | None = None,
-               prism: dict | None = None) -> str:
+def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta | None, finish: str | None = None,
+               prism: dict | None = None, usage: dict | None = None) -> str:
+    choices = [] if delta is None else [ChatChunkChoice(delta=delta, finish_reason=finish)]
     chunk = ChatCompletionChunk(id=f"chatcmpl-{ask_id}", created=created, model=model, prism=prism,
-                                choices=[ChatChunkChoice(delta=delta, finish_reason=finish)])
+                                choices=choices, usage=Usage(**usage) if usage else None)
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str) -> AsyncIterator[str]:
-    """OpenAI-style chunks: the answer's pieces, a final chunk with ``finish_reason`` and ``prism``, ``[DONE]``."""
+def finish_reason(response: dict, max_new_tokens: int) -> str:
+    """``length`` when the answer used its whole token allowance, else ``stop``."""
+    return "length" if response["usage"]["completion_tokens"] >= max_new_tokens else "stop"
+
+
+async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str, max_new_tokens: int,
+                   include_usage: bool) -> AsyncIterator[str]:
+    """OpenAI-style chunks: the answer's pieces, a final chunk with ``finish_reason`` and ``prism``, with
+    ``stream_options.include_usage`` one more chunk (no choices) with ``usage``, then ``[DONE]``."""
     ask_id, created, role = first.data["id"], int(time.time()), "assistant"
     try:
         async for event in events:
@@ -220,24 +301,32 @@ async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str)
                 yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
                 role = None
             elif event.kind == "done":
-                yield chat_chunk(ask_id, model, created, ChatDelta(), "stop", event.data)
+                yield chat_chunk(ask_id, model, created, ChatDelta(), finish_reason(event.data, max_new_tokens),
+                                 event.data)
+                if include_usage:
+                    yield chat_chunk(ask_id, model, created, None, usage=event.data["usage"])
     except Exception as exc:  # the stream has started: an error chunk, then the end marker clients wait for
         code = exc.code if isinstance(exc, PrismError) else "internal_error"
-        yield f"data: {json.dumps({'error': {'code': code, 'message': type(exc).__name__}})}\n\n"
+        yield f"data: {json.dumps({'error': {'code': code, 'message': type(exc).__name__, 'type': 'server_error', 'param': None}})}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def chat_response(response: dict, model: str) -> ChatCompletionResponse:
-    return ChatCompletionResponse(
-        id=f"chatcmpl-{response['id']}", created=int(time.time()), model=model,
-        choices=[ChatChoice(message=ChatResponseMessage(content=response["answer"]))], prism=response)
+def chat_response(response: dict, model: str, max_new_tokens: int) -> ChatCompletionResponse:
+    choice = ChatChoice(message=ChatResponseMessage(content=response["answer"]),
+                        finish_reason=finish_reason(response, max_new_tokens))
+    return ChatCompletionResponse(id=f"chatcmpl-{response['id']}", created=int(time.time()), model=model,
+                                  choices=[choice], usage=Usage(**response["usage"]), prism=response)
 
 
 def chat_question(body: ChatCompletionRequest) -> tuple[str, bytes | None]:
     """The last user message's text and its first image part (a data URL)."""
+    limit = get_settings().max_chat_messages
+    if len(body.messages) > limit:
+        raise ApiError(413, "too_many_messages", f"messages: {len(body.messages)} messages; the limit is {limit} "
+                                                 "(PRISM_MAX_CHAT_MESSAGES)", param="messages")
     users = [m for m in body.messages if m.role == "user"]
     if not users:
-        raise ApiError(422, "invalid_request", "messages: needs at least one user message")
+        raise ApiError(422, "invalid_request", "messages: needs at least one user message", param="messages")
     content = users[-1].content
     if isinstance(content, str) or content is None:
         return content or "", None
@@ -264,6 +353,8 @@ class Ingress:
     def __init__(self, vision, rag, fusion, audit):
         self.rag = rag
         self.settings = get_settings()
+        self.created = int(time.time())
+        self.guard = get_guard()
         self.gate = AdmissionGate(self.settings.ask_max_active, self.settings.ask_max_waiting, self.settings.ask_wait_s,
                              self.settings.retry_after_s)
         self.service = AskService(ServeVision(vision), ServeRetrieve(rag), ServeGenerate(fusion), ServeAudit(audit),
@@ -276,53 +367,76 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "versions": await self.service.versions(with_image=True),
-                "admission": self.gate.stats()}
+                "admission": self.gate.stats(), "auth": self.settings.auth}
+
+    @api.get("/v1/models", response_model=ModelList, responses=ERRORS)
+    async def models(self, _: Admission = Depends(caller)) -> ModelList:
+        """The served model, as OpenAI clients list it."""
+        return ModelList(data=[self.model_card()])
+
+    @api.get("/v1/models/{model_id}", response_model=ModelCard, responses=ERRORS)
+    async def model(self, model_id: str, _: Admission = Depends(caller)) -> ModelCard:
+        if model_id != MODEL_ID:
+            raise ApiError(404, "model_not_found", f"the model {model_id!r} does not exist; this server serves "
+                                                   f"{MODEL_ID!r}", param="model")
+        return self.model_card()
+
+    def model_card(self) -> ModelCard:
+        return ModelCard(id=MODEL_ID, created=self.created)
 
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
-    async def search(self, body: SearchRequest) -> dict:
+    async def search(self, body: SearchRequest, _: Admission = Depends(caller)) -> dict:
         start = time.perf_counter()
         results = await self.rag.search.remote(body.query, body.k, body.mode, body.sources)
         return {"results": results, "timings_ms": {"total_ms": _ms(start)}}
 
     @api.post("/v1/ask", response_model=AskResponse, responses=ERRORS,
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}})
-    async def ask(self, request: Request):
+    async def ask(self, request: Request, admission: Admission = Depends(llm_caller)):
         body, image = await parse_ask(request)
-        events = self.service.stream(body.question, image, AskOptions(k=body.k, max_new_tokens=body.max_new_tokens))
+        options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens)
+        events = metered(self.service.stream(body.question, image, options, caller=admission.caller), admission)
         first = await start_stream(events)
         if body.stream:
             return StreamingResponse(ask_sse(first, events), media_type="text/event-stream")
         return await final_response(first, events)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
-    async def chat_completions(self, body: ChatCompletionRequest):
+    async def chat_completions(self, body: ChatCompletionRequest, admission: Admission = Depends(llm_caller)):
         question, image = chat_question(body)
         options = AskOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens)
-        events = self.service.stream(question, image, options)
+        limit = min(options.max_new_tokens or self.settings.max_new_tokens, self.settings.max_new_tokens)
+        events = metered(self.service.stream(question, image, options, caller=admission.caller), admission)
         first = await start_stream(events)
-        model = body.model or "prism"
+        model = body.model or MODEL_ID
         if body.stream:
-            return StreamingResponse(chat_sse(first, events, model), media_type="text/event-stream")
-        return chat_response(await final_response(first, events), model)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(chat_sse(first, events, model, limit, include_usage),
+                                     media_type="text/event-stream")
+        return chat_response(await final_response(first, events), model, limit)
 
     @api.get("/v1/documents/{doc_id}", responses=ERRORS)
-    async def document(self, doc_id: str) -> dict:
+    async def document(self, doc_id: str, _: Admission = Depends(caller)) -> dict:
         doc = await self.rag.get_document.remote(doc_id)
         if doc is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r}")
         return doc
 
     @api.get("/v1/images/{image_id}", responses=ERRORS)
-    async def image(self, image_id: str) -> dict:
+    async def image(self, image_id: str, _: Admission = Depends(caller)) -> dict:
         row = await self.rag.get_image.remote(image_id)
         if row is None:
             raise ApiError(404, "not_found", f"no image {image_id!r}")
-        return row | {"file_url": f"/v1/images/{image_id}/file"}
+        public = {k: v for k, v in row.items() if k != "path"}  # never a server path
+        return public | {"file_url": f"/v1/images/{image_id}/file"}
 
     @api.get("/v1/images/{image_id}/file", responses=ERRORS)
-    async def image_file(self, image_id: str):
+    async def image_file(self, image_id: str, _: Admission = Depends(caller)):
         row = await self.rag.get_image.remote(image_id)
         path = Path(row["path"]) if row and row.get("path") else None
         if path is None or not path.is_file() or path.suffix.lower() not in IMAGE_TYPES:
             raise ApiError(404, "not_found", f"no image file for {image_id!r}")
-        return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()])
+        suffix = path.suffix.lower()
+        # SVG can carry script: a download, never rendered inline from this origin.
+        headers = {"Content-Disposition": f'attachment; filename="{image_id}.svg"'} if suffix == ".svg" else None
+        return FileResponse(path, media_type=IMAGE_TYPES[suffix], headers=headers)

@@ -10,10 +10,13 @@ from pydantic import BaseModel, Field, field_validator
 class ErrorBody(BaseModel):
     code: str
     message: str
+    type: str | None = Field(None, description="OpenAI's error type (only on /v1/chat/completions and /v1/models).")
+    param: str | None = Field(None, description="The request field at fault (OpenAI routes only).")
 
 
 class ErrorResponse(BaseModel):
-    """Every error: ``{"error": {"code", "message"}}`` with a 4xx status for bad input."""
+    """Every error: ``{"error": {"code", "message"}}`` with a 4xx status for bad input; the OpenAI-compatible
+    routes add ``type`` and ``param`` (OpenAI's shape)."""
 
     error: ErrorBody
 
@@ -101,6 +104,14 @@ class AuditOut(BaseModel):
     flags: list[str]
 
 
+class Usage(BaseModel):
+    """LLM tokens of one answer, counted with the LLM's tokenizer (zeros when the LLM was not called)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
 class AskResponse(BaseModel):
     id: str
     answer: str
@@ -108,6 +119,7 @@ class AskResponse(BaseModel):
     vision: VisionOut | None
     audit: AuditOut
     timings_ms: dict[str, float]
+    usage: Usage = Field(default_factory=Usage)
 
 
 class ImageUrl(BaseModel):
@@ -125,12 +137,17 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="Send a last chunk (no choices) with the request's usage.")
+
+
 class ChatCompletionRequest(BaseModel):
     """The OpenAI chat-completions request; sampling fields are accepted and ignored (greedy)."""
 
     model: str | None = None
     messages: list[ChatMessage] = Field(..., min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=2048)
     max_completion_tokens: int | None = Field(None, ge=1, le=2048)
     temperature: float | None = None
@@ -150,12 +167,6 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
     finish_reason: Literal["stop", "length"] = "stop"
-
-
-class Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
 
 
 class ChatCompletionResponse(BaseModel):
@@ -187,4 +198,19 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    usage: Usage | None = None
     prism: AskResponse | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "prism"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from ray_app.ask.retrieval import Retrieved
 from ray_app.ask.service import AnswerDraft, AskOptions
+from ray_app.ask.stages import TokenCounter
 from ray_app.llm.prompting import Passage
 from ray_app.vision.analyzer import ImageRejected
 
@@ -37,8 +38,11 @@ class ServeRetrieve:
 
 
 class ServeGenerate:
-    def __init__(self, handle):
+    """The fusion deployment's stream; ``usage`` counts tokens here with the LLM's tokenizer (no model)."""
+
+    def __init__(self, handle, counter: TokenCounter | None = None):
         self.handle = handle
+        self.counter = counter or TokenCounter()
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
@@ -48,6 +52,9 @@ class ServeGenerate:
 
     async def versions(self) -> dict[str, str | None]:
         return await self.handle.versions.remote()
+
+    async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        return await self.counter.acount(question, passages, context, answer)
 
 
 class ServeAudit:

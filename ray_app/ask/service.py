@@ -96,6 +96,7 @@ class AnswerDraft:
     versions: dict[str, str | None]
     timings_ms: dict[str, float] = field(default_factory=dict)
     caller: str | None = None  # the API key id that asked (never the key); None without auth
+    usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
     status: str = "answered"  # or "cancelled", "timeout", "error": how the ask ended
     error: str | None = None
     screen_flags: list[str] = field(default_factory=list)  # the pre-generation injection screening's flags
@@ -138,6 +139,10 @@ class GenerateStage(Protocol):
 
     async def versions(self) -> dict[str, str | None]:
         """``{"model", "adapter"}`` versions for the audit record."""
+
+    async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        """``{"prompt_tokens", "completion_tokens"}``: the rendered prompt and the answer in the LLM's tokenizer
+        (optional: a generator without it reports zeros)."""
 
 
 class AuditStage(Protocol):
@@ -189,9 +194,11 @@ class AskService:
         encoder = await self.vision.version() if with_image and self.vision is not None else None
         return dict(self._versions, image_encoder=encoder)
 
-    async def stream(self, question: str, image: bytes | None = None,
-                     options: AskOptions | None = None) -> AsyncIterator[AskEvent]:
-        """Yield ``meta``, ``token``..., ``done``.
+    async def stream(self, question: str, image: bytes | None = None, options: AskOptions | None = None,
+                     caller: str | None = None) -> AsyncIterator[AskEvent]:
+        """Yield ``meta``, ``token``..., ``done`` (its ``usage`` counts the LLM's tokens).
+
+        ``caller`` (an API key id) goes into the audit record.
 
         Raises (before the first event): :class:`AskInputError`, ``ImageRejected``,
         :class:`~ray_app.ask.admission.Overloaded` and the stages' own errors. Later errors end the
@@ -204,7 +211,7 @@ class AskService:
         async with self.gate.place() if self.gate is not None else nullcontext():
             trace, status, error = AskTrace(), "cancelled", None  # a consumer that goes away: cancelled
             try:
-                async for event in within(self._events(question, image, options, trace=trace),
+                async for event in within(self._events(question, image, options, caller, trace),
                                           self.settings.ask_timeout_s):
                     yield event
             except AskTimeout as exc:
@@ -257,7 +264,8 @@ class AskService:
         timings["generation_ms"] = _ms(t2)
         timings["total_ms"] = _ms(start)
 
-        draft = replace(draft, answer=trace.answer.strip())
+        answer = trace.answer
+        draft = replace(draft, answer=answer.strip(), usage=await self._usage(question, passages, vision, answer))
         trace.closed = True
         t3 = time.perf_counter()
         verdict = await asyncio.shield(self.auditor.record(draft))
@@ -269,6 +277,13 @@ class AskService:
             if event.kind == "done":
                 return event.data
         raise RuntimeError("the ask pipeline ended without an answer")
+
+    async def _usage(self, question: str, passages: list[Passage], vision: dict | None, answer: str) -> dict[str, int]:
+        """Token counts of the LLM call (zeros when the LLM was not called or cannot count)."""
+        counts = {"prompt_tokens": 0, "completion_tokens": 0}
+        if passages and hasattr(self.generator, "usage"):
+            counts = await self.generator.usage(question, passages, image_context(vision), answer)
+        return {**counts, "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
 
     async def _answer_pieces(self, question: str, passages: list[Passage], vision: dict | None,
                              max_new_tokens: int) -> AsyncIterator[str]:
@@ -310,6 +325,7 @@ def build_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:
         "vision": draft.vision,
         "audit": {"audit_id": draft.ask_id, "grounded": verdict["grounded"], "flags": verdict["flags"]},
         "timings_ms": dict(draft.timings_ms, audit_ms=audit_ms),
+        "usage": dict(draft.usage) or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from ray_app.ask.retrieval import Retrieved, retrieve_passages
 from ray_app.ask.service import AnswerDraft, AskOptions, AskService
 from ray_app.audit.chain import audit_answer, build_citations, merge_flags, record_answer, record_started
-from ray_app.llm.generate import generate_answer, model_versions, render_prompt
+from ray_app.llm.generate import count_tokens, generate_answer, model_versions, render_prompt
 from ray_app.llm.prompting import Passage
 from ray_app.settings import Settings, get_settings
 
@@ -63,11 +63,42 @@ class FixedPassages:
         return Retrieved(question, list(self.passages))
 
 
+class TokenCounter:
+    """An answer's ``usage`` in the LLM's own tokenizer: the rendered prompt (after the prompt budget) and the
+    generated text. The tokenizer loads on first use, so a process without the model (the ingress) can count.
+
+    Args:
+        settings: the LLM (``PRISM_LLM_MODEL``) and ``PRISM_PROMPT_TOKEN_BUDGET``.
+        tokenizer: an already loaded tokenizer (skips loading).
+    """
+
+    def __init__(self, settings: Settings | None = None, tokenizer=None):
+        self.settings, self._tokenizer = settings or get_settings(), tokenizer
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from ray_app.models.llm import resolve_llm
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_llm(self.settings.llm_model, self.settings))
+        return self._tokenizer
+
+    def count(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        tokenizer = self.tokenizer()
+        prompt = render_prompt(tokenizer, question, passages, context, self.settings.prompt_token_budget)
+        return {"prompt_tokens": count_tokens(tokenizer, prompt), "completion_tokens": count_tokens(tokenizer, answer)}
+
+    async def acount(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        return await asyncio.to_thread(self.count, question, passages, context, answer)
+
+
 class LocalGenerate:
     """One prompt at a time with :func:`ray_app.llm.generate.stream_tokens`, in a worker thread."""
 
     def __init__(self, llm, settings: Settings | None = None):
         self.llm, self.settings = llm, settings or get_settings()
+        self.counter = TokenCounter(self.settings, llm.tokenizer)
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
@@ -79,12 +110,16 @@ class LocalGenerate:
     async def versions(self) -> dict[str, str | None]:
         return model_versions(self.llm, self.settings)
 
+    async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        return await self.counter.acount(question, passages, context, answer)
+
 
 class BatchedGenerate:
     """Concurrent asks share one :class:`ray_app.llm.batching.ContinuousBatcher` (one forward pass per step)."""
 
     def __init__(self, llm, batcher, settings: Settings | None = None):
         self.llm, self.batcher, self.settings = llm, batcher, settings or get_settings()
+        self.counter = TokenCounter(self.settings, llm.tokenizer)
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
@@ -98,6 +133,9 @@ class BatchedGenerate:
 
     async def versions(self) -> dict[str, str | None]:
         return model_versions(self.llm, self.settings)
+
+    async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
+        return await self.counter.acount(question, passages, context, answer)
 
 
 class LoggedAudit:

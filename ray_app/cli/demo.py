@@ -9,6 +9,7 @@ Steps, each skipped when its output already exists (so a second run takes second
 4. the Ray Data ingest of the demo corpus (skipped when the shards and encoder are unchanged
    since the last ingest and the database still holds the documents);
 5. the Serve application (``prism serve up --detach``) unless it is already healthy.
+6. an API key named ``demo`` (the previous demo key is revoked), printed with the URL.
 
 Each step runs as ``prism`` subprocesses: each starts and stops its own Ray, and ``ray_app``
 does not import ``training`` or ``serving``. Their output (Ray's worker logs, library warnings,
@@ -205,6 +206,19 @@ def ensure_ingested(documents_in_db: int, log_path: Path) -> tuple[dict | None, 
                      f"{summary.get('images', 0):,} images")
 
 
+def create_demo_key(log_path: Path) -> tuple[dict, str]:
+    """A new API key named ``demo`` (earlier demo keys are revoked: one demo key at a time)."""
+    from ray_app.auth.keys import create_key, list_keys, revoke_key
+    from ray_app.store import get_store
+
+    store = get_store()
+    if any(k.name == "demo" and k.revoked_at is None for k in list_keys(store)):
+        revoke_key(store, "demo")
+    settings = get_settings()
+    row, key = create_key(store, "demo", settings.key_default_rpm, settings.key_default_tokens_per_day)
+    return {"id": row.id, "key": key}, f"key {row.id} ({row.rpm} requests/min, {row.tokens_per_day:,} tokens/day)"
+
+
 def ensure_serving(log_path: Path) -> tuple[dict, str]:
     """Start the Serve app unless it is already up; returns ``{"url", "started"}``."""
     status = run_prism(["serve", "status", "--json"], log_path)
@@ -241,6 +255,8 @@ def demo(
     result = {"database": database_status(), "steps": steps}
     if serve:
         result["serve"] = timed("serve", "Serve app", ensure_serving)
+    if get_settings().auth == "on":
+        result["api_key"] = timed("api_key", "API key", create_demo_key)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["step_seconds"] = timings
     result["logs"] = str(demo_logs_dir())
@@ -251,5 +267,8 @@ def demo(
                       f"  ({r['seconds']:.0f} s; logs in {r['logs']})")
         if "serve" in r:
             console.print(f"[bold green]Prism is up at {r['serve']['url']}[/bold green]  (stop: prism serve down)")
+        if "api_key" in r:
+            console.print("  API key (the page asks for it once; send it as `Authorization: Bearer KEY`):")
+            console.print(f"  {r['api_key']['key']}", markup=False, highlight=False, soft_wrap=True)
 
     emit(result, json_out, human)

@@ -100,8 +100,15 @@ def load_image(data: bytes, settings: Settings | None = None):
                 "image_too_many_pixels",
                 f"the image is {image.width}x{image.height} ({pixels:,} pixels); the limit is {settings.max_image_pixels:,}",
             )
+        size = image.size
+        side = settings.max_image_side
+        if max(size) > side:
+            image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale instead of full size
         image.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        return image.convert("RGB")
+        image = image.convert("RGB")
+        image.thumbnail((side, side))  # OCR and the encoder see at most side x side; the result keeps `size`
+        image.info["original_size"] = size
+        return image
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -202,7 +209,8 @@ class VisionAnalyzer:
             ImageRejected: the bytes are not an acceptable image.
         """
         image = load_image(data, self.settings)
-        result = VisionResult(hashlib.sha256(data).hexdigest(), image.width, image.height)
+        width, height = image.info.get("original_size", image.size)
+        result = VisionResult(hashlib.sha256(data).hexdigest(), width, height)
         if self.encoder is not None:
             vector = self.encoder.embed([image])[0]
             result.embedding = vector.tolist()

@@ -32,7 +32,7 @@ def _verify(monkeypatch, database_url: str):
 
 def test_frog_image_question(prism_app, monkeypatch):
     image = base64.b64encode(FROG_PNG.read_bytes()).decode()
-    r = httpx.post(prism_app.url + "/v1/ask", timeout=600,
+    r = httpx.post(prism_app.url + "/v1/ask", timeout=600, headers=prism_app.headers,
                    json={"question": "What is this animal and where does it live?", "image": image})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -53,6 +53,7 @@ def test_frog_image_question(prism_app, monkeypatch):
     assert record["grounded"] == body["audit"]["grounded"] and record["flags"] == body["audit"]["flags"]
     assert record["model"].startswith("smollm2-135m-instruct@") and "adapter" in record
     assert frog_citations[0]["chunk_id"] in record["retrieved_ids"]
+    assert record["caller"] == prism_app.key_id and prism_app.key not in json.dumps(record)
 
     ok = _verify(monkeypatch, prism_app.database_url)
     assert ok.exit_code == 0, ok.output
@@ -89,7 +90,7 @@ def test_frog_labels_with_the_trained_encoder(prism_app):
     if not prism_app.trained_encoder:
         pytest.skip("no trained image encoder (.prism/checkpoints/clip-demo/final); a random tower's labels mean nothing")
     image = base64.b64encode(FROG_PNG.read_bytes()).decode()
-    r = httpx.post(prism_app.url + "/v1/ask", timeout=600,
+    r = httpx.post(prism_app.url + "/v1/ask", timeout=600, headers=prism_app.headers,
                    json={"question": "What is this animal?", "image": image, "max_new_tokens": 1})
     labels = r.json()["vision"]["labels"]
     top = {w for x in labels[:3] for w in x["label"].lower().split()}

@@ -26,6 +26,11 @@ def test_upload_ask_and_read_citations(prism_app, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(prism_app.url + "/")
+            page.wait_for_selector("#apikey", state="visible")  # asked once, kept in localStorage
+            page.fill("#apikey", prism_app.key)
+            page.click("#savekey")
+            page.reload()
+            assert page.locator("#keybar").is_hidden()
             page.set_input_files("#file", str(FROG_PNG))
             page.wait_for_selector("#preview[src^='data:image/png']", state="visible")
             page.fill("#question", "What is this animal and where does it live?")

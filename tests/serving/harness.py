@@ -141,12 +141,19 @@ def free_port() -> int:
 
 @dataclass
 class ServeApp:
-    """What the tests get: the app's URL, its database and the corpus ids."""
+    """What the tests get: the app's URL, its database, the corpus ids and an API key without practical limits."""
 
     url: str
     database_url: str
     ids: dict
     trained_encoder: bool
+    key: str = ""
+    key_id: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization: Bearer KEY`` for every /v1/* call."""
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 def wait_healthy(url: str, timeout_s: float = 600) -> None:
@@ -189,12 +196,14 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_a
     os.environ.update(env)
     reset_settings()
     try:
+        from ray_app.auth.keys import create_key
         from ray_app.models.image import ImageEncoder
         from ray_app.models.text import get_text_embedder
         from ray_app.store import Store
 
         with Store(url) as store:
             ids = write_corpus(store, get_text_embedder(), ImageEncoder(encoder_dir))
+            row, key = create_key(store, "tests", rpm=10**9, tokens_per_day=10**12)
         # The test machine is shared: don't let Ray's node-wide memory monitor kill our replicas
         # because other processes use memory (the kernel's OOM killer still applies).
         os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
@@ -203,7 +212,7 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_a
         deploy_config(load_config(host="127.0.0.1", port=port))
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
-        yield ServeApp(base, url, ids, trained is not None)
+        yield ServeApp(base, url, ids, trained is not None, key, row.id)
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()

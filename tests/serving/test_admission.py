@@ -12,9 +12,9 @@ from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `p
 QUESTION = {"question": "Where do frogs live?", "stream": True}
 
 
-def streamed_ask(url: str, results: list) -> None:
+def streamed_ask(app, results: list) -> None:
     started = time.perf_counter()
-    with httpx.stream("POST", url + "/v1/ask", json=QUESTION, timeout=600) as r:
+    with httpx.stream("POST", app.url + "/v1/ask", json=QUESTION, timeout=600, headers=app.headers) as r:
         if r.status_code != 200:
             r.read()
             results.append({"status": r.status_code, "seconds": time.perf_counter() - started,
@@ -27,7 +27,7 @@ def streamed_ask(url: str, results: list) -> None:
 def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
     """60 simultaneous streamed asks (issue 15's burst): each served in full or refused with 503 + Retry-After."""
     results: list = []
-    threads = [threading.Thread(target=streamed_ask, args=(prism_app.url, results)) for _ in range(60)]
+    threads = [threading.Thread(target=streamed_ask, args=(prism_app, results)) for _ in range(60)]
     for t in threads:
         t.start()
     for t in threads:
@@ -49,7 +49,7 @@ def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
 def test_a_client_that_disconnects_frees_its_places(prism_app):
     from ray import serve
 
-    with httpx.stream("POST", prism_app.url + "/v1/ask", timeout=600,
+    with httpx.stream("POST", prism_app.url + "/v1/ask", timeout=600, headers=prism_app.headers,
                       json={**QUESTION, "max_new_tokens": 24}) as r:
         for line in r.iter_lines():
             if line.startswith("event: token"):

@@ -11,13 +11,19 @@ from tests.serving.harness import FROG_PNG, png_bytes, prism_app_fixture  # noqa
 
 
 def _post(app, path, **kwargs) -> httpx.Response:
-    return httpx.post(app.url + path, timeout=600, **kwargs)
+    return httpx.post(app.url + path, timeout=600, headers=app.headers | kwargs.pop("headers", {}), **kwargs)
 
 
-def _assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+def _get(app, path, **kwargs) -> httpx.Response:
+    return httpx.get(app.url + path, timeout=600, headers=app.headers, **kwargs)
+
+
+def _assert_error(r: httpx.Response, status: int, code: str | None = None, openai: bool = False) -> dict:
+    """Prism's error shape, or OpenAI's (``type`` and ``param`` too) on the OpenAI-compatible routes."""
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    keys = {"code", "message", "type", "param"} if openai else {"code", "message"}
+    assert set(body) == {"error"} and set(body["error"]) == keys and body["error"]["message"]
     if code:
         assert body["error"]["code"] == code
     return body["error"]
@@ -47,14 +53,14 @@ def test_search_documents_images(prism_app):
     assert r.status_code == 200
     results = r.json()["results"]
     assert results[0]["title"] == "Frog" and len(results) == 3
-    doc = httpx.get(f"{prism_app.url}/v1/documents/{results[0]['doc_id']}").json()
+    doc = _get(prism_app, f"/v1/documents/{results[0]['doc_id']}").json()
     assert doc["title"] == "Frog" and doc["chunks"][0]["text"].startswith("Frog: ")
     frog_image = prism_app.ids["images"]["frog"]
-    meta = httpx.get(f"{prism_app.url}/v1/images/{frog_image}").json()
-    assert meta["caption"] == "A frog."
-    raw = httpx.get(f"{prism_app.url}/v1/images/{frog_image}/file")
+    meta = _get(prism_app, f"/v1/images/{frog_image}").json()
+    assert meta["caption"] == "A frog." and "path" not in meta and "/usr/share" not in json.dumps(meta)
+    raw = _get(prism_app, f"/v1/images/{frog_image}/file")
     assert raw.headers["content-type"] == "image/png" and raw.content == FROG_PNG.read_bytes()
-    _assert_error(httpx.get(f"{prism_app.url}/v1/documents/nope"), 404, "not_found")
+    _assert_error(_get(prism_app, "/v1/documents/nope"), 404, "not_found")
 
 
 def test_bad_inputs_get_their_4xx(prism_app):
@@ -77,7 +83,8 @@ def test_bad_inputs_get_their_4xx(prism_app):
         _assert_error(_post(prism_app, "/v1/ask", **kwargs), status, code)
     _assert_error(_post(prism_app, "/v1/search", json={"query": "frogs", "k": 0}), 422)
     _assert_error(_post(prism_app, "/v1/search", content=b"{", headers={"content-type": "application/json"}), 400)
-    _assert_error(_post(prism_app, "/v1/chat/completions", json={"messages": []}), 422)
+    error = _assert_error(_post(prism_app, "/v1/chat/completions", json={"messages": []}), 422, openai=True)
+    assert error["type"] == "invalid_request_error" and error["param"] == "messages"
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -93,7 +100,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 
 def test_image_over_the_pixel_limit(prism_app):
-    # A decompression bomb: a small PNG whose header says 9000 x 5000 = 45 M pixels (> the 40 M default).
+    # A decompression bomb: a small PNG whose header says 9000 x 5000 = 45 M pixels (> the 16 M default).
     big = bomb_png(9000, 5000)
     r = _post(prism_app, "/v1/ask", json={"question": "What is this?", "image": base64.b64encode(big).decode()})
     _assert_error(r, 413, "image_too_many_pixels")
@@ -115,7 +122,7 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
 
 
 def test_ask_stream_sse(prism_app):
-    with httpx.stream("POST", prism_app.url + "/v1/ask", timeout=600,
+    with httpx.stream("POST", prism_app.url + "/v1/ask", timeout=600, headers=prism_app.headers,
                       json={"question": "Where do frogs live?", "stream": True, "max_new_tokens": 12}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
@@ -126,10 +133,13 @@ def test_ask_stream_sse(prism_app):
     done = events[-1][1]
     assert "".join(d["text"] for e, d in events if e == "token").strip() == done["answer"]
     assert events[0][1]["passages"][0]["title"] == "Frog"
-    assert set(done) == {"id", "answer", "citations", "vision", "audit", "timings_ms"}
+    assert set(done) == {"id", "answer", "citations", "vision", "audit", "timings_ms", "usage"}
+    usage = done["usage"]
+    assert usage["prompt_tokens"] > 50 and 1 <= usage["completion_tokens"] <= 12
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert done["timings_ms"]["ttft_ms"] <= done["timings_ms"]["total_ms"]
 
 
 @pytest.mark.parametrize("path", ["/v1/ask", "/v1/search"])
 def test_wrong_method_is_json(prism_app, path):
-    _assert_error(httpx.get(prism_app.url + path), 405, "method_not_allowed")
+    _assert_error(_get(prism_app, path), 405, "method_not_allowed")

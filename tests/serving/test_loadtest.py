@@ -58,8 +58,10 @@ def test_bench_serve_without_an_app_or_a_mix_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_serve_smoke(prism_app, tmp_path):
+def test_bench_serve_smoke(prism_app, tmp_path, monkeypatch):
     from ray_app.cli import app
+
+    monkeypatch.setenv("PRISM_API_KEY", prism_app.key)  # the Locust file sends it
 
     out = tmp_path / "serve-smoke"
     result = CliRunner().invoke(app, ["bench", "serve", "--users", "5", "--duration", "10", "--url", prism_app.url,
@@ -87,6 +89,7 @@ def test_bench_serve_capacity_at_a_tiny_size_counts_sheds_as_sheds(prism_app, tm
 
     # Short think times: 12 users then want more asks at once than the test app's 4 + 2 places.
     monkeypatch.setenv("PRISM_LOAD_THINK_S", "0,0.5")
+    monkeypatch.setenv("PRISM_API_KEY", prism_app.key)
     refused_before = httpx.get(f"{prism_app.url}/healthz", timeout=30).json()["admission"]["refused"]
     out = tmp_path / "serve-capacity"
     result = CliRunner().invoke(app, ["bench", "serve", "--capacity", "--steps", "2,12", "--step-duration", "8",

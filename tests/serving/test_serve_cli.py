@@ -75,9 +75,14 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_e
         assert deploy.returncode == 0, deploy.stderr[-2000:]
         wait_healthy(url)
         assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
-        search = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 3}, timeout=120)
+        assert httpx.post(url + "/v1/search", json={"query": "frogs", "k": 3}, timeout=120).status_code == 401
+        created = subprocess.run([str(bin_dir / "prism"), "keys", "create", "serve-test", "--json"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert created.returncode == 0, created.stderr[-2000:]
+        auth = {"Authorization": f"Bearer {json.loads(created.stdout)['key']}"}
+        search = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 3}, timeout=120, headers=auth)
         assert search.status_code == 200 and "results" in search.json()
-        bad = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 0}, timeout=60)
+        bad = httpx.post(url + "/v1/search", json={"query": "frogs", "k": 0}, timeout=60, headers=auth)
         assert bad.status_code == 422 and "error" in bad.json()
     finally:
         with contextlib.suppress(ProcessLookupError):
