@@ -98,7 +98,7 @@ class LocalGenerate:
 
     def __init__(self, llm, settings: Settings | None = None):
         self.llm, self.settings = llm, settings or get_settings()
-        self.counter = TokenCounter(self.settings, llm.tokenizer)
+        self.counter = TokenCounter(self.settings, llm.tokenizer if llm is not None else None)
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
@@ -115,16 +115,16 @@ class LocalGenerate:
 
 
 class BatchedGenerate:
-    """Concurrent asks share one :class:`ray_app.llm.batching.ContinuousBatcher` (one forward pass per step)."""
+    """Concurrent asks share one LLM engine (:mod:`ray_app.llm.engines`: batched decoding, one forward pass per step)."""
 
-    def __init__(self, llm, batcher, settings: Settings | None = None):
-        self.llm, self.batcher, self.settings = llm, batcher, settings or get_settings()
-        self.counter = TokenCounter(self.settings, llm.tokenizer)
+    def __init__(self, engine, settings: Settings | None = None):
+        self.engine, self.settings = engine, settings or get_settings()
+        self.counter = TokenCounter(self.settings, engine.tokenizer)
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
-        prompt = render_prompt(self.llm.tokenizer, question, passages, context, self.settings.prompt_token_budget)
-        stream = self.batcher.submit(prompt, max_new_tokens)
+        prompt = render_prompt(self.engine.tokenizer, question, passages, context, self.settings.prompt_token_budget)
+        stream = self.engine.submit(prompt, max_new_tokens)
         try:
             async for piece in stream:
                 yield piece
@@ -132,7 +132,7 @@ class BatchedGenerate:
             stream.cancel()  # a consumer that went away gives its slot back at the next step
 
     async def versions(self) -> dict[str, str | None]:
-        return model_versions(self.llm, self.settings)
+        return self.engine.versions()
 
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         return await self.counter.acount(question, passages, context, answer)

@@ -211,52 +211,50 @@ def compute_bound(parameters: int, prompt_tokens: float, new_tokens: float, matm
 def measure_bare_engine(questions: list[str], max_new_tokens: int, batches: list[int], profile: bool) -> dict:
     """The fusion deployment's engine in this process on the load mix's prompts: no Serve, no HTTP.
 
-    Loads the model as a replica does (:func:`ray_app.models.llm.load_llm` with the settings, the
-    replicas' threads), runs the serving decoder (continuous batching) with each of ``batches``
+    Loads the engine as a replica does (:func:`ray_app.llm.engines.build_engine` with the settings:
+    ``PRISM_LLM_ENGINE``, the adapter, the replicas' threads), runs it with each of ``batches``
     answers in flight (:func:`ray_app.benchmarks.llm.run_batch`) and measures the matmul rate in the
-    model's precision. With ``profile``, also the prefill and decode-step profile of
-    :func:`ray_app.benchmarks.serve.fusion_profile` on the same loaded model.
+    engine's precision (float32 stands in for integer kernels). With ``profile`` (torch engines),
+    also the prefill and decode-step profile of :func:`ray_app.benchmarks.serve.fusion_profile` on the
+    same loaded model.
 
     Returns:
         ``bare`` (per batch and the best), ``compute_bound`` and ``profile`` (None without ``profile``).
     """
     import torch
 
-    from ray_app.benchmarks.llm import ENGINES, matmul_gflops, run_batch
-    from ray_app.llm.batching import ContinuousBatcher
+    from ray_app.benchmarks.llm import matmul_gflops, run_batch
+    from ray_app.llm.engines import build_engine
     from ray_app.llm.generate import count_tokens
-    from ray_app.models.llm import load_llm
     from ray_app.settings import get_settings
 
     settings = get_settings()
     threads = settings.fusion_threads
     torch.set_num_threads(threads)
-    llm = load_llm(settings=settings)
-    prompts = serving_prompts(llm.tokenizer, questions)
-    prompt_tokens = statistics.mean(count_tokens(llm.tokenizer, p) for p in prompts)
-    batcher = ContinuousBatcher(llm, max(batches))
+    engine = build_engine(settings=settings, max_batch_size=max(batches), threads=threads)
+    prompts = serving_prompts(engine.tokenizer, questions)
+    prompt_tokens = statistics.mean(count_tokens(engine.tokenizer, p) for p in prompts)
     runs = {}
     try:
-        run_batch(batcher, prompts[:1], 4)  # warm-up
+        run_batch(engine, prompts[:1], 4)  # warm-up
         for size in batches:
-            run = run_batch(batcher, [prompts[i % len(prompts)] for i in range(size)], max_new_tokens)
+            run = run_batch(engine, [prompts[i % len(prompts)] for i in range(size)], max_new_tokens)
             runs[str(size)] = {"answers_per_s": round(size / run["wall_s"], 3),
                                "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
                                "new_tokens_mean": round(run["tokens"] / size, 1),
                                "ttft_p50_ms": round(1000 * statistics.median(run["ttft_s"]), 1) if run["ttft_s"] else None,
                                "wall_s": round(run["wall_s"], 2)}
     finally:
-        batcher.close()
+        engine.close()
     best = max(runs, key=lambda b: runs[b]["answers_per_s"])
-    dtype = str(next(llm.model.parameters()).dtype).removeprefix("torch.")
-    engine = {v: k for k, v in ENGINES.items()}.get(dtype, f"torch-{dtype}")
-    bare = {"engine": engine, "dtype": dtype, "threads": threads, "prompts": len(prompts),
+    dtype = engine.precision if engine.precision in ("bfloat16", "float32") else "float32"
+    bare = {"engine": engine.name, "dtype": engine.precision, "threads": threads, "prompts": len(prompts),
             "prompt_tokens_mean": round(prompt_tokens, 1), "max_new_tokens": max_new_tokens, "batches": runs,
             "best_batch": int(best), "answers_per_s_best": runs[best]["answers_per_s"]}
-    parameters = sum(p.numel() for p in llm.model.parameters())
-    bound = compute_bound(parameters, prompt_tokens, runs[best]["new_tokens_mean"],
+    bound = compute_bound(engine.parameters, prompt_tokens, runs[best]["new_tokens_mean"],
                           matmul_gflops(dtype, threads, size=2048, repeats=10))
-    prof = fusion_profile(questions, max_new_tokens, llm=llm) if profile else None
+    llm = getattr(engine, "llm", None)
+    prof = fusion_profile(questions, max_new_tokens, llm=llm) if profile and llm is not None else None
     return {"bare": bare, "compute_bound": bound, "profile": prof}
 
 

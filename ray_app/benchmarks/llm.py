@@ -3,8 +3,9 @@
     prism bench llm --json                          # writes docs/reports/llm-engines.{json,md}
     python -m ray_app.benchmarks.llm --engines torch-fp32,torch-bf16 --json
 
-Every engine runs the serving decoder (:class:`ray_app.llm.batching.ContinuousBatcher`, greedy,
-continuous batching) in this process with the same threads, on the same prompts: the serving
+Every engine (:mod:`ray_app.llm.engines`: torch with continuous batching, CTranslate2, llama.cpp) runs
+greedy decoding behind the fusion deployment's interface in this process with the same threads, on the
+same prompts: the serving
 prompt (system prompt, five numbered wiki passages, a question) at about the load mix's length,
 with the load mix's ``max_new_tokens``. Per engine: time to first token at batch 1 (one prefill),
 decode tokens/s and answers/s with 1, 4 and 16 answers in flight, resident memory, and how often
@@ -28,7 +29,14 @@ from ray_app.reports import load_average, write_report
 
 REPORT_NAME = "llm-engines"
 PROG = "python -m ray_app.benchmarks.llm"
-ENGINES = {"torch-fp32": "float32", "torch-bf16": "bfloat16"}
+ENGINES = ["torch-fp32", "torch-bf16", "ct2-int8", "ct2-fp32", "llamacpp-q4_1"]
+
+
+def default_engines() -> list[str]:
+    """Every engine whose package is installed (llama.cpp is an optional extra: ``pip install -e '.[llamacpp]'``)."""
+    import importlib.util
+
+    return [e for e in ENGINES if not e.startswith("llamacpp") or importlib.util.find_spec("llama_cpp") is not None]
 QUESTIONS = ("Where do frogs live?", "What is a tiger?", "How does a rocket fly in space?", "What is coffee made from?",
              "Why is the sky blue?", "Who painted the Mona Lisa?", "What causes earthquakes?", "How do bees make honey?")
 
@@ -38,16 +46,18 @@ class LLMBenchConfig:
     """What `prism bench llm` measures and where it writes.
 
     Attributes:
-        engines: engine names (``torch-fp32``, ``torch-bf16``); the first is the reference for agreement.
+        engines: engine names (:func:`ray_app.llm.engines.known_engines`); the first is the reference for agreement.
         batches: answers in flight for the throughput runs.
         max_new_tokens: tokens per answer (the load mix's 48).
         prompt_passages: wiki passages per prompt (five: about the load mix's prompt length).
-        threads: torch threads (default: all CPUs).
+        adapter: a PEFT adapter merged into the model (``""``: the base model, which every engine can serve).
+        threads: CPU threads per engine (default: all CPUs).
         out: folder for ``llm-engines.{json,md}``.
         write: write the report files.
     """
 
-    engines: list[str] = field(default_factory=lambda: list(ENGINES))
+    engines: list[str] = field(default_factory=default_engines)
+    adapter: str = ""
     batches: list[int] = field(default_factory=lambda: [1, 4, 16])
     max_new_tokens: int = 48
     prompt_passages: int = 5
@@ -112,49 +122,60 @@ def run_batch(batcher, prompts: list[str], max_new_tokens: int) -> dict:
 
 
 def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
-    """Load the model in the engine's precision and run the single-prompt and batched measurements."""
+    """Load the model into the engine and run the single-prompt and batched measurements."""
     import psutil
     import torch
 
-    from ray_app.llm.batching import ContinuousBatcher
-    from ray_app.models.llm import load_llm
+    from ray_app.llm.engines import build_engine
     from ray_app.settings import get_settings
 
     torch.set_num_threads(threads)
-    llm = load_llm(adapter=None, dtype=ENGINES[name])
-    batcher = ContinuousBatcher(llm, max(config.batches))
+    engine = build_engine(name, max_batch_size=max(config.batches), threads=threads, adapter=config.adapter)
     try:
         budget = get_settings().prompt_token_budget
-        prompts = build_prompts(llm.tokenizer, max(config.batches), config.prompt_passages, budget)
-        uncut = build_prompts(llm.tokenizer, 4, config.prompt_passages, None)
-        prompt_tokens = [count_tokens(llm.tokenizer, p) for p in prompts]
-        run_batch(batcher, prompts[:1], 4)  # warm-up
-        single = [run_batch(batcher, [p], 1)["ttft_s"][0] for p in prompts[:4]]
-        single_uncut = [run_batch(batcher, [p], 1)["ttft_s"][0] for p in uncut]
+        prompts = build_prompts(engine.tokenizer, max(config.batches), config.prompt_passages, budget)
+        uncut = build_prompts(engine.tokenizer, 4, config.prompt_passages, None)
+        prompt_tokens = [count_tokens(engine.tokenizer, p) for p in prompts]
+        run_batch(engine, prompts[:1], 4)  # warm-up
+        single = [run_batch(engine, [p], 1)["ttft_s"][0] for p in prompts[:4]]
+        single_uncut = [run_batch(engine, [p], 1)["ttft_s"][0] for p in uncut]
         batches = {}
         for size in config.batches:
-            run = run_batch(batcher, prompts[:size], config.max_new_tokens)
+            run = run_batch(engine, prompts[:size], config.max_new_tokens)
             batches[str(size)] = {"answers_per_s": round(size / run["wall_s"], 3),
                                   "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
                                   "ttft_p50_ms": round(1000 * statistics.median(run["ttft_s"]), 1),
                                   "wall_s": round(run["wall_s"], 2)}
             if size == max(config.batches):
                 token_ids = run["token_ids"]
+        rss = psutil.Process().memory_info().rss
+        version = engine.versions()["model"]
     finally:
-        batcher.close()
+        engine.close()
     return {
-        "engine": name, "dtype": ENGINES[name], "threads": threads,
+        "engine": name, "model": version, "precision": engine.precision, "threads": threads,
         "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1),
         "ttft_ms_batch1": round(1000 * statistics.median(single), 1),
         "prompt_budget": {"budget_tokens": budget,
-                          "uncut_prompt_tokens_mean": round(statistics.mean(count_tokens(llm.tokenizer, p) for p in uncut), 1),
+                          "uncut_prompt_tokens_mean": round(statistics.mean(count_tokens(engine.tokenizer, p) for p in uncut), 1),
                           "uncut_ttft_ms_batch1": round(1000 * statistics.median(single_uncut), 1)},
         "batches": batches,
         "answers_per_s_best": max(b["answers_per_s"] for b in batches.values()),
-        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
-        "matmul_gflops": round(matmul_gflops(ENGINES[name], threads), 1),
+        "rss_mb": round(rss / 2**20, 1),
+        # torch's matmul rate in the engine's precision (integer kernels: none measured)
+        "matmul_gflops": (round(matmul_gflops(engine.precision, threads), 1)
+                          if engine.precision in ("bfloat16", "float32") else None),
         "token_ids": token_ids,
     }
+
+
+def measure_in_child(name: str, config: LLMBenchConfig, threads: int) -> dict:
+    """:func:`measure_engine` in a fresh process: each engine's RSS is its own, and no engine's threads linger."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_engine, name, config, threads).result()
 
 
 def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
@@ -171,13 +192,11 @@ def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
 
 def bench_llm(config: LLMBenchConfig) -> dict:
     """Measure every engine, one after the other in this process; (with ``config.write``) write the report."""
-    unknown = [e for e in config.engines if e not in ENGINES]
-    if unknown:
-        from ray_app.errors import InputError
+    from ray_app.llm.engines import parse_engine
 
-        raise InputError(f"unknown engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    config.engines = [parse_engine(e).name for e in config.engines]  # an unknown one is an InputError up front
     threads = config.threads or os.cpu_count() or 1
-    engines = [measure_engine(name, config, threads) for name in config.engines]
+    engines = [measure_in_child(name, config, threads) for name in config.engines]
     reference = engines[0]["token_ids"]
     for e in engines:
         e["agreement_with_" + config.engines[0]] = agreement(reference, e.pop("token_ids"))
@@ -224,7 +243,7 @@ def render_markdown(r: dict) -> str:
             f"| {e['engine']} | {e['prompt_tokens_mean']:.0f} | {e['ttft_ms_batch1']:.0f} | "
             + " | ".join(f"{e['batches'][str(b)]['answers_per_s']:.2f}" for b in r["batches"])
             + f" | {e['batches'][str(max(r['batches']))]['tokens_per_s']:.0f} | {e['rss_mb']:.0f} | "
-            f"{e['matmul_gflops']:.0f} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) |")
+            f"{e['matmul_gflops'] or '–'} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) |")
     budget = r["engines"][0]["prompt_budget"]
     lines += [
         "",
@@ -255,7 +274,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--prompt-passages", type=int_at_least(1, 20), default=d.prompt_passages, metavar="N",
                    help="Wiki passages per prompt.")
     p.add_argument("--threads", type=int_at_least(1), default=d.threads, metavar="N",
-                   help="torch threads (default: all CPUs).")
+                   help="CPU threads per engine (default: all CPUs).")
+    p.add_argument("--adapter", default=d.adapter, metavar="DIR",
+                   help="A PEFT adapter merged into the model (default: the base model; llamacpp serves the base only).")
     p.add_argument("--out", type=Path, default=d.out, help="Where llm-engines.{json,md} are written.")
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
     return p

@@ -211,7 +211,7 @@ def load_method(method: str, base: str, checkpoint: Path | None):
     from ray_app.models.llm import LoadedLLM, load_llm
 
     if method == "base":
-        return load_llm(base, adapter="")
+        return load_llm(base, adapter="", dtype="float32")  # the engine casts it (engine_from_llm)
     model, tokenizer = load_lm_from_checkpoint(checkpoint)
     if hasattr(model, "merge_and_unload"):  # same function, one matmul per layer instead of two
         model = model.merge_and_unload()
@@ -227,20 +227,22 @@ def generate_answers(llm, examples: list[dict], max_new_tokens: int, batch_size:
     """
     import asyncio
 
-    from ray_app.llm.batching import ContinuousBatcher
+    from ray_app.llm.engines import engine_from_llm
+    from ray_app.settings import get_settings
 
-    batcher = ContinuousBatcher(llm, batch_size)
+    settings = get_settings()
+    engine = engine_from_llm(llm, settings.llm_engine, settings, max_batch_size=batch_size)
     try:
         started = time.perf_counter()
-        answers = asyncio.run(_answer_all(llm, batcher, examples, max_new_tokens))
+        answers = asyncio.run(_answer_all(engine, examples, max_new_tokens))
         seconds = time.perf_counter() - started
-        new_tokens = batcher.generated_tokens
+        new_tokens = engine.generated_tokens
     finally:
-        batcher.close()
+        engine.close()
     return answers, seconds, new_tokens
 
 
-async def _answer_all(llm, batcher, examples: list[dict], max_new_tokens: int) -> list[str]:
+async def _answer_all(engine, examples: list[dict], max_new_tokens: int) -> list[str]:
     import asyncio
 
     from ray_app.ask.service import AskOptions, AskService
@@ -250,8 +252,8 @@ async def _answer_all(llm, batcher, examples: list[dict], max_new_tokens: int) -
 
     # No server time limit here: an evaluation waits for every answer (a day stands for "none").
     settings = get_settings().model_copy(update={"max_new_tokens": max_new_tokens, "ask_timeout_s": 86_400.0})
-    generate, audit = BatchedGenerate(llm, batcher, settings), CheckOnlyAudit()
-    running = asyncio.Semaphore(batcher.max_batch_size)  # as many asks as the batch decodes at once
+    generate, audit = BatchedGenerate(engine, settings), CheckOnlyAudit()
+    running = asyncio.Semaphore(engine.max_batch_size)  # as many asks as the batch decodes at once
 
     async def answer(example: dict) -> str:
         service = AskService(None, FixedPassages(record_passages(example)), generate, audit, settings)
@@ -301,6 +303,7 @@ def cache_path(cache_dir: Path, method: str, checkpoint: Path | None, examples: 
         "questions": [e["id"] for e in examples],
         "max_new_tokens": max_new_tokens,
         "dtype": settings.llm_dtype,
+        "engine": settings.llm_engine,
         "prompt_token_budget": settings.prompt_token_budget,
     }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -96,31 +96,32 @@ class TokenStream:
             self._put(error if error is not None else _END)
 
 
-class ContinuousBatcher:
-    """Greedy decoding of many prompts in one running batch that requests join and leave per step.
+class DecodeLoop:
+    """A request queue served by one background decode thread: the part every engine shares.
+
+    Subclasses implement :meth:`_step`, which advances decoding by one iteration (the newcomers
+    taken from the queue join it) and feeds each row's tokens to :meth:`_accept`.
 
     Args:
-        llm: a loaded causal LM with ``.model`` and ``.tokenizer`` (:func:`ray_app.models.llm.load_llm`).
+        tokenizer: the model's tokenizer (decodes the greedy picks into text; knows the stop tokens).
         max_batch_size: rows decoded together; further requests wait (in arrival order) for a slot.
     """
 
-    def __init__(self, llm, max_batch_size: int = 16):
+    def __init__(self, tokenizer, max_batch_size: int = 16):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        self.llm = llm
+        self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self._stops = stop_token_ids(llm.tokenizer)
+        self._stops = stop_token_ids(tokenizer)
         self._waiting: queue.SimpleQueue[TokenStream | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders submit() against close()
         self._closed = False
         self.generated_tokens = 0  # every row's tokens so far (written by the decode thread only)
-        # The running batch, touched by the decode thread only. Row i of every tensor is rows[i].
-        self._rows: list[TokenStream] = []
-        self._cache: DynamicCache | None = None  # keys/values [rows, kv_heads, columns, head_dim] per layer
-        self._mask: torch.Tensor | None = None  # [rows, columns]: 1 for real tokens, 0 for left padding
-        self._positions: torch.Tensor | None = None  # [rows, 1]: position id of each row's last token
-        self._next_ids: torch.Tensor | None = None  # [rows]: picked tokens that are not in the cache yet
+        self._rows: list[TokenStream] = []  # the running batch, touched by the decode thread only
         self._thread = threading.Thread(target=self._run, name="prism-decode", daemon=True)
+
+    def _start(self) -> None:
+        """Start the decode thread (subclasses call it once their own state is ready)."""
         self._thread.start()
 
     def submit(self, prompt: str, max_new_tokens: int) -> TokenStream:
@@ -146,6 +147,10 @@ class ContinuousBatcher:
         return {"running": len(self._rows), "waiting": self._waiting.qsize(), "max_batch_size": self.max_batch_size,
                 "generated_tokens": self.generated_tokens}
 
+    def alive(self) -> bool:
+        """Whether the decode thread is running and accepting requests (a replica's health check)."""
+        return self._thread.is_alive() and not self._closed
+
     def generate(self, prompt: str, max_new_tokens: int) -> str:
         """Decode one prompt to the end and return its text (blocking; not from an event loop)."""
         return "".join(self.submit(prompt, max_new_tokens))
@@ -155,21 +160,24 @@ class ContinuousBatcher:
         with self._lock:
             self._closed = True
         self._waiting.put(None)  # wakes the thread if it is waiting for work
-        if threading.current_thread() is not self._thread:
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout)
 
     # The decode thread.
+
+    def _step(self, newcomers: list[TokenStream]) -> None:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        self._rows = []
 
     def _run(self) -> None:
         try:
             while not self._closed:
                 newcomers = self._take_waiting()
                 try:
-                    with torch.inference_mode():
-                        if newcomers:
-                            self._admit(newcomers)
-                        if self._rows:
-                            self._decode_step()
+                    if newcomers or self._rows:
+                        self._step(newcomers)
                 except Exception as exc:  # every request in flight raises it; the next ones start afresh
                     for stream in self._rows + newcomers:
                         stream._finish(exc)
@@ -204,6 +212,47 @@ class ContinuousBatcher:
                 taken.append(stream)
         return taken
 
+    def _accept(self, stream: TokenStream, tid: int) -> None:
+        """Record a row's greedy pick: send its text, or end the row (stop token, token limit, cancelled)."""
+        if stream.finished:
+            return
+        if stream.cancelled or tid in self._stops:
+            stream._finish()
+            return
+        stream.tokens.append(tid)
+        self.generated_tokens += 1
+        delta, stream.text = text_delta(self.tokenizer, stream.tokens, stream.text)
+        if delta:
+            stream._put(delta)
+        if len(stream.tokens) >= stream.max_new_tokens:
+            stream._finish()
+
+
+class ContinuousBatcher(DecodeLoop):
+    """Greedy decoding of many prompts in one running batch that requests join and leave per step.
+
+    Args:
+        llm: a loaded causal LM with ``.model`` and ``.tokenizer`` (:func:`ray_app.models.llm.load_llm`).
+        max_batch_size: rows decoded together; further requests wait (in arrival order) for a slot.
+    """
+
+    def __init__(self, llm, max_batch_size: int = 16):
+        super().__init__(llm.tokenizer, max_batch_size)
+        self.llm = llm
+        # Row i of every tensor is self._rows[i].
+        self._cache: DynamicCache | None = None  # keys/values [rows, kv_heads, columns, head_dim] per layer
+        self._mask: torch.Tensor | None = None  # [rows, columns]: 1 for real tokens, 0 for left padding
+        self._positions: torch.Tensor | None = None  # [rows, 1]: position id of each row's last token
+        self._next_ids: torch.Tensor | None = None  # [rows]: picked tokens that are not in the cache yet
+        self._start()
+
+    def _step(self, newcomers: list[TokenStream]) -> None:
+        with torch.inference_mode():
+            if newcomers:
+                self._admit(newcomers)
+            if self._rows:
+                self._decode_step()
+
     def _admit(self, newcomers: list[TokenStream]) -> None:
         """Prefill the newcomers in one forward pass and merge them into the running batch."""
         input_ids, mask, positions = encode_left_padded(self.llm.tokenizer, [s.prompt for s in newcomers])
@@ -233,19 +282,6 @@ class ContinuousBatcher:
         for stream, tid in zip(self._rows, self._next_ids.tolist(), strict=True):
             self._accept(stream, tid)
         self._drop_finished()
-
-    def _accept(self, stream: TokenStream, tid: int) -> None:
-        """Record a row's greedy pick: send its text, or end the row (stop token, token limit, cancelled)."""
-        if stream.cancelled or tid in self._stops:
-            stream._finish()
-            return
-        stream.tokens.append(tid)
-        self.generated_tokens += 1
-        delta, stream.text = text_delta(self.llm.tokenizer, stream.tokens, stream.text)
-        if delta:
-            stream._put(delta)
-        if len(stream.tokens) >= stream.max_new_tokens:
-            stream._finish()
 
     def _drop_finished(self) -> None:
         """Remove finished rows from the batch and the padding columns no remaining row needs."""
