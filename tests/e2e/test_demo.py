@@ -31,10 +31,15 @@ def test_demo_brings_everything_up_and_second_run_reuses_it(tmp_path):
         assert first["database"]["documents"] > 10_000 and first["database"]["images"] > 500
         with urllib.request.urlopen(first["serve"]["url"] + "/healthz", timeout=30) as resp:
             assert resp.status == 200
+        key = first["api_key"]["key"]  # printed with the URL; the demo key works on the API
+        models = urllib.request.Request(first["serve"]["url"] + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(models, timeout=30) as resp:
+            assert resp.status == 200
         second = prism("demo", "--json", env=env)
         assert second["steps"] == {"corpus_built": {}, "image_encoder": "reused", "ingest": "unchanged"}
         assert second["serve"]["started"] is False
         assert second["database"] == first["database"]
+        assert second["api_key"]["key"] != key  # a new demo key; the first one is revoked
     finally:
         subprocess.run([sys.executable, "-m", "ray_app.cli", "serve", "down"], env=env, timeout=300)
         subprocess.run([sys.executable, "-m", "ray_app.cli", "db", "down"], env=env, timeout=120)
