@@ -57,6 +57,12 @@ def _b64_sha256(text: str) -> str:
     return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
 
 
+def route_path(scope) -> str:
+    """The path the app routes on: without the application's ``root_path`` (a Serve ``route_prefix``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 def host_allowed(host: str | None, allowed: list[str]) -> bool:
     """``Host`` without its port (``[::1]:8000`` -> ``::1``) is one of ``allowed``, or ``allowed`` has ``*``."""
     if "*" in allowed:
@@ -120,7 +126,7 @@ class RequestLimits:
     def refusal(self, scope) -> tuple[int, str, str] | None:
         """The status, code and message for a request refused on its headers alone, else None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        path, method = scope.get("path", ""), scope.get("method", "GET")
+        path, method = route_path(scope), scope.get("method", "GET")
         if not host_allowed(headers.get("host"), self.allowed_hosts):
             return 400, "invalid_host", "this Host is not served (PRISM_ALLOWED_HOSTS)"
         if method in BODY_METHODS and path.startswith("/v1/"):
@@ -138,7 +144,7 @@ class RequestLimits:
 
     def extra_headers(self, scope) -> list[tuple[bytes, bytes]]:
         """Security headers for this path plus the rate-limit headers the auth dependency left in the scope."""
-        path = scope.get("path", "")
+        path = route_path(scope)
         headers = dict(COMMON_HEADERS)
         if path == "/":
             headers["content-security-policy"] = self.page_csp
@@ -148,7 +154,7 @@ class RequestLimits:
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def respond(self, scope, send, status: int, code: str, message: str) -> None:
-        body = json.dumps(error_body(scope.get("path", ""), status, code, message)).encode()
+        body = json.dumps(error_body(route_path(scope), status, code, message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")] + self.extra_headers(scope)
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -36,7 +36,7 @@ from ray_app.auth.keys import MissingKey, RevokedKey
 from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
-from serving.http_limits import RequestLimits, error_body
+from serving.http_limits import RequestLimits, error_body, route_path
 from serving.schemas import (
     AskRequest,
     AskResponse,
@@ -83,7 +83,7 @@ def error_json(request: Request, status: int, code: str, message: str, retry_aft
     headers = dict(headers or {})
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
-    return JSONResponse(error_body(request.url.path, status, code, message, param, kind), status_code=status,
+    return JSONResponse(error_body(route_path(request.scope), status, code, message, param, kind), status_code=status,
                         headers=headers or None)
 
 
@@ -354,6 +354,7 @@ class Ingress:
         self.rag = rag
         self.settings = get_settings()
         self.created = int(time.time())
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.guard = get_guard()
         self.gate = AdmissionGate(self.settings.ask_max_active, self.settings.ask_max_waiting, self.settings.ask_wait_s,
                              self.settings.retry_after_s)
@@ -367,7 +368,7 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "versions": await self.service.versions(with_image=True),
-                "admission": self.gate.stats(), "auth": self.settings.auth}
+                "admission": self.gate.stats(), "auth": self.settings.auth, "replica": self.replica}
 
     @api.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models(self, _: Admission = Depends(caller)) -> ModelList:

@@ -191,3 +191,25 @@ def test_security_headers(prism_app):
     assert api.headers["x-content-type-options"] == "nosniff"
     assert api.headers["content-security-policy"].startswith("default-src 'none'")
     assert "access-control-allow-origin" not in api.headers  # no CORS
+
+
+def test_rate_limits_hold_across_two_ingress_replicas(prism_app):
+    """A second application: two more ingress replicas over the same deployments, under /two. A key's requests
+    per minute are counted once across both replicas (the count lives in Postgres), not once per replica."""
+    from ray import serve
+
+    from serving.ingress import Ingress
+
+    handles = [serve.get_deployment_handle(name, app_name="prism") for name in ("vision", "rag", "fusion", "audit")]
+    two = Ingress.options(name="ingress", num_replicas=2, autoscaling_config=None, ray_actor_options={"num_cpus": 0})
+    serve.run(two.bind(*handles), name="prism-two", route_prefix="/two")
+    try:
+        replicas = {httpx.get(prism_app.url + "/two/healthz", timeout=60).json()["replica"] for _ in range(20)}
+        assert len(replicas) == 2  # requests are spread over both
+        _, key = _key(prism_app, "two-replicas", rpm=10)
+        responses = [_call(prism_app, "GET", "/two/v1/models", key) for _ in range(30)]
+        assert [r.status_code for r in responses].count(200) == 10, [r.status_code for r in responses]
+        refused = [r for r in responses if r.status_code == 429]
+        assert len(refused) == 20 and refused[0].json()["error"]["type"] == "requests"  # OpenAI shape under /two
+    finally:
+        serve.delete("prism-two")
