@@ -12,10 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray_app.errors import InputError, NotFound
 from ray_app.llm.prompting import PASSAGE_CHARS, Passage
-from ray_app.store import Filters, SearchHit, Store, get_store
+from ray_app.store.rows import SearchHit
+
+if TYPE_CHECKING:  # the store (psycopg) loads only where it is used: the edge runtime has none
+    from ray_app.store import Store
 
 SEARCH_MODES = ("hybrid", "vector", "text")
 NEAR_DUPLICATE = 0.9  # a stored image this similar is taken to show the same thing
@@ -130,6 +134,8 @@ def search_corpus(
         raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     if not text.strip():
         raise InputError("the search text is empty")
+    from ray_app.store import Filters, get_store
+
     store = store or get_store()
     filters = Filters(sources=sources)
     if mode == "text":

@@ -29,9 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from ray_app.audit.checkpoint import HeadFile, HeadState, load_or_create_key, mac_hex
 from ray_app.audit.grounding import GroundingReport, check_grounding
 from ray_app.audit.injection import injection_flags, looks_like_injection  # noqa: F401 (re-exported)
@@ -166,6 +163,9 @@ _keys: dict[Path, bytes] = {}
 
 def chain_files(store) -> tuple[Path, Path]:
     """The HMAC key file and the head checkpoint file of ``store``'s chain (from settings)."""
+    # Imported here, not at the top: the edge runtime checks answers with this module and has no psycopg.
+    from psycopg.conninfo import conninfo_to_dict
+
     database = conninfo_to_dict(store.url).get("dbname") or "postgres"
     return store.settings.audit_files(database)
 
@@ -230,6 +230,8 @@ def verify_chain(store, batch: int = 5000) -> dict:
     key = chain_key(key_path, create=False)
     # The checkpoint is read before the table: it is written after each commit, so it never runs ahead.
     checkpoint = HeadFile(head_path, key or b"").read() if key else HeadState(Path(head_path))
+    import psycopg
+
     walk = ChainWalk(key, key_path, checkpoint)
     last_seq = 0
     while walk.broken is None:

@@ -20,4 +20,6 @@ job_command(app, "serve", "ray_app.benchmarks.serve",
             "Load-test the app with Locust and measure Serve's overhead; print (and optionally write) the report.")
 job_command(app, "llm", "ray_app.benchmarks.llm",
             "The fusion LLM in each precision on the same prompts: TTFT, answers/s at batch 1/4/16, agreement.")
+job_command(app, "edge", "edge.bench",
+            "The edge bundle per variant on 2 cores and 1: cold start, TTFT/total p50/p95, decode tok/s vs bandwidth, RSS.")
 mount(app, {"clip": ("training.bench_clip_cli", "Ray Train images/s vs a bare single-process loop.")})

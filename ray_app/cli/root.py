@@ -37,8 +37,7 @@ app.add_typer(db.app, name="db")
 app.command("search")(search.search)
 app.command("demo")(demo.demo)
 
-# Groups filled by their own modules; each module defines `app` (a typer.Typer). Only groups that exist:
-# `export` (edge.cli) joins when the edge package has its CLI.
+# Groups filled by their own modules; each module defines `app` (a typer.Typer). Only groups that exist.
 _GROUPS = {
     "corpus": ("ray_app.cli.corpus", "Build corpora (wiki, stamps, photos, synthetic, your files) as Parquet shards."),
     "ask": ("ray_app.cli.ask", "Ask a question (optionally about an image) and get a cited answer."),
@@ -50,6 +49,8 @@ _GROUPS = {
     "train": ("training.cli", "Ray Train jobs: image encoder (clip), LLM SFT and DPO."),
     "tune": ("training.tune_cli", "Ray Tune sweeps."),
     "serve": ("serving.cli", "Run the Ray Serve application (HTTP API + web page)."),
+    "export": ("edge.cli", "Export Prism for other runtimes: an offline edge bundle (ONNX, INT8/INT4, index)."),
+    "edge": ("edge.runtime_cli", "Run Prism from an edge bundle: no Ray, no Postgres, no network."),
 }
 
 # Jobs mounted as one command each; the module (imported when the command runs) has `main(argv, prog)`.

@@ -9,16 +9,19 @@ from ray_app.store.rows import (
     content_hash,
     stable_id,
 )
-from ray_app.store.store import (
-    Filters,
-    Store,
-    StoreError,
-    WriteStats,
-    close_store,
-    fuse_rrf,
-    get_store,
-    resolve_url,
-)
+
+# store.py (psycopg, pgvector) loads on first use, so code that needs only the row types (the edge
+# runtime, which has no Postgres) can import them without the driver.
+_STORE_NAMES = ("Filters", "Store", "StoreError", "WriteStats", "close_store", "fuse_rrf", "get_store", "resolve_url")
+
+
+def __getattr__(name: str):
+    if name in _STORE_NAMES:
+        from ray_app.store import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ChunkRow",

@@ -1,0 +1,149 @@
+"""The edge HTTP API: ``/v1/search`` and ``/v1/ask`` (JSON or server-sent events) over one :class:`EdgeRuntime`.
+
+    prism edge serve --bundle ./bundle-int4 [--port 8080]
+
+A single-user device: the server binds to 127.0.0.1 and needs no key unless ``PRISM_EDGE_KEY`` is set
+(then ``Authorization: Bearer KEY`` on ``/v1/*``). The request and response shapes are the server's
+(docs/api.md); errors are ``{"error": {"code", "message"}}`` with a 4xx status for bad input. One ask
+decodes at a time; the others wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from edge.runtime import EdgeRuntime
+from ray_app.ask.service import AskEvent, AskOptions
+from ray_app.errors import InputError, NotFound, PrismError, Unavailable
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
+    k: int = Field(5, ge=1, le=50, description="Results to return.")
+    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: RRF of both, vector or full text.")
+    sources: list[str] | None = Field(None, description="Only documents from these sources.")
+
+
+class AskRequest(BaseModel):
+    question: str = Field(..., min_length=1, max_length=2000, description="The question.")
+    image: str | None = Field(None, description="Optional image: base64 or a data URL (PNG, JPEG, GIF, WebP).")
+    k: int = Field(3, ge=1, le=20, description="Passages to retrieve.")
+    max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Answer length limit (capped by the bundle).")
+    stream: bool = Field(False, description="Server-sent events: meta, token..., done.")
+
+
+def decode_image(value: str | None) -> bytes | None:
+    """Base64 or a ``data:`` URL to bytes.
+
+    Raises:
+        InputError: not base64.
+    """
+    if not value:
+        return None
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("image is not valid base64") from exc
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status = 404 if isinstance(exc, NotFound) else 503 if isinstance(exc, Unavailable) else 400
+    code = getattr(exc, "code", None) or ("not_found" if status == 404 else "invalid_input")
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": {"code": code, "message": str(exc)}}, status_code=status, headers=headers)
+
+
+def build_app(runtime: EdgeRuntime, key: str | None = None) -> FastAPI:
+    """The FastAPI app over ``runtime``; ``key`` (default ``PRISM_EDGE_KEY``) guards ``/v1/*`` when set.
+    The runtime's bounded pool becomes the event loop's default executor while the app runs."""
+    key = key if key is not None else os.environ.get("PRISM_EDGE_KEY") or None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        with runtime.executor() as pool:
+            asyncio.get_running_loop().set_default_executor(pool)
+            yield
+
+    app = FastAPI(title="Prism edge", version=str(runtime.manifest.get("format")), lifespan=lifespan)
+
+    def caller(request: Request) -> None:
+        if key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise KeyRefused()
+
+    @app.exception_handler(PrismError)
+    async def prism_error(request: Request, exc: PrismError):
+        if isinstance(exc, KeyRefused):
+            return JSONResponse({"error": {"code": "unauthorized", "message": "a valid API key is required"}},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def other_error(request: Request, exc: Exception):
+        return JSONResponse({"error": {"code": "internal", "message": type(exc).__name__}}, status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "variant": runtime.manifest["variant"], "text_only": runtime.manifest["text_only"],
+                "auth": key is not None, "load_s": round(runtime.load_s, 2)}
+
+    @app.post("/v1/search", dependencies=[Depends(caller)])
+    async def search(body: SearchRequest) -> dict:
+        hits = await asyncio.to_thread(runtime.search, body.query, body.k, body.mode, body.sources)
+        return {"results": [h.to_dict() for h in hits]}
+
+    @app.post("/v1/ask", dependencies=[Depends(caller)])
+    async def ask(body: AskRequest):
+        image = decode_image(body.image)
+        events = runtime.stream(body.question, image, AskOptions(k=body.k, max_new_tokens=body.max_new_tokens))
+        first = await anext(events)  # input errors are raised here, before any byte is sent
+        if body.stream:
+            return StreamingResponse(ask_sse(first, events), media_type="text/event-stream")
+        async for event in events:
+            if event.kind == "done":
+                return event.data
+        raise RuntimeError("the ask pipeline ended without an answer")
+
+    return app
+
+
+class KeyRefused(PrismError):
+    code = "unauthorized"
+
+
+async def ask_sse(first: AskEvent, events: AsyncIterator[AskEvent]) -> AsyncIterator[str]:
+    """``meta``, ``token``..., ``done`` as server-sent events; a failure mid-stream is an ``error`` event."""
+    yield sse(first.kind, first.data)
+    try:
+        async for event in events:
+            yield sse(event.kind, event.data)
+    except PrismError as exc:
+        yield sse("error", {"error": {"code": getattr(exc, "code", "error"), "message": str(exc)}})
+    except Exception as exc:
+        yield sse("error", {"error": {"code": "internal", "message": type(exc).__name__}})
+
+
+def serve(runtime: EdgeRuntime, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run the app with uvicorn in this process."""
+    import uvicorn
+
+    uvicorn.run(build_app(runtime), host=host, port=port, log_level="warning")
