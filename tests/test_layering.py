@@ -16,7 +16,7 @@ WINGS = {"training", "serving", "edge"}
 RANKS = {
     "errors": -1,  # every package may raise Prism's own errors
     "settings": 0, "jobconfig": 0, "reports": 0, "raystart": 0, "progress": 0, "jsonl": 0, "entrypoints": 0,
-    "models": 1, "store": 1,
+    "models": 1, "store": 1, "auth": 1,
     "corpus": 2, "llm": 2,
     "vision": 3, "audit": 3, "ingest": 3,
     "ask": 4,
