@@ -24,7 +24,7 @@ import numpy as np
 
 from ray_app.errors import InputError
 from ray_app.settings import EMBED_DIM
-from ray_app.store.rows import SearchHit
+from ray_app.store.rows import SearchHit, fuse_rrf
 
 INDEX_NAME = "index.sqlite"
 SCHEMA = """
@@ -95,19 +95,6 @@ def fts_query(text: str) -> str | None:
     """An FTS5 query matching any non-stopword of ``text`` (each quoted, so no FTS syntax gets through)."""
     words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
     return " OR ".join(f'"{w}"' for w in dict.fromkeys(words)) or None
-
-
-def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60,
-             weights: Sequence[float] | None = None) -> list[SearchHit]:
-    """Weighted reciprocal-rank fusion, as the server's store does it (``ray_app.store.fuse_rrf``)."""
-    scores: dict[str, float] = {}
-    hits: dict[str, SearchHit] = {}
-    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
-        for rank, hit in enumerate(ranking, start=1):
-            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (rrf_k + rank)
-            hits.setdefault(hit.id, hit)
-    order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
-    return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
 
 
 class EdgeIndex:

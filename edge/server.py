@@ -11,52 +11,20 @@ decodes at a time; the others wait their turn.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hmac
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 
 from edge.runtime import EdgeRuntime
+from ray_app.ask.requests import AskRequest, SearchRequest, decode_image
 from ray_app.ask.service import AskEvent, AskOptions
-from ray_app.errors import InputError, NotFound, PrismError, Unavailable
-
-
-class SearchRequest(BaseModel):
-    query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
-    k: int = Field(5, ge=1, le=50, description="Results to return.")
-    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: RRF of both, vector or full text.")
-    sources: list[str] | None = Field(None, description="Only documents from these sources.")
-
-
-class AskRequest(BaseModel):
-    question: str = Field(..., min_length=1, max_length=2000, description="The question.")
-    image: str | None = Field(None, description="Optional image: base64 or a data URL (PNG, JPEG, GIF, WebP).")
-    k: int = Field(3, ge=1, le=20, description="Passages to retrieve.")
-    max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Answer length limit (capped by the bundle).")
-    stream: bool = Field(False, description="Server-sent events: meta, token..., done.")
-
-
-def decode_image(value: str | None) -> bytes | None:
-    """Base64 or a ``data:`` URL to bytes.
-
-    Raises:
-        InputError: not base64.
-    """
-    if not value:
-        return None
-    payload = value.split(",", 1)[1] if value.startswith("data:") else value
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError("image is not valid base64") from exc
+from ray_app.errors import NotFound, PrismError, Unavailable
 
 
 def sse(event: str, data: dict) -> str:
@@ -97,6 +65,13 @@ def build_app(runtime: EdgeRuntime, key: str | None = None) -> FastAPI:
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):  # as the Serve app answers it
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        return JSONResponse({"error": {"code": "invalid_request", "message": f"{where}: {first['msg']}"}},
+                            status_code=422)
+
     @app.exception_handler(Exception)
     async def other_error(request: Request, exc: Exception):
         return JSONResponse({"error": {"code": "internal", "message": type(exc).__name__}}, status_code=500)
@@ -113,7 +88,7 @@ def build_app(runtime: EdgeRuntime, key: str | None = None) -> FastAPI:
 
     @app.post("/v1/ask", dependencies=[Depends(caller)])
     async def ask(body: AskRequest):
-        image = decode_image(body.image)
+        image = decode_image(body.image) if body.image else None
         events = runtime.stream(body.question, image, AskOptions(k=body.k, max_new_tokens=body.max_new_tokens))
         first = await anext(events)  # input errors are raised here, before any byte is sent
         if body.stream:

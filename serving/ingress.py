@@ -12,8 +12,6 @@ checks host, content type and body size before any route parses the request.
 
 
 import asyncio
-import base64
-import binascii
 import json
 import math
 import time
@@ -30,6 +28,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_app.ask.admission import AdmissionGate
+from ray_app.ask.requests import InvalidImage, decode_image
 from ray_app.ask.service import AskEvent, AskOptions, AskService
 from ray_app.auth.guard import Admission, Guard, RateLimited
 from ray_app.auth.keys import MissingKey, RevokedKey
@@ -98,6 +97,8 @@ IMAGE_STATUS = {"image_too_large": 413, "image_too_many_pixels": 413, "unsupport
 
 def status_for(exc: PrismError) -> int:
     """The HTTP status of one of Prism's errors (the service below never raises HTTP errors)."""
+    if isinstance(exc, InvalidImage):
+        return 400
     if isinstance(exc, ImageRejected):
         return IMAGE_STATUS.get(exc.code, 422)
     if isinstance(exc, MissingKey):
@@ -197,20 +198,6 @@ async def metered(events: AsyncIterator[AskEvent], admission: Admission) -> Asyn
         if event.kind == "done":
             await asyncio.to_thread(get_guard().charge_tokens, admission.caller, event.data["usage"]["total_tokens"])
         yield event
-
-
-def decode_image(value: str) -> bytes:
-    """Bytes of a base64 string or ``data:image/...;base64,`` URL (400 when neither)."""
-    if value.startswith("data:"):
-        header, _, value = value.partition(",")
-        if ";base64" not in header:
-            raise ApiError(400, "invalid_image_url", "image data URLs must be base64-encoded (data:image/png;base64,...)")
-    elif value.startswith(("http://", "https://")):
-        raise ApiError(400, "invalid_image_url", "remote image URLs are not fetched; send the image as a data URL")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "invalid_base64", f"the image is not valid base64: {exc}") from exc
 
 
 async def parse_ask(request: Request) -> tuple[AskRequest, bytes | None]:

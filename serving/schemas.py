@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
+
+from ray_app.ask.requests import AskRequest, SearchRequest  # noqa: F401  (the API's request bodies)
 
 
 class ErrorBody(BaseModel):
@@ -21,21 +23,6 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
-class SearchRequest(BaseModel):
-    query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
-    k: int = Field(5, ge=1, le=50, description="Results to return.")
-    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: RRF of both, vector or full text.")
-    sources: list[str] | None = Field(None, description="Only documents from these sources.")
-
-    _strip = field_validator("query")(_not_blank)
-
-
 class SearchResult(BaseModel):
     kind: str
     id: str
@@ -50,16 +37,6 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     timings_ms: dict[str, float]
-
-
-class AskRequest(BaseModel):
-    question: str = Field(..., min_length=1, max_length=2000, description="The question.")
-    image: str | None = Field(None, description="Optional image: base64 or a data URL (PNG, JPEG, GIF, WebP).")
-    k: int = Field(5, ge=1, le=20, description="Passages to retrieve.")
-    max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Answer length limit (capped by the server).")
-    stream: bool = Field(False, description="Server-sent events: meta, token..., done.")
-
-    _strip = field_validator("question")(_not_blank)
 
 
 class Label(BaseModel):

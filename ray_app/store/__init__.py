@@ -7,12 +7,13 @@ from ray_app.store.rows import (
     SearchHit,
     StoreInputError,
     content_hash,
+    fuse_rrf,
     stable_id,
 )
 
 # store.py (psycopg, pgvector) loads on first use, so code that needs only the row types (the edge
 # runtime, which has no Postgres) can import them without the driver.
-_STORE_NAMES = ("Filters", "Store", "StoreError", "WriteStats", "close_store", "fuse_rrf", "get_store", "resolve_url")
+_STORE_NAMES = ("Filters", "Store", "StoreError", "WriteStats", "close_store", "get_store", "resolve_url")
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +116,16 @@ def validate_rows(documents: list[DocumentRow], chunks: list[ChunkRow], images: 
             raise StoreInputError("image: id is required")
         if image.embedding is not None:
             image.embedding = check_vector(image.embedding, f"image {image.id!r}")
+
+
+def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60,
+             weights: Sequence[float] | None = None) -> list[SearchHit]:
+    """Merge ranked lists by (weighted) reciprocal-rank fusion; keeps the first-seen hit per id."""
+    scores: dict[str, float] = {}
+    hits: dict[str, SearchHit] = {}
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (rrf_k + rank)
+            hits.setdefault(hit.id, hit)
+    order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
+    return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]

@@ -26,6 +26,7 @@ from ray_app.store.rows import (
     SearchHit,
     StoreInputError,
     check_vector,
+    fuse_rrf,
     validate_rows,
 )
 
@@ -284,19 +285,6 @@ class Store:
             ).fetchone()
         keys = ("id", "doc_id", "caption", "path", "sha256", "width", "height")
         return None if row is None else dict(zip(keys, row, strict=True))
-
-
-def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60,
-             weights: Sequence[float] | None = None) -> list[SearchHit]:
-    """Merge ranked lists by (weighted) reciprocal-rank fusion; keeps the first-seen hit per id."""
-    scores: dict[str, float] = {}
-    hits: dict[str, SearchHit] = {}
-    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
-        for rank, hit in enumerate(ranking, start=1):
-            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (rrf_k + rank)
-            hits.setdefault(hit.id, hit)
-    order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
-    return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
 
 
 def _check_k(k: int) -> None:

@@ -111,7 +111,7 @@ def test_serve_search_and_streamed_ask(bundle):
         hits = client.post("/v1/search", json={"query": "frogs", "k": 2}, headers=auth).json()["results"]
         assert hits[0]["doc_id"] == "frog"
         bad = client.post("/v1/ask", json={"question": "  "}, headers=auth)
-        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"  # as the Serve app
         with client.stream("POST", "/v1/ask", json={"question": "Where do frogs live?", "stream": True,
                                                     "max_new_tokens": 8}, headers=auth) as response:
             body = "".join(response.iter_text())
