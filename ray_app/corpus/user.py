@@ -7,6 +7,11 @@ wrong types, a text over ``max_text_chars``, an image that does not decode) is c
 
 Image folders: every ``NAME.{png,jpg,jpeg,gif,webp,bmp}`` with a sidecar ``NAME.txt`` (line 1 is
 the caption, the rest, if any, the text) or ``NAME.json`` (schema fields).
+
+Image paths are the user's input, so they stay inside the corpus folder (the folder of the JSONL or
+Parquet file, or the image folder itself): an absolute path, a ``..`` part or a symbolic link that
+leads outside is skipped as ``unsafe_path``. Formats are allow-listed twice, by suffix and by what
+Pillow finds in the bytes (PNG, JPEG, GIF, WebP, BMP; no SVG, TIFF, PDF, ...): ``bad_image_format``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ray_app.settings import get_settings
 
 SOURCE = "user"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+IMAGE_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}  # what Pillow must find in the bytes
 _TEXT_FIELDS = ("title", "text", "url", "license", "image", "caption", "source", "id")
 
 
@@ -35,8 +41,27 @@ class BadRow(InputError):
         self.reason = reason
 
 
+def safe_image_path(image: str, base_dir: Path) -> Path:
+    """``base_dir / image`` resolved, when it stays inside ``base_dir``.
+
+    Raises:
+        BadRow: ``unsafe_path`` for an absolute path, a ``..`` part, or a link that resolves outside
+            ``base_dir``; ``bad_image_format`` for a suffix outside :data:`IMAGE_SUFFIXES`.
+    """
+    relative = Path(image)
+    if relative.is_absolute() or image.startswith(("/", "\\")) or ".." in relative.parts or "\\" in image:
+        raise BadRow("unsafe_path", f"image paths must be relative to the corpus folder, without '..': {image!r}")
+    root = base_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise BadRow("unsafe_path", f"image path {image!r} leads outside the corpus folder {root}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise BadRow("bad_image_format", f"image {image!r}: only {', '.join(sorted(IMAGE_SUFFIXES))} files")
+    return path
+
+
 def check_image(path: Path) -> None:
-    """Raise BadRow unless ``path`` is a readable image within the size limits."""
+    """Raise BadRow unless ``path`` is a readable image of an allowed format within the size limits."""
     from PIL import Image
 
     settings = get_settings()
@@ -45,14 +70,29 @@ def check_image(path: Path) -> None:
     if path.stat().st_size > settings.max_image_bytes:
         raise BadRow("image_too_large", f"image over {settings.max_image_bytes} bytes: {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=sorted(IMAGE_FORMATS)) as im:
             if im.width * im.height > settings.max_image_pixels:
                 raise BadRow("image_too_large", f"image over {settings.max_image_pixels} pixels: {path}")
             im.load()
     except BadRow:
         raise
     except Exception as exc:  # PIL raises many types for broken bytes
+        other = _other_format(path)
+        if other:
+            raise BadRow("bad_image_format", f"{path}: {other} images are not accepted "
+                                             f"(only {', '.join(sorted(IMAGE_FORMATS))})") from exc
         raise BadRow("bad_image", f"image does not decode: {path}: {exc}") from exc
+
+
+def _other_format(path: Path) -> str | None:
+    """The format Pillow reads in a file refused by the allow-list (headers only, nothing decoded), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format if im.format not in IMAGE_FORMATS else None
+    except Exception:  # not an image at all
+        return None
 
 
 def _parse_metadata(value: Any) -> dict:
@@ -93,9 +133,9 @@ def record_from_row(row: Any, key: str, base_dir: Path) -> dict:
     if not text and not (image and caption):
         raise BadRow("no_text", "no text (and no captioned image)")
     if image:
-        path = Path(image) if Path(image).is_absolute() else base_dir / image
+        path = safe_image_path(image, base_dir)
         check_image(path)
-        image = str(path.resolve())
+        image = str(path)
     title = (row.get("title") or "").strip() or (caption or text)[:80]
     metadata = _parse_metadata(row.get("metadata")) | {k: v for k, v in row.items() if k not in COLUMNS}
     try:
@@ -157,8 +197,9 @@ def read_image_folder(folder: Path, skipped: Counter) -> Iterator[dict]:
             row = _sidecar(image)
             if row is None:
                 raise BadRow("no_caption", f"no caption sidecar for {image}")
+            # The file found here, as a path inside the folder (a sidecar cannot point elsewhere).
             row = {"id": str(image.relative_to(folder)), "category": image.parent.name, **row,
-                   "image": str(image.resolve())}
+                   "image": str(image.relative_to(folder))}
             yield record_from_row(row, str(image.relative_to(folder)), folder)
         except json.JSONDecodeError:
             skipped["bad_json"] += 1

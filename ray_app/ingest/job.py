@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data import ActorPoolStrategy, Datasink
 
+from ray_app.corpus.user import IMAGE_FORMATS
 from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import InputError, NotFound
 from ray_app.ingest.chunking import ChunkConfig
@@ -246,7 +247,7 @@ class EmbedImages:
                 return None
             from io import BytesIO
 
-            image = Image.open(BytesIO(data))
+            image = Image.open(BytesIO(data), formats=sorted(IMAGE_FORMATS))  # allow-listed, as at corpus build
             if image.width * image.height > self.settings.max_image_pixels:
                 return None
             image.load()

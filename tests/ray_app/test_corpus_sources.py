@@ -118,6 +118,50 @@ def test_image_folder_with_caption_sidecars(tmp_path):
     assert dict(skipped) == {"no_caption": 1, "bad_image": 1}
 
 
+def test_user_image_paths_stay_inside_the_corpus_folder_and_formats_are_allow_listed(tmp_path):
+    """Absolute paths, '..' and links out of the folder are skipped as unsafe_path; SVG, TIFF and a TIFF named
+    .png as bad_image_format; nothing outside the folder is read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(outside / "secret.png")
+    corpus = tmp_path / "corpus"
+    (corpus / "img").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(corpus / "img" / "ok.png")
+    Image.new("RGB", (8, 8)).save(corpus / "img" / "scan.tif")
+    Image.new("RGB", (8, 8)).save(corpus / "img" / "tiff-named.png", format="TIFF")
+    (corpus / "img" / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><script>x()</script></svg>')
+    (corpus / "img" / "link.png").symlink_to(outside / "secret.png")
+    (corpus / "img" / "linked-folder").symlink_to(outside)
+    images = {"ok": "img/ok.png", "abs": str(outside / "secret.png"), "dotdot": "../outside/secret.png",
+              "inner-dotdot": "img/../img/ok.png", "backslash": "..\\outside\\secret.png",
+              "link": "img/link.png", "linked-folder": "img/linked-folder/secret.png", "etc": "/etc/passwd",
+              "svg": "img/drawing.svg", "tif": "img/scan.tif", "tiff-named": "img/tiff-named.png"}
+    rows = [{"title": name, "text": f"{name} text", "image": image} for name, image in images.items()]
+    (corpus / "docs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    skipped: Counter = Counter()
+    records = list(read_user_data(corpus, skipped))
+    assert [r["title"] for r in records] == ["ok"]
+    assert records[0]["image"] == str((corpus / "img" / "ok.png").resolve())
+    assert dict(skipped) == {"unsafe_path": 7, "bad_image_format": 3}
+
+
+def test_an_image_folder_never_follows_links_out_of_it(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    (outside / "secret.txt").write_text("a secret")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "mine.png")
+    (folder / "mine.txt").write_text("my image")
+    (folder / "elsewhere").symlink_to(outside)  # a linked folder is not walked
+    (folder / "link.png").symlink_to(outside / "secret.png")  # a linked file is found, then refused
+    (folder / "link.txt").write_text("a link out")
+    skipped: Counter = Counter()
+    records = list(read_user_data(folder, skipped))
+    assert [r["caption"] for r in records] == ["my image"] and dict(skipped) == {"unsafe_path": 1}
+
+
 def test_prism_corpus_build_writes_shards_and_replaces_stale_ones(tmp_path):
     runner = CliRunner()
     out = tmp_path / "syn"
