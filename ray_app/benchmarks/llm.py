@@ -139,6 +139,7 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
         run_batch(engine, prompts[:1], 4)  # warm-up
         single = [run_batch(engine, [p], 1)["ttft_s"][0] for p in prompts[:4]]
         single_uncut = [run_batch(engine, [p], 1)["ttft_s"][0] for p in uncut]
+        shared_prefix = measure_without_prefix(engine, prompts[:4])
         batches = {}
         for size in config.batches:
             run = run_batch(engine, prompts[:size], config.max_new_tokens)
@@ -159,6 +160,7 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
         "prompt_budget": {"budget_tokens": budget,
                           "uncut_prompt_tokens_mean": round(statistics.mean(count_tokens(engine.tokenizer, p) for p in uncut), 1),
                           "uncut_ttft_ms_batch1": round(1000 * statistics.median(single_uncut), 1)},
+        "shared_prefix": shared_prefix,
         "batches": batches,
         "answers_per_s_best": max(b["answers_per_s"] for b in batches.values()),
         "rss_mb": round(rss / 2**20, 1),
@@ -167,6 +169,20 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
                           if engine.precision in ("bfloat16", "float32") else None),
         "token_ids": token_ids,
     }
+
+
+def measure_without_prefix(engine, prompts: list[str]) -> dict | None:
+    """For an engine that reuses the system turn's KV cache (``engine.prefix``): its length in tokens and the
+    batch-1 TTFT of the same prompts with reuse switched off (prefilled whole), or None for other engines."""
+    prefix = getattr(engine, "prefix", None)
+    if prefix is None:
+        return None
+    engine.prefix = None  # read by the decode thread only between requests; none is running now
+    try:
+        ttft = [run_batch(engine, [p], 1)["ttft_s"][0] for p in prompts]
+    finally:
+        engine.prefix = prefix
+    return {"prefix_tokens": len(prefix.ids), "ttft_ms_batch1_without_reuse": round(1000 * statistics.median(ttft), 1)}
 
 
 def measure_in_child(name: str, config: LLMBenchConfig, threads: int) -> dict:
@@ -251,6 +267,15 @@ def render_markdown(r: dict) -> str:
         f"{budget['uncut_prompt_tokens_mean']:.0f} tokens; " + "; ".join(
             f"{e['engine']} TTFT at batch 1 {e['prompt_budget']['uncut_ttft_ms_batch1']:.0f} ms uncut, "
             f"{e['ttft_ms_batch1']:.0f} ms cut" for e in r["engines"]) + ".",
+    ]
+    reusing = [e for e in r["engines"] if e.get("shared_prefix")]
+    if reusing:
+        lines += ["", "Shared prefix (the system turn's KV cache computed once per replica, "
+                  "`ray_app.llm.batching.SharedPrefix`): " + "; ".join(
+                      f"{e['engine']} reuses {e['shared_prefix']['prefix_tokens']} of {e['prompt_tokens_mean']:.0f} "
+                      f"prompt tokens, TTFT at batch 1 {e['ttft_ms_batch1']:.0f} ms with reuse, "
+                      f"{e['shared_prefix']['ttft_ms_batch1_without_reuse']:.0f} ms without" for e in reusing) + "."]
+    lines += [
         "",
         f"Winner by answers/s at its best batch: **{r['winner']}**. Agreement is top-1 greedy agreement with "
         f"{first} up to each answer's first differing token, over the largest batch's answers.",

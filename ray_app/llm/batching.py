@@ -16,6 +16,7 @@ greedy tokens do not depend on which other rows share its batch.
 from __future__ import annotations
 
 import asyncio
+import copy
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from ray_app.llm.generate import encode_left_padded, stop_token_ids, text_delta
+from ray_app.llm.generate import left_padded, stop_token_ids, text_delta
 
 _END = object()  # the last item of a stream
 
@@ -234,11 +235,14 @@ class ContinuousBatcher(DecodeLoop):
     Args:
         llm: a loaded causal LM with ``.model`` and ``.tokenizer`` (:func:`ray_app.models.llm.load_llm`).
         max_batch_size: rows decoded together; further requests wait (in arrival order) for a slot.
+        shared_prefix: text that most prompts start with (the chat template's system turn); its KV cache
+            is computed once and prompts that start with its tokens prefill only the rest (:class:`SharedPrefix`).
     """
 
-    def __init__(self, llm, max_batch_size: int = 16):
+    def __init__(self, llm, max_batch_size: int = 16, shared_prefix: str | None = None):
         super().__init__(llm.tokenizer, max_batch_size)
         self.llm = llm
+        self.prefix = SharedPrefix(llm, shared_prefix) if shared_prefix else None
         # Row i of every tensor is self._rows[i].
         self._cache: DynamicCache | None = None  # keys/values [rows, kv_heads, columns, head_dim] per layer
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 for real tokens, 0 for left padding
@@ -254,21 +258,40 @@ class ContinuousBatcher(DecodeLoop):
                 self._decode_step()
 
     def _admit(self, newcomers: list[TokenStream]) -> None:
-        """Prefill the newcomers in one forward pass and merge them into the running batch."""
-        input_ids, mask, positions = encode_left_padded(self.llm.tokenizer, [s.prompt for s in newcomers])
-        out = self.llm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        check_cache(out.cache)
-        first_ids = out.logits[:, -1, :].argmax(-1)
+        """Prefill the newcomers (in one forward pass per group) and merge them into the running batch.
+
+        Prompts that start with the shared prefix prefill only their suffix on top of its cached keys
+        and values; the others are prefilled whole.
+        """
+        ids = [self.llm.tokenizer(s.prompt, add_special_tokens=False)["input_ids"] for s in newcomers]
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        for i, row in enumerate(ids):
+            groups[self.prefix is not None and self.prefix.matches(row)].append(i)
+        for reuse, members in groups.items():
+            if not members:
+                continue
+            rows = [ids[i] for i in members]
+            if reuse:
+                cache, mask, positions, logits = self.prefix.prefill(rows)
+            else:
+                input_ids, mask, positions = left_padded(rows, self.llm.tokenizer.pad_token_id)
+                out = self.llm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+                cache, logits = out.cache, out.logits
+            check_cache(cache)
+            self._merge([newcomers[i] for i in members], cache, mask, positions[:, -1:], logits[:, -1, :].argmax(-1))
+        self._drop_finished()
+
+    def _merge(self, streams: list[TokenStream], cache: DynamicCache, mask: torch.Tensor, last_positions: torch.Tensor,
+               first_ids: torch.Tensor) -> None:
         if self._rows:
-            self._cache, self._mask = concat_batches(self._cache, self._mask, out.cache, mask)
-            self._positions = torch.cat([self._positions, positions[:, -1:]])
+            self._cache, self._mask = concat_batches(self._cache, self._mask, cache, mask)
+            self._positions = torch.cat([self._positions, last_positions])
             self._next_ids = torch.cat([self._next_ids, first_ids])
         else:
-            self._cache, self._mask, self._positions, self._next_ids = out.cache, mask, positions[:, -1:], first_ids
-        self._rows += newcomers
-        for stream, tid in zip(newcomers, first_ids.tolist(), strict=True):
+            self._cache, self._mask, self._positions, self._next_ids = cache, mask, last_positions, first_ids
+        self._rows += streams
+        for stream, tid in zip(streams, first_ids.tolist(), strict=True):
             self._accept(stream, tid)
-        self._drop_finished()
 
     def _decode_step(self) -> None:
         """Feed every row its last picked token (one shared forward pass) and pick the next ones."""
@@ -298,6 +321,42 @@ class ContinuousBatcher(DecodeLoop):
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._positions, self._next_ids = [], None, None, None, None
+
+
+class SharedPrefix:
+    """The KV cache of a prompt prefix that many requests share (the system turn), computed once.
+
+    A prompt whose token ids start with the prefix's ids is prefilled as ``[prefix][padding][suffix]``:
+    the suffixes of a group are left-padded to a common length and placed after the cached prefix
+    columns (masked padding columns in the middle get no attention), with positions counted from the
+    prefix's end. The tokenizer decides the match: a prompt whose ids differ at the boundary is
+    prefilled whole, so reuse never changes a token.
+    """
+
+    def __init__(self, llm, text: str):
+        self.llm = llm
+        self.ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._cache: DynamicCache | None = None  # one row; built by the decode thread on first use
+
+    def matches(self, ids: list[int]) -> bool:
+        return len(ids) > len(self.ids) and ids[: len(self.ids)] == self.ids
+
+    def prefill(self, rows: list[list[int]]):
+        """Prefill prompts that :meth:`matches` on top of the prefix: ``(cache, mask, positions, logits)``."""
+        size = len(self.ids)
+        if self._cache is None:
+            ids = torch.tensor([self.ids])
+            out = self.llm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            check_cache(out.cache)
+            self._cache = out.cache
+        cache = copy.deepcopy(self._cache)
+        cache.batch_repeat_interleave(len(rows))
+        suffix_ids, suffix_mask, _ = left_padded([r[size:] for r in rows], self.llm.tokenizer.pad_token_id)
+        mask = torch.cat([torch.ones(len(rows), size, dtype=suffix_mask.dtype), suffix_mask], dim=1)
+        positions = ((mask.cumsum(-1) - 1).clamp(min=0))[:, size:]
+        out = self.llm.model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                             use_cache=True)
+        return out.cache, mask, positions, out.logits
 
 
 # KV-cache surgery. A DynamicCache holds, per layer, `keys` and `values` of shape

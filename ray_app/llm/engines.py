@@ -34,7 +34,7 @@ from typing import Protocol
 
 from ray_app.errors import InputError
 from ray_app.llm.batching import ContinuousBatcher, DecodeLoop, TokenStream
-from ray_app.llm.generate import folder_version, model_versions
+from ray_app.llm.generate import folder_version, model_versions, prompt_prefix
 from ray_app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class TorchEngine(ContinuousBatcher):
         self.name = {"bfloat16": "torch-bf16", "float32": "torch-fp32"}.get(self.precision, f"torch-{self.precision}")
         self.parameters = sum(p.numel() for p in llm.model.parameters())
         self.settings = settings
-        super().__init__(llm, max_batch_size)
+        super().__init__(llm, max_batch_size, shared_prefix=prompt_prefix(llm.tokenizer))
 
     def versions(self) -> dict[str, str | None]:
         return model_versions(self.llm, self.settings)

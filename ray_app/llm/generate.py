@@ -39,6 +39,16 @@ def render_prompt(tokenizer, question: str, passages: list[Passage], context: st
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def prompt_prefix(tokenizer) -> str:
+    """The text every :func:`render_prompt` prompt starts with: the chat template up to the user turn's content
+    (the system turn), whose KV cache an engine can compute once (:class:`ray_app.llm.batching.SharedPrefix`)."""
+    marker = "\x00"
+    messages = build_messages(marker, [], None)
+    messages[1]["content"] = marker
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text[: text.index(marker)]
+
+
 def count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -86,9 +96,19 @@ def encode_left_padded(tokenizer, prompts: list[str]):
     Left padding puts every prompt's last token in the last column, so one decode step appends
     one column for all rows; positions count real tokens only, so padding does not shift RoPE.
     """
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    mask = enc["attention_mask"]
-    return enc["input_ids"], mask, (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return left_padded(rows, tokenizer.pad_token_id)
+
+
+def left_padded(rows: list[list[int]], pad_id: int | None):
+    """Token-id rows as one left-padded batch (see :func:`encode_left_padded`)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    pad = 0 if pad_id is None else pad_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def text_delta(tokenizer, tokens: list[int], shown: str) -> tuple[str, str]:

@@ -178,3 +178,37 @@ def test_async_stream_cancel_and_close(llm, prompts, alone):
             iter(stream)
     finally:
         batcher.close()
+
+
+
+def test_shared_prefix_is_prefilled_once_and_changes_no_token(llm, prompts, alone):
+    from ray_app.models.llm import chat_prompt
+
+    def ids(text: str) -> list[int]:
+        return llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prefix = chat_prompt(llm.tokenizer, "Answer briefly.", "\x00").split("\x00")[0]
+    other = chat_prompt(llm.tokenizer, "Reply in one word.", QUESTIONS["short"])  # another system turn: no reuse
+    reference = ContinuousBatcher(llm, max_batch_size=1)
+    try:
+        other_alone = reference.generate(other, 4)
+    finally:
+        reference.close()
+    model = RecordingModel(llm.model, pause_after=(1,))
+    batcher = ContinuousBatcher(SimpleNamespace(model=model, tokenizer=llm.tokenizer), max_batch_size=4,
+                                shared_prefix=prefix)
+    try:
+        warmup = batcher.submit(prompts["short"], 1)  # its admission computes the prefix (call 1) and pauses
+        with model.held():
+            streams = {name: batcher.submit(prompts[name], LIMITS[name]) for name in ("short", "long")}
+            stranger = batcher.submit(other, 4)
+        list(warmup)
+        for name, stream in streams.items():
+            check_alone(stream, list(stream), alone, name)
+        assert "".join(stranger) == other_alone
+    finally:
+        batcher.close()
+    assert model.shapes[0] == (1, len(ids(prefix)))  # the prefix itself, once
+    assert (2, len(ids(prompts["long"])) - len(ids(prefix))) in model.shapes  # matching rows: suffixes only
+    assert (1, len(ids(other))) in model.shapes  # the stranger: its whole prompt
+    assert (1, len(ids(prefix))) not in model.shapes[1:]
