@@ -40,6 +40,12 @@ class FusionDeployment:
         if not self.engine.alive():
             raise RuntimeError(f"the {self.engine.name} decode loop is not running")
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Queue depth for the autoscaling policy (``serving/autoscaling.py``): rows decoding plus requests
+        waiting for a batch slot, and the waiting ones alone."""
+        stats = self.engine.stats()
+        return {"decode_rows": float(stats["running"] + stats["waiting"]), "decode_waiting": float(stats["waiting"])}
+
     def stats(self) -> dict:
         """The engine's rows and queue (load, and whether a gone client's row was freed)."""
         return {"engine": self.engine.name, **self.engine.stats()}
