@@ -18,3 +18,5 @@ job_command(app, "image-encoder", "ray_app.evaluation.image_encoder",
             "Held-out caption<->image recall and zero-shot accuracy, untrained baseline vs trained.")
 job_command(app, "answers", "ray_app.evaluation.answers",
             "Evaluate the fine-tuned answer models (citations, grounding, ROUGE-L, injection); write the report.")
+job_command(app, "grounding", "ray_app.evaluation.grounding",
+            "Precision/recall of the audit's grounded: true against hand-labelled answers (datasets/grounding).")

@@ -1,6 +1,15 @@
-"""Grounding: sentence support by token overlap and MiniLM cosine, citations checked, attribution reported."""
+"""Grounding: sentence support (content words, names and numbers, subject), citations checked, attribution reported."""
 
-from ray_app.audit.grounding import check_grounding, content_words, split_sentences, token_overlap
+from ray_app.audit.grounding import (
+    BASELINE_RULES,
+    DEFAULT_RULES,
+    check_grounding,
+    content_words,
+    names_and_numbers,
+    split_sentences,
+    subject_words,
+    token_overlap,
+)
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
 
 FROG = Passage(1, "Frog", "Frogs are tailless amphibians. Frogs live in ponds, marshes and rainforests on every continent "
@@ -48,3 +57,73 @@ def test_unsupported_claim_fails(text_embedder):
 def test_not_in_sources_is_grounded():
     report = check_grounding(NOT_IN_SOURCES, [])
     assert report.grounded and report.not_in_sources
+
+
+# ---------------------------------------------------------------- the checks behind a trustworthy grounded: true
+# (issue 16; measured against hand labels by `prism eval grounding`, docs/reports/grounding-check.md)
+
+DIRAC = Passage(1, "Paul Dirac", "Paul Adrien Maurice Dirac was an English theoretical physicist who is considered to be one "
+                "of the founders of quantum mechanics.", "d3", "d3:0")
+VILLA = Passage(1, "Pancho Villa", "Francisco \"Pancho\" Villa was a Mexican revolutionary, guerrilla leader, and politician. "
+                "He was a key figure in the Mexican Revolution.", "d4", "d4:0")
+
+
+def test_guinea_fowl_answer_is_not_grounded_in_a_frog_passage(text_embedder):
+    """Issue 16's example: an answer naming another animal, cited or not, is not grounded in the frog passage."""
+    for answer in ("This animal is a Guinea fowl. It is a species of the African buffalo.",
+                   "This animal is a Guinea fowl [1]. It is a species of the African buffalo [1]."):
+        report = check_grounding(answer, [FROG], text_embedder)
+        assert not report.grounded
+        assert not any(s.supported for s in report.sentences)
+        assert "guinea" in report.sentences[0].new_terms or report.sentences[0].overlap < DEFAULT_RULES.min_overlap
+
+
+def test_faithful_paraphrase_is_grounded(text_embedder):
+    report = check_grounding("Frogs live in marshes, ponds and rainforests on every continent but Antarctica [1]. "
+                             "The Moon orbits Earth at 384,400 kilometres [2].", [FROG, MOON], text_embedder)
+    assert report.grounded
+    assert [s.new_terms for s in report.sentences] == [[], []]
+
+
+def test_a_name_the_passage_lacks_makes_a_sentence_unsupported():
+    """"French" against a passage that says English: the words overlap, the name does not."""
+    assert check_grounding("Paul Adrien Maurice Dirac was an English theoretical physicist [1].", [DIRAC]).grounded
+    report = check_grounding("Paul Adrien Maurice Dirac was a French theoretical physicist [1].", [DIRAC])
+    assert not report.grounded and report.sentences[0].new_terms == ["french"]
+    # The first word is capitalised by grammar, not as a name: the subject check covers it.
+    assert names_and_numbers("Dirac was a French physicist in 1,930 [1].") == ["french", "1930"]
+
+
+def test_a_number_the_passage_lacks_makes_a_sentence_unsupported():
+    assert check_grounding("The Moon orbits at 384,400 kilometres [2].", [FROG, MOON]).grounded
+    report = check_grounding("The Moon orbits at 500,000 kilometres [2].", [FROG, MOON])
+    assert not report.grounded and report.sentences[0].new_terms == ["500000"]
+
+
+def test_a_fact_moved_onto_another_subject_is_not_support():
+    """Pancho Villa's description given to Fidel Castro, cited to Villa's passage: every other word matches."""
+    report = check_grounding("Fidel Castro was a Mexican revolutionary, guerrilla leader, and politician [1].", [VILLA])
+    assert not report.grounded
+    assert report.sentences[0].subject_share == 0.0
+    assert subject_words("Fidel Castro was a Mexican revolutionary [1].") == {"fidel", "castro"}
+
+
+def test_claims_beside_a_refusal_are_still_checked():
+    assert not check_grounding(f"Frogs are birds that fly south in winter [1]. {NOT_IN_SOURCES}", [FROG, MOON]).grounded
+    assert check_grounding(f"Frogs are tailless amphibians [1]. {NOT_IN_SOURCES}", [FROG, MOON]).grounded
+    report = check_grounding(NOT_IN_SOURCES, [FROG, MOON])
+    assert report.grounded and report.not_in_sources and not report.sentences
+
+
+def test_filler_is_no_claim_and_a_cut_off_word_is_ignored():
+    assert not check_grounding("The answer is: Frog.", [FROG, MOON]).grounded  # nothing claimed, nothing refused
+    assert check_grounding("Frogs live in ponds, marshes and rainfo", [FROG, MOON]).grounded  # the token limit cut it
+
+
+def test_baseline_rules_are_the_earlier_check(text_embedder):
+    """The earlier check (overlap >= 0.5 or cosine >= 0.6) passed the swapped name; the default rules do not."""
+    swapped = "Paul Adrien Maurice Dirac was a French theoretical physicist [1]."
+    assert check_grounding(swapped, [DIRAC], text_embedder, BASELINE_RULES).grounded
+    assert not check_grounding(swapped, [DIRAC], text_embedder).grounded
+    refusal_with_claim = f"Frogs are birds that fly south in winter [1]. {NOT_IN_SOURCES}"
+    assert check_grounding(refusal_with_claim, [FROG, MOON], text_embedder, BASELINE_RULES).grounded
