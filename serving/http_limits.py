@@ -1,6 +1,7 @@
 """What the ingress checks before any route parses a request, and the headers every response carries.
 
-:class:`RequestLimits` is a plain ASGI middleware: trusted ``Host`` names (400), strict
+:class:`RequestLimits` is a plain ASGI middleware: trusted ``Host`` names (400), no
+``x-request-disconnect-disabled`` (400: a client cannot keep its answer running after it left), strict
 ``Content-Type`` on ``/v1/*`` bodies (415: JSON, or multipart on ``/v1/ask`` only), the body size
 (413 from ``Content-Length`` before reading, or as soon as a streamed body passes the limit), then
 ``nosniff``, a Content-Security-Policy and the caller's ``X-RateLimit-*`` headers on the way out.
@@ -22,6 +23,10 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 COMMON_HEADERS = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
 OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+# Ray's proxy reads this client header and then keeps an answer running after its client has gone (holding an
+# admission place and a batch row); Prism refuses it. (x-request-timeout-seconds, the other, cannot lift an ask
+# past PRISM_ASK_TIMEOUT_S, which the ask service enforces itself.)
+DISCONNECT_DISABLED = "x-request-disconnect-disabled"
 
 
 def error_type(status: int) -> str:
@@ -129,6 +134,9 @@ class RequestLimits:
         path, method = route_path(scope), scope.get("method", "GET")
         if not host_allowed(headers.get("host"), self.allowed_hosts):
             return 400, "invalid_host", "this Host is not served (PRISM_ALLOWED_HOSTS)"
+        if path.startswith("/v1/") and DISCONNECT_DISABLED in headers:
+            return 400, "header_not_allowed", (f"{DISCONNECT_DISABLED} is not accepted: an ask whose client goes away "
+                                               "gives its place back (the server's limits are its own settings)")
         if method in BODY_METHODS and path.startswith("/v1/"):
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             allowed = ("application/json", "multipart/form-data") if path == "/v1/ask" else ("application/json",)

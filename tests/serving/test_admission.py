@@ -66,3 +66,12 @@ def test_a_client_that_disconnects_frees_its_places(prism_app):
         time.sleep(0.2)
     assert admission["active"] == 0 and rows["running"] == 0, (admission, rows)
     assert json.dumps(rows)  # plain data
+
+
+def test_a_client_cannot_keep_its_answer_running_after_it_left(prism_app):
+    """Ray's proxy honours x-request-disconnect-disabled; the ingress refuses it before any work."""
+    r = httpx.post(prism_app.url + "/v1/ask", json={"question": "Where do frogs live?"}, timeout=60,
+                   headers={**prism_app.headers, "x-request-disconnect-disabled": "1"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "header_not_allowed"
+    assert httpx.get(prism_app.url + "/healthz").json()["admission"]["active"] == 0
