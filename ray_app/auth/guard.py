@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -75,6 +76,8 @@ class Guard:
         self.enabled = self.settings.auth == "on"
         self.store = store
         self._verified: dict[str, str] = {}  # sha256(key) -> key id, for keys whose scrypt check passed
+        self._verifying: dict[str, threading.Lock] = {}  # sha256(key) -> the lock of the one check running for it
+        self._verifying_lock = threading.Lock()
         self._last_cleanup = 0.0
         if not self.enabled:
             log.warning("PRISM_AUTH=off: every /v1/* request is admitted without a key (local development only)")
@@ -122,14 +125,29 @@ class Guard:
             conn.execute(_CHARGE_TOKENS, (caller, int(tokens)))
 
     def _verify(self, key: str) -> str:
-        """The key's id once its secret matched the stored scrypt hash (once per process and key)."""
+        """The key's id once its secret matched the stored scrypt hash (once per process and key).
+
+        Concurrent requests with the same key that is not cached yet run one scrypt check between them (the
+        others wait for it): a burst of 60 asks costs one key derivation, not 60 on two cores.
+        """
         digest = hashlib.sha256(key.encode()).hexdigest()
         key_id = self._verified.get(digest)
-        if key_id is None:
-            key_id = check_key(self.store, key).id
-            if len(self._verified) >= _CACHE_MAX:
-                self._verified.clear()
-            self._verified[digest] = key_id
+        if key_id is not None:
+            return key_id
+        with self._verifying_lock:
+            lock = self._verifying.setdefault(digest, threading.Lock())
+        try:
+            with lock:
+                key_id = self._verified.get(digest)
+                if key_id is None:
+                    key_id = check_key(self.store, key).id
+                    if len(self._verified) >= _CACHE_MAX:
+                        self._verified.clear()
+                    self._verified[digest] = key_id
+        finally:
+            with self._verifying_lock:
+                if self._verifying.get(digest) is lock:
+                    del self._verifying[digest]
         return key_id
 
     def _cleanup(self) -> None:

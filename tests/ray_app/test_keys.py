@@ -93,3 +93,26 @@ def test_tokens_per_day(store):
     with pytest.raises(RateLimited) as refused:
         guards[0].admit(f"Bearer {key}", uses_llm=True)
     assert refused.value.kind == "tokens" and 0 < refused.value.retry_after_s <= 86400
+
+
+def test_a_burst_with_a_new_key_runs_one_scrypt_check(store, monkeypatch):
+    """60 simultaneous requests with a key this replica has not seen: one key derivation, every one admitted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray_app.auth.guard as guard_module
+
+    _, key = create_key(store, "burst", rpm=1000, tokens_per_day=10**9)
+    checks = []
+
+    def counted_check(store_, key_):
+        checks.append(key_)
+        return check_key(store_, key_)
+
+    monkeypatch.setattr(guard_module, "check_key", counted_check)
+    guard = Guard(store, Settings(auth="on"))
+    with ThreadPoolExecutor(16) as pool:
+        admissions = list(pool.map(lambda _: guard.admit(f"Bearer {key}"), range(60)))
+    assert len(checks) == 1
+    assert {a.caller for a in admissions} == {key.split("_")[1]}
+    with pytest.raises(MissingKey):  # a wrong secret for the same id is still checked, and refused
+        guard.admit(f"Bearer {key[:-4]}0000")
