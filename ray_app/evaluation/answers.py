@@ -12,8 +12,9 @@ Metrics (per method):
 * ``citation_validity`` — share of answers whose every ``[n]`` names a passage that exists;
 * ``citation_rate`` — share of answerable questions answered with at least one citation;
 * ``grounding_rate`` — share of checked answer sentences (answerable questions) supported by a
-  passage they cite, by the token-overlap test of :mod:`ray_app.audit.grounding` (>= 50 % of the
-  sentence's content words occur in the cited passage). Uncited sentences count as unsupported;
+  passage they cite, by the sentence check of :mod:`ray_app.audit.grounding` (``DEFAULT_RULES``: >= 70 % of
+  the sentence's content words, every name and number and the subject occur in the cited passage; measured
+  against hand labels by ``prism eval grounding``). Uncited sentences count as unsupported;
 * ``grounded_answer_rate`` — share of answerable questions whose answer
   :func:`ray_app.audit.grounding.check_grounding` calls grounded (that check also attributes uncited sentences);
 * ``rouge_l`` — ROUGE-L F1 (token LCS) against the reference answer, citations removed;

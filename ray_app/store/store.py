@@ -8,6 +8,8 @@ same batch twice changes nothing, and a killed writer leaves no half-written bat
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,11 +28,14 @@ from ray_app.store.rows import (
     SearchHit,
     StoreInputError,
     check_vector,
-    fuse_rrf,
     validate_rows,
 )
+from ray_app.store.fusion import FusionParams, load_fusion_params
+from ray_app.store.lexical import ChunkTerms, LexicalIndex, build_lexical_index
 
 log = logging.getLogger(__name__)
+# The state of the chunk change log (migration 0023): it moves whenever a committed write changed chunks.
+_CHANGES_STATE = "SELECT ARRAY[count(*), coalesce(max(id), 0)] FROM chunk_changes"
 
 
 class StoreError(Unavailable, RuntimeError):
@@ -113,6 +118,9 @@ class Store:
             open=True,
             kwargs={"autocommit": True},
         )
+        self.fusion = load_fusion_params()
+        self._lexical: LexicalIndex | None = None
+        self._lexical_lock = threading.Lock()
 
     def close(self) -> None:
         self.pool.close()
@@ -235,36 +243,87 @@ class Store:
         return [SearchHit("image", r[0], r[1], r[2], r[3], 1.0, r[4], r[5], r[6]) for r in rows]
 
     def search_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[SearchHit]:
-        """Full-text search over chunks: any query word may match, ranked by ``ts_rank_cd``."""
+        """Okapi BM25 over the chunks (:mod:`ray_app.store.lexical`): any query term may match.
+
+        The query is tokenised by Postgres (``to_tsvector('english')``, as the chunks were), in the
+        same round trip that reads the ``chunk_changes`` state; an index built at another state is
+        rebuilt first, so the statistics are those of the store as it is now.
+        """
         _check_k(k)
         if not (text or "").strip():
             raise StoreInputError("query text is empty")
-        where, params = (filters or Filters()).sql()
-        sql = (
-            "SELECT c.id, c.doc_id, d.title, c.text, ts_rank_cd(c.tsv, q) AS score, d.source, d.category"
-            " FROM chunks c JOIN documents d ON d.id = c.doc_id,"
-            " (SELECT NULLIF(replace(plainto_tsquery('english', %s)::text, '&', '|'), '')::tsquery AS q) qq"
-            f" WHERE c.tsv @@ q AND {where} ORDER BY score DESC, c.id LIMIT %s"
-        )
+        filters = filters or Filters()
         with self.pool.connection() as conn:
-            rows = conn.execute(sql, [text, *params, k]).fetchall()
-        return [SearchHit("chunk", r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6]) for r in rows]
+            version, lexemes, counts = conn.execute(
+                f"SELECT ({_CHANGES_STATE}), array_agg(u.lexeme), array_agg(cardinality(u.positions))"
+                " FROM unnest(to_tsvector('english', %s)) u", (text,)
+            ).fetchone()
+        if not lexemes:
+            return []
+        index = self.lexical_index(tuple(version))
+        ranked = index.search(dict(zip(lexemes, counts, strict=True)), k, filters.sources, filters.categories)
+        return self._chunk_hits(ranked, filters)
+
+    def lexical_index(self, version: tuple | None = None) -> LexicalIndex:
+        """The BM25 index of the chunks, rebuilt when ``version`` (the ``chunk_changes`` state) moved on."""
+        index = self._lexical
+        if index is not None and version is not None and index.version == version:
+            return index
+        with self._lexical_lock:
+            index = self._lexical
+            if index is None or version is None or index.version != version:
+                index = self._lexical = self._build_lexical_index()
+        return index
+
+    def _build_lexical_index(self) -> LexicalIndex:
+        """Read every chunk's lexemes and counts in one snapshot, with the change state it belongs to."""
+        started = time.perf_counter()
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            version = tuple(conn.execute(_CHANGES_STATE).fetchone()[0])
+            with conn.cursor("prism_lexical") as cursor:  # server-side: streams, however many chunks
+                cursor.itersize = 10_000
+                cursor.execute(
+                    "SELECT c.id, d.source, d.category, coalesce(t.lexemes, '{}'), coalesce(t.counts, '{}')"
+                    " FROM chunks c JOIN documents d ON d.id = c.doc_id LEFT JOIN LATERAL"
+                    " (SELECT array_agg(u.lexeme) AS lexemes, array_agg(cardinality(u.positions)) AS counts"
+                    "  FROM unnest(c.tsv) u) t ON TRUE"
+                )
+                index = build_lexical_index((ChunkTerms(*row) for row in cursor), version=version)
+        log.info("BM25 index: %d chunks, %d terms, built in %.2f s", index.n, len(index.vocabulary),
+                 time.perf_counter() - started)
+        return index
+
+    def _chunk_hits(self, ranked: Sequence[tuple[str, float]], filters: Filters) -> list[SearchHit]:
+        """The chunks of ``[(id, score)]`` as hits, in that order (a chunk deleted meanwhile drops out)."""
+        if not ranked:
+            return []
+        where, params = filters.sql()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT c.id, c.doc_id, d.title, c.text, d.source, d.category FROM chunks c"
+                f" JOIN documents d ON d.id = c.doc_id WHERE c.id = ANY(%s) AND {where}",
+                [[i for i, _ in ranked], *params],
+            ).fetchall()
+        by_id = {r[0]: r for r in rows}
+        return [SearchHit("chunk", i, by_id[i][1], by_id[i][2], by_id[i][3], score, by_id[i][4], by_id[i][5])
+                for i, score in ranked if i in by_id]
 
     def search_hybrid(
         self, text: str, embedding, k: int = 10, filters: Filters | None = None, depth: int | None = None
     ) -> list[SearchHit]:
-        """Weighted reciprocal-rank fusion of vector and full-text results (:meth:`fuse_hybrid`)."""
+        """Vector and BM25 candidates (``depth`` each, default ``max(4k, fusion depth)``) merged by the
+        frozen fusion (:meth:`fuse_hybrid`)."""
         _check_k(k)
-        depth = depth or max(4 * k, 40)
+        depth = depth or max(4 * k, self.fusion.depth)
         vector_hits = self.search_vector(embedding, depth, "chunk", filters)
         text_hits = self.search_text(text, depth, filters) if (text or "").strip() else []
         return self.fuse_hybrid(vector_hits, text_hits, k)
 
     def fuse_hybrid(self, vector_hits: Sequence[SearchHit], text_hits: Sequence[SearchHit], k: int,
-                    text_weight: float | None = None) -> list[SearchHit]:
-        """score = 1 / (rrf_k + vector rank) + ``rrf_text_weight`` / (rrf_k + text rank)."""
-        weight = self.settings.rrf_text_weight if text_weight is None else text_weight
-        return fuse_rrf([vector_hits, text_hits], k, self.settings.rrf_k, weights=(1.0, weight))
+                    fusion: FusionParams | None = None) -> list[SearchHit]:
+        """Merge the two lists by ``fusion`` (default: the frozen parameters, ``ray_app/store/fusion.json``)."""
+        return (fusion or self.fusion).fuse(vector_hits, text_hits, k)
 
     def get_document(self, doc_id: str) -> dict | None:
         with self.pool.connection() as conn:
