@@ -24,7 +24,8 @@ import numpy as np
 
 from ray_app.errors import InputError
 from ray_app.settings import EMBED_DIM
-from ray_app.store.rows import SearchHit, fuse_rrf
+from ray_app.store.fusion import FusionParams, load_fusion_params
+from ray_app.store.rows import SearchHit
 
 INDEX_NAME = "index.sqlite"
 SCHEMA = """
@@ -102,14 +103,14 @@ class EdgeIndex:
 
     Args:
         path: the index file.
-        rrf_k, text_weight: the hybrid fusion's constants (the server's defaults).
+        fusion: how hybrid search merges its lists (default: the server's frozen ``fusion.json``).
     """
 
-    def __init__(self, path: str | Path, rrf_k: int = 60, text_weight: float = 1.0):
+    def __init__(self, path: str | Path, fusion: FusionParams | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise IndexNotFound(f"no edge index at {self.path}")
-        self.rrf_k, self.text_weight = rrf_k, text_weight
+        self.fusion = fusion or load_fusion_params()
         self._local = threading.local()
         conn = self.conn()
         self.meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -166,15 +167,14 @@ class EdgeIndex:
         return self._hits("chunk", [r[0] for r in found], [float(r[1]) for r in found], filters)[:k]
 
     def search_hybrid(self, text: str, embedding, k: int = 10, filters=None, depth: int | None = None) -> list[SearchHit]:
-        depth = depth or max(4 * k, 40)
+        depth = depth or max(4 * k, self.fusion.depth)
         vector_hits = self.search_vector(embedding, depth, "chunk", filters)
         text_hits = self.search_text(text, depth, filters) if (text or "").strip() else []
         return self.fuse_hybrid(vector_hits, text_hits, k)
 
     def fuse_hybrid(self, vector_hits: Sequence[SearchHit], text_hits: Sequence[SearchHit], k: int,
-                    text_weight: float | None = None) -> list[SearchHit]:
-        weight = self.text_weight if text_weight is None else text_weight
-        return fuse_rrf([vector_hits, text_hits], k, self.rrf_k, weights=(1.0, weight))
+                    fusion: FusionParams | None = None) -> list[SearchHit]:
+        return (fusion or self.fusion).fuse(vector_hits, text_hits, k)
 
     def images_with_sha256(self, sha256: str, k: int = 5) -> list[SearchHit]:
         rows = self.conn().execute("SELECT id FROM images WHERE sha256 = ? ORDER BY id LIMIT ?", (sha256, k))

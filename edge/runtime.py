@@ -132,7 +132,7 @@ class EdgeRuntime:
             "prompt_token_budget": runtime.get("prompt_token_budget", 256),
             "max_new_tokens": runtime.get("max_new_tokens", 64)})
         self.threads = threads
-        self.index = EdgeIndex(self.bundle / INDEX_NAME, self.settings.rrf_k, self.settings.rrf_text_weight)
+        self.index = EdgeIndex(self.bundle / INDEX_NAME)
         self.embedder = EdgeTextEmbedder(self.bundle / "embedder", threads)
         self.llm = EdgeLLM(self.bundle / "llm", threads)
         self.vision = EdgeVision(self.bundle, self.index, self.settings, threads)

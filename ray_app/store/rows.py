@@ -129,3 +129,43 @@ def fuse_rrf(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60,
             hits.setdefault(hit.id, hit)
     order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
     return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
+
+
+def normalise_scores(scores: Sequence[float], how: str = "zscore") -> np.ndarray:
+    """One list's scores on a common scale: ``zscore`` (mean 0, sd 1) or ``minmax`` (0..1); constant -> 0."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if how not in ("zscore", "minmax"):
+        raise ValueError(f"normalisation must be 'zscore' or 'minmax', got {how!r}")
+    if arr.size == 0:
+        return arr
+    spread = arr.std() if how == "zscore" else arr.max() - arr.min()
+    if spread <= 1e-12:
+        return np.zeros_like(arr)
+    return (arr - (arr.mean() if how == "zscore" else arr.min())) / spread
+
+
+def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequence[float],
+                norm: str = "zscore") -> list[SearchHit]:
+    """Merge scored lists by a weighted sum of per-list normalised scores (a convex combination when
+    the weights sum to 1); keeps the first-seen hit per id.
+
+    A hit missing from a list gets that list's lowest normalised score there (it ranked below every
+    candidate the list returned); an empty list adds nothing. Ties go to the smaller id.
+    """
+    scores: dict[str, float] = {}
+    hits: dict[str, SearchHit] = {}
+    for ranking in rankings:
+        for hit in ranking:
+            hits.setdefault(hit.id, hit)
+            scores.setdefault(hit.id, 0.0)
+    for ranking, weight in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        best: dict[str, float] = {}
+        for hit, z in zip(ranking, normalise_scores([h.score for h in ranking], norm), strict=True):
+            best[hit.id] = max(best.get(hit.id, -np.inf), float(z))
+        floor = min(best.values())
+        for i in scores:
+            scores[i] += weight * best.get(i, floor)
+    order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
+    return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
