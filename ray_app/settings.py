@@ -55,14 +55,17 @@ class Settings(BaseSettings):
         default="auto",
         description="LLM weights and activations at inference: 'auto' (bfloat16 on CUDA or CPUs with AMX / AVX-512 "
                     "BF16, else float32; docs/reports/llm-engines.md), 'bfloat16' or 'float32'.")
-    llm_adapter: str | None = Field(default=None, description="Optional PEFT adapter folder applied to the LLM.")
+    llm_adapter: str | None = Field(
+        default=None, description="PEFT adapter folder applied to the LLM; 'none' for the base model; unset: the newest "
+                                  "LoRA run trained on PRISM_LLM_MODEL under PRISM_HOME/checkpoints (RUN/final), if any.")
     llm_engine: str = Field(
         default="torch",
         description="LLM engine of the fusion deployment: 'torch' (continuous batching; -bf16/-fp32 override "
                     "PRISM_LLM_DTYPE), 'ct2-int8'/'ct2-fp32' (CTranslate2) or 'llamacpp' (the bundled GGUF); "
                     "measured in docs/reports/llm-engines.md.")
     image_encoder: Path | None = Field(
-        default=None, description="open_clip image-encoder checkpoint folder (defaults to the trained one under PRISM_HOME)."
+        default=None, description="open_clip image-encoder checkpoint folder; unset: the newest `prism train clip` run "
+                                  "under PRISM_HOME/checkpoints (RUN/final)."
     )
     hf_offline: bool = Field(default=True, description="Keep Hugging Face hub access off (HF_HUB_OFFLINE=1).")
 

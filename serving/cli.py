@@ -62,14 +62,58 @@ def healthz(url: str, timeout: float = 5.0) -> dict | None:
         return None
 
 
+def choose_models() -> dict:
+    """The LLM adapter and the image encoder the app will serve.
+
+    Each is the configured one (``PRISM_LLM_ADAPTER``, ``PRISM_IMAGE_ENCODER``), else the newest trained
+    under ``$PRISM_HOME/checkpoints`` (:func:`ray_app.models.llm.resolve_adapter`,
+    :func:`ray_app.models.image_default.resolve_image_encoder`).
+
+    Returns:
+        ``{"adapter", "adapter_source", "image_encoder", "image_encoder_source"}`` (folders or None).
+    """
+    from ray_app.models.image import CONFIG_NAME
+    from ray_app.models.image_default import resolve_image_encoder
+    from ray_app.models.llm import resolve_adapter
+
+    adapter, adapter_source = resolve_adapter()
+    encoder, encoder_source = resolve_image_encoder()
+    return {"adapter": adapter, "adapter_source": adapter_source,
+            "image_encoder": str(encoder) if (encoder / CONFIG_NAME).exists() else None,
+            "image_encoder_source": encoder_source}
+
+
+def models_env(models: dict) -> dict[str, str]:
+    """The choice as environment variables: set in the driver before Ray starts, every replica (started now or
+    scaled up later) loads the same models, and a run that finishes meanwhile changes nothing."""
+    env = {"PRISM_LLM_ADAPTER": models["adapter"] or "none"}
+    if models["image_encoder"]:
+        env["PRISM_IMAGE_ENCODER"] = models["image_encoder"]
+    return env
+
+
+def describe_models(models: dict) -> list[str]:
+    """Two lines that say which adapter and image encoder the app serves, and why."""
+    return [f"LLM adapter: {models['adapter'] or 'none (the base model)'} ({models['adapter_source']})",
+            f"image encoder: {models['image_encoder'] or 'none (vision without labels)'} "
+            f"({models['image_encoder_source']})"]
+
+
 def run_driver(config_path: Path | None, host: str | None, port: int | None, num_cpus: int | None) -> None:
     """Start Ray + Serve, deploy the config and block until SIGTERM/SIGINT (then shut down)."""
+    import logging
+
     import ray
     from ray import serve
 
     from serving.app import CONFIG_PATH, deploy_config, load_config
 
     config = load_config(config_path or CONFIG_PATH, host=host, port=port)
+    models = choose_models()
+    os.environ.update(models_env(models))
+    get_settings.cache_clear()
+    for line in describe_models(models):
+        logging.getLogger(__name__).warning("%s", line)  # the serve log says what is served
     os.environ.setdefault("DATABASE_URL", _database_url())
     start_ray(num_cpus or max(os.cpu_count() or 2, 2))
     deploy_config(config)
@@ -125,23 +169,27 @@ def up(
     if state and pid_alive(state["pid"]):
         raise CLIError(f"already running at {state['url']} (pid {state['pid']}); `prism serve down` first")
     _database_url()  # fail early, before starting Ray, when there is no database
+    models = choose_models()
+    for line in describe_models(models):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if not detach:
         console.print(f"Prism serving at {url} (Ctrl-C stops)")
         run_driver(config, host, port, num_cpus)
         return
-    pid = _spawn_driver(config, host, port, num_cpus)
+    pid = _spawn_driver(config, host, port, num_cpus, models_env(models))
     _wait_healthy(url, pid, timeout_s)
-    emit({"url": url, "pid": pid, "log": str(state_dir() / "serve.log")}, json_out,
+    emit({"url": url, "pid": pid, "log": str(state_dir() / "serve.log"), **models}, json_out,
          lambda o: console.print(f"[green]Prism is up[/green]: {o['url']}  (pid {o['pid']}, log {o['log']})"))
 
 
-def _spawn_driver(config: Path | None, host: str | None, port: int | None, num_cpus: int | None) -> int:
+def _spawn_driver(config: Path | None, host: str | None, port: int | None, num_cpus: int | None,
+                  extra_env: dict[str, str] | None = None) -> int:
     state_dir().mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "serving.cli", "_driver"]
     for flag, value in (("--config", config), ("--host", host), ("--port", port), ("--num-cpus", num_cpus)):
         if value is not None:
             args += [flag, str(value)]
-    env = dict(os.environ, DATABASE_URL=_database_url())
+    env = dict(os.environ, DATABASE_URL=_database_url(), **(extra_env or {}))
     with open(state_dir() / "serve.log", "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)

@@ -37,6 +37,7 @@ from training.common import (
     absolute_model,
     all_reduce,
     apply_lora,
+    autocast,
     build_optimizer,
     check_gpu_request,
     check_resources,
@@ -243,9 +244,10 @@ def train_loop(loop_config: dict) -> None:
             idx = micro_batch_indices(len(pairs), step * cfg.train.grad_accum + micro, cfg.train.batch_size, cfg.train.seed)
             batch = {k: v.to(device) for k, v in collate([pairs[i] for i in idx]).items()}
             tokens += int(batch["attention_mask"].sum())
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cfg.train.precision, device):
                 ref_chosen, ref_rejected = pair_logps(reference, batch)
-            pi_chosen, pi_rejected = pair_logps(policy, batch)
+            with autocast(cfg.train.precision, device):
+                pi_chosen, pi_rejected = pair_logps(policy, batch)
             loss, chosen_r, rejected_r = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, cfg.beta)
             if cfg.sft_weight:
                 loss = loss + cfg.sft_weight * chosen_nll(pi_chosen, batch["labels"])

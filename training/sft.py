@@ -37,6 +37,8 @@ from training.common import (
     absolute_model,
     all_reduce,
     apply_lora,
+    autocast,
+    autocast_dtype,
     build_optimizer,
     check_gpu_request,
     check_resources,
@@ -228,7 +230,8 @@ def train_loop(loop_config: dict) -> None:
             idx = micro_batch_indices(len(examples), step * cfg.train.grad_accum + micro, cfg.train.batch_size, cfg.train.seed)
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
             tokens += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss
+            with autocast(cfg.train.precision, device):
+                loss = model(**batch).loss
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -258,6 +261,7 @@ def train_loop(loop_config: dict) -> None:
                 "train_tokens_per_s": all_reduce(tokens) / max(elapsed, 1e-9),
                 "peak_rss_mib_per_worker": all_reduce(peak_rss_mib(), "max"),
                 "world_size": world,
+                "precision": str(autocast_dtype(cfg.train.precision, device) or "float32").removeprefix("torch."),
             }
             if is_final:
                 metrics["probe_loss"] = probe_loss(model, collate([examples[i] for i in probe]), device)

@@ -40,6 +40,7 @@ from training.common import (
     ScalingSection,
     absolute_model,
     apply_lora,
+    autocast,
     build_optimizer,
     check_gpu_request,
     check_resources,
@@ -179,7 +180,9 @@ def train_trial(trial: dict) -> None:
         for micro in range(cfg.train.grad_accum):
             idx = micro_batch_indices(len(train), step * cfg.train.grad_accum + micro, cfg.train.batch_size, cfg.train.seed)
             batch = {k: v.to(device) for k, v in collate([train[i] for i in idx]).items()}
-            (model(**batch).loss / cfg.train.grad_accum).backward()
+            with autocast(cfg.train.precision, device):
+                loss = model(**batch).loss
+            (loss / cfg.train.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

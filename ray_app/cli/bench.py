@@ -1,4 +1,4 @@
-"""`prism bench ingest|embed|serve|llm|clip`: benchmarks that compare against a bare baseline in the same run.
+"""`prism bench ingest|embed|serve|llm|edge|demo|precision|clip`: benchmarks that compare against a bare baseline in the same run.
 
 ``ingest``, ``embed``, ``serve`` and ``llm`` are their jobs' ``main(argv)`` (:mod:`ray_app.benchmarks`): each
 job owns its options and ``--help``, and ``python -m ray_app.benchmarks.<job>`` takes the same ones.
@@ -22,4 +22,8 @@ job_command(app, "llm", "ray_app.benchmarks.llm",
             "The fusion LLM in each precision on the same prompts: TTFT, answers/s at batch 1/4/16, agreement.")
 job_command(app, "edge", "edge.bench",
             "The edge bundle per variant on 2 cores and 1: cold start, TTFT/total p50/p95, decode tok/s vs bandwidth, RSS.")
+job_command(app, "demo", "ray_app.benchmarks.demo",
+            "Time `prism demo` on a fresh PRISM_HOME and again (reused); report what it serves.")
+job_command(app, "precision", "training.bench_precision",
+            "bf16 vs fp32 on this CPU: matmul GFLOP/s and seconds per LoRA SFT step of SmolLM2.")
 mount(app, {"clip": ("training.bench_clip_cli", "Ray Train images/s vs a bare single-process loop.")})

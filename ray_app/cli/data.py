@@ -56,6 +56,30 @@ def sft(
     )
 
 
+HELDOUT_PATH = Path("datasets/answers-heldout/questions.jsonl")
+
+
+@app.command()
+@handle_errors
+def heldout(
+    n: int = typer.Option(420, min=1, help="Questions (one per held-out article)."),
+    k: int = typer.Option(3, min=2, max=8, help="Passages per question."),
+    test_fraction: float = typer.Option(0.1, min=0.01, max=0.9,
+                                        help="The SFT split's held-out share: only its articles are used."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Path = typer.Option(HELDOUT_PATH, help="Output JSONL (`prism eval answers` reads this one by default)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Evaluation questions from articles no SFT/DPO training set contains (datasets/answers-heldout)."""
+    from ray_app.corpus.wiki import load_wiki_records
+    from ray_app.llm.data import build_heldout_examples, summarise
+
+    rows = build_heldout_examples(load_wiki_records(), n, k, test_fraction, seed)
+    write_jsonl(rows, out)
+    emit({"out": str(out), "n": len(rows), "kinds": summarise(rows), "test_fraction": test_fraction, "seed": seed},
+         as_json)
+
+
 @app.command()
 @handle_errors
 def dpo(

@@ -6,10 +6,15 @@ Steps, each skipped when its output already exists (so a second run takes second
 2. the demo corpus (wiki + stamps + photos) as Parquet shards under ``$PRISM_HOME/data/demo-corpus``;
 3. the image encoder (``prism train clip --config training/configs/clip/demo.yaml``) when no
    checkpoint exists;
-4. the Ray Data ingest of the demo corpus (skipped when the shards and encoder are unchanged
+4. the answer model's LoRA adapter: reused when ``PRISM_LLM_ADAPTER`` names one (``none``: the base model)
+   or a trained one is under ``$PRISM_HOME/checkpoints``, else trained on Ray Train with the demo preset
+   (``prism data sft --articles 400`` into ``data/sft-demo``, then ``prism train sft --config
+   training/configs/smollm2/demo.yaml``);
+5. the Ray Data ingest of the demo corpus (skipped when the shards and encoder are unchanged
    since the last ingest and the database still holds the documents);
-5. the Serve application (``prism serve up --detach``) unless it is already healthy.
-6. an API key named ``demo`` (the previous demo key is revoked), printed with the URL.
+6. the Serve application (``prism serve up --detach``, which serves the newest adapter and image encoder)
+   unless it is already healthy;
+7. an API key named ``demo`` (the previous demo key is revoked), printed with the URL.
 
 Each step runs as ``prism`` subprocesses: each starts and stops its own Ray, and ``ray_app``
 does not import ``training`` or ``serving``. Their output (Ray's worker logs, library warnings,
@@ -41,6 +46,7 @@ from ray_app.models.image_default import default_image_encoder_dir
 from ray_app.settings import get_settings
 
 DEMO_SOURCES = ("wiki", "stamps", "photos")
+DEMO_SFT_ARTICLES = 400  # ~360 training examples; the demo preset (40 steps x 2 workers x 2) sees 160
 LOG_TAIL_LINES = 20
 
 
@@ -60,6 +66,11 @@ def demo_logs_dir() -> Path:
 def clip_demo_config():
     """The demo preset of the image-encoder job, shipped as package data of ``training``."""
     return importlib.resources.files("training") / "configs" / "clip" / "demo.yaml"
+
+
+def llm_demo_config():
+    """The demo preset of the LLM SFT job (a LoRA adapter sized for the first run), package data of ``training``."""
+    return importlib.resources.files("training") / "configs" / "smollm2" / "demo.yaml"
 
 
 def run_logged(cmd: list[str], log_path: Path) -> tuple[int, list[str]]:
@@ -182,6 +193,28 @@ def ensure_image_encoder(log_path: Path) -> tuple[str, str]:
     return "trained", f"trained (demo preset) -> {checkpoint}"
 
 
+def ensure_answer_adapter(log_path: Path) -> tuple[dict, str]:
+    """Train the demo LoRA adapter unless one is configured or already trained; returns what Serve will load."""
+    from ray_app.models.llm import resolve_adapter
+
+    settings = get_settings()
+    adapter, source = resolve_adapter(settings)
+    if adapter is not None or settings.llm_adapter is not None:
+        return ({"adapter": adapter, "source": source, "action": "reused"},
+                f"reused {adapter or 'the base model'} ({source})")
+    data = settings.data_dir / "sft-demo"
+    if not (data / "train.jsonl").exists():
+        run_prism(["data", "sft", "--articles", str(DEMO_SFT_ARTICLES), "--out", str(data), "--json"], log_path)
+    with importlib.resources.as_file(llm_demo_config()) as config:
+        trained = run_prism(["train", "sft", "--config", str(config), f"data.train_path={data / 'train.jsonl'}"],
+                            log_path)
+    adapter, source = resolve_adapter(settings)
+    summary = {"adapter": adapter, "source": source, "action": "trained",
+               "train_steps": trained.get("step"), "train_loss": trained.get("loss"),
+               "train_wall_s": trained.get("wall_seconds")}
+    return summary, f"trained (demo preset) -> {adapter}"
+
+
 def ingest_fingerprint() -> str:
     """Names, sizes and mtimes of the shards plus the encoder checkpoint: what an ingest depends on."""
     h = hashlib.sha256()
@@ -220,12 +253,16 @@ def create_demo_key(log_path: Path) -> tuple[dict, str]:
 
 
 def ensure_serving(log_path: Path) -> tuple[dict, str]:
-    """Start the Serve app unless it is already up; returns ``{"url", "started"}``."""
+    """Start the Serve app unless it is already up; returns ``{"url", "started", "versions"}`` (/healthz's)."""
     status = run_prism(["serve", "status", "--json"], log_path)
-    if status.get("healthy"):
-        return {"url": status["url"], "started": False}, f"already up at {status['url']}"
-    up = run_prism(["serve", "up", "--detach", "--json"], log_path)
-    return {"url": up["url"], "started": True}, f"up at {up['url']}"
+    started = not status.get("healthy")
+    if started:
+        run_prism(["serve", "up", "--detach", "--json"], log_path)
+        status = run_prism(["serve", "status", "--json"], log_path)
+    versions = status.get("versions") or {}
+    served = (f"adapter {versions.get('adapter') or 'none'}, image encoder {versions.get('image_encoder') or 'none'}")
+    return ({"url": status["url"], "started": started, "versions": versions},
+            f"{'up' if started else 'already up'} at {status['url']} ({served})")
 
 
 @handle_errors
@@ -234,7 +271,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="Print only the result, not a line per step."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Bring Prism up: database, demo corpus, image encoder, ingest, Serve app; print the URL.
+    """Bring Prism up: database, demo corpus, image encoder, LoRA adapter, ingest, Serve app; print the URL.
 
     Each step's output goes to $PRISM_HOME/logs/demo/STEP.log; a failed step shows its last lines.
     """
@@ -250,6 +287,7 @@ def demo(
     before = timed("database", "database", start_database)
     steps: dict = {"corpus_built": timed("corpus", "demo corpus", build_demo_corpus)}
     steps["image_encoder"] = timed("image_encoder", "image encoder", ensure_image_encoder)
+    steps["answer_model"] = timed("answer_model", "answer model (LoRA)", ensure_answer_adapter)
     steps["ingest"] = timed("ingest", "ingest",
                             lambda log: ensure_ingested(before["documents"], log)) or "unchanged"
     result = {"database": database_status(), "steps": steps}

@@ -1,11 +1,14 @@
-"""`prism eval answers`: compare base, LoRA, full fine-tuning and LoRA+DPO on held-out questions.
+"""`prism eval answers`: compare base, LoRA, full fine-tuning, LoRA+DPO and the demo adapter on held-out questions.
 
-    prism eval answers --json --methods base,lora,full,lora_dpo --n 70     # docs/reports/fine-tuning.{json,md}
+    prism eval answers --json --methods base,demo --n 350     # docs/reports/fine-tuning.{json,md}
     python -m ray_app.evaluation.answers --json --methods base,lora,full,lora_dpo --n 70
 
-Writes ``docs/reports/fine-tuning.{json,md}`` (``--out``, relative to the current directory). The questions come from ``prism data sft``'s
-``test.jsonl`` (articles never trained on), stratified by kind; every model answers greedily with
+Writes ``docs/reports/fine-tuning.{json,md}`` (``--out``, relative to the current directory). The questions come from
+``datasets/answers-heldout/questions.jsonl`` (``prism data heldout``: articles no SFT split trains on; ``--test-path``
+takes another file, e.g. ``prism data sft``'s ``test.jsonl``), stratified by kind; every model answers greedily with
 the serving prompt (``ray_app.llm.prompting``) and the serving decoder (``ray_app.llm.generate.stream_tokens``).
+For each fine-tuned method the report counts the held-out articles found in its run's training data (``config.yaml``'s
+``data.train_path``): ``heldout_articles_in_training`` must be 0.
 
 Metrics (per method):
 
@@ -44,10 +47,11 @@ from pathlib import Path
 from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import InputError, NotFound
 from ray_app.jsonl import read_jsonl
-from ray_app.reports import write_report
+from ray_app.reports import load_average, write_report
 
-METHODS = ("base", "lora", "full", "lora_dpo")
-DEFAULT_RUNS = {"lora": "smollm2-lora", "full": "smollm2-full", "lora_dpo": "smollm2-lora-dpo"}
+METHODS = ("base", "lora", "full", "lora_dpo", "demo")
+DEFAULT_RUNS = {"lora": "smollm2-lora", "full": "smollm2-full", "lora_dpo": "smollm2-lora-dpo", "demo": "smollm2-demo"}
+HELDOUT_PATH = Path("datasets/answers-heldout/questions.jsonl")
 _CITATION = re.compile(r"\s*\[\d{1,3}\]")
 _TOKEN = re.compile(r"\w+")
 PROG = "python -m ray_app.evaluation.answers"
@@ -58,13 +62,13 @@ class AnswersEvalConfig:
     """What `prism eval answers` evaluates and where it writes.
 
     Attributes:
-        methods: comma-separated subset of base,lora,full,lora_dpo.
+        methods: comma-separated subset of base,lora,full,lora_dpo,demo.
         n: held-out questions (stratified by kind).
         max_new_tokens: generation limit per answer (8-512).
         batch_size: answers decoded together.
         seed: question sampling seed.
-        test_path: SFT test JSONL (None: ``$PRISM_HOME/data/sft/test.jsonl``).
-        runs_dir: folder holding smollm2-lora, smollm2-full, smollm2-lora-dpo (None: the checkpoints folder).
+        test_path: held-out questions JSONL (None: ``datasets/answers-heldout/questions.jsonl``).
+        runs_dir: folder holding smollm2-lora, smollm2-full, smollm2-lora-dpo, smollm2-demo (None: the checkpoints folder).
         out: report path without extension.
         reuse: reuse a method's cached answers when its weights, questions and limit are unchanged.
         checkpoints: METHOD -> checkpoint folder, instead of ``<runs_dir>/<run>/final``.
@@ -265,6 +269,34 @@ async def _answer_all(engine, examples: list[dict], max_new_tokens: int) -> list
     return list(await asyncio.gather(*(answer(e) for e in examples)))
 
 
+def articles_in_training(checkpoint: Path, examples: list[dict]) -> int | None:
+    """How many of the questions' articles are in the training data of the run that wrote ``checkpoint``.
+
+    Reads ``data.train_path`` of the run's ``config.yaml`` (a DPO run: also its SFT run's); None when
+    that file is gone.
+    """
+    import yaml
+
+    from ray_app.settings import get_settings
+
+    titles, seen, run = {e["article"] for e in examples if e.get("article")}, set(), checkpoint.parent
+    found_any = False
+    for _ in range(3):  # DPO -> its SFT run
+        config_path = run / "config.yaml"
+        if not config_path.exists():
+            break
+        config = yaml.safe_load(config_path.read_text()) or {}
+        kind = "dpo" if "sft_checkpoint" in config else "sft"
+        train = (config.get("data") or {}).get("train_path") or get_settings().data_dir / kind / "train.jsonl"
+        if Path(train).exists():
+            found_any = True
+            seen |= {row.get("article") for row in read_jsonl(Path(train))}
+        if not config.get("sft_checkpoint"):
+            break
+        run = Path(config["sft_checkpoint"]).parent
+    return len(titles & seen) if found_any else None
+
+
 def training_cost(checkpoint: Path | None) -> dict:
     """Training metrics of the run that wrote ``checkpoint`` (its run folder's ``metrics.json``)."""
     if checkpoint is None:
@@ -388,7 +420,8 @@ METRIC_COLUMNS = (
     "citation_validity", "citation_rate", "grounding_rate", "grounded_answer_rate", "rouge_l",
     "injection_follow_rate", "not_in_sources_accuracy", "false_refusal_rate", "degenerate_rate",
 )  # fmt: skip
-COST_COLUMNS = ("train_steps", "train_tokens", "train_tokens_per_s", "train_loop_s", "train_wall_s", "train_peak_rss_mib_per_worker", "train_final_loss")
+COST_COLUMNS = ("train_steps", "train_tokens", "train_tokens_per_s", "train_loop_s", "train_wall_s",
+                "train_peak_rss_mib_per_worker", "train_final_loss", "heldout_articles_in_training")
 
 
 def render_markdown(report: dict) -> str:
@@ -399,13 +432,15 @@ def render_markdown(report: dict) -> str:
 
     methods = report["methods"]
     lines = [
-        "# Fine-tuning report: base vs LoRA vs full vs LoRA+DPO",
+        "# Fine-tuning report: the base model vs fine-tuned adapters",
         "",
         f"Generated by `{report['command']}` on {report['generated_at']} ({report['machine']}).",
         "",
         f"Held-out questions: {report['eval']['n_questions']} from `{report['eval']['test_path']}` "
         f"(articles never trained on), kinds {report['eval']['kinds']}; greedy decoding, "
-        f"max_new_tokens={report['eval']['max_new_tokens']}. Metric definitions: `ray_app/evaluation/answers.py`.",
+        f"max_new_tokens={report['eval']['max_new_tokens']}, engine {report['eval'].get('engine', 'torch')}, "
+        f"dtype {report['eval'].get('dtype', 'auto')}; load average {report.get('load_average', {}).get('start')} "
+        f"at the start. Metric definitions: `ray_app/evaluation/answers.py`.",
         "",
         "| method | " + " | ".join(METRIC_COLUMNS) + " |",
         "|---|" + "---|" * len(METRIC_COLUMNS),
@@ -474,9 +509,10 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
     from ray_app.settings import get_settings
 
     settings = get_settings()
-    test_path = config.test_path or settings.data_dir / "sft" / "test.jsonl"
+    test_path = config.test_path or HELDOUT_PATH
     if not test_path.exists():
-        raise NotFound(f"{test_path} not found: run `prism data sft` first")
+        raise NotFound(f"{test_path} not found: build it with `prism data heldout --out {test_path}` (or pass "
+                       "--test-path)")
     names = [m.strip() for m in config.methods.split(",") if m.strip()]
     chosen, missing = resolve_methods(names, config.runs_dir or settings.checkpoints_dir, config.checkpoints,
                                       config.skip_missing)
@@ -484,11 +520,17 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
     examples = pick_questions(rows, config.n, config.seed)
     torch.manual_seed(0)
     cache_dir = settings.home.resolve() / "eval-cache" if config.reuse else None
+    load = load_average()
     results = evaluate(chosen, examples, settings.llm_model, config.max_new_tokens, config.batch_size, cache_dir)
+    for name, checkpoint in chosen.items():
+        if checkpoint is not None:
+            results[name]["heldout_articles_in_training"] = articles_in_training(checkpoint, examples)
     for name, why in missing.items():
         results[name] = {"not_evaluated": why, "samples": []}
     results = {name: results[name] for name in names}
     report = build_report(results, examples, test_path, config.max_new_tokens, config.methods, config.n)
+    report["eval"].update(dtype=settings.llm_dtype, engine=settings.llm_engine, batch_size=config.batch_size)
+    report["load_average"] = {"start": load, "end": load_average()}
     report["command"] = report["commands"][-1] = eval_command(config.methods, config.n, config.max_new_tokens, results)
     report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + config.notes
     write_report(config.out.parent, config.out.name, report, render_markdown)
@@ -505,16 +547,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The job's arguments; every default is :class:`AnswersEvalConfig`'s."""
     d = AnswersEvalConfig
     p = job_parser(prog, __doc__)
-    p.add_argument("--methods", default=d.methods, help="Comma-separated subset of base,lora,full,lora_dpo.")
+    p.add_argument("--methods", default=d.methods, help="Comma-separated subset of base,lora,full,lora_dpo,demo.")
     p.add_argument("--n", type=int_at_least(1), default=d.n, metavar="N", help="Held-out questions (stratified by kind).")
     p.add_argument("--max-new-tokens", type=int_at_least(8, 512), default=d.max_new_tokens, metavar="8..512",
                    help="Generation limit per answer.")
     p.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, metavar="N", help="Answers decoded together.")
     p.add_argument("--seed", type=int, default=d.seed, help="Question sampling seed.")
     p.add_argument("--test-path", type=Path, default=d.test_path, metavar="JSONL",
-                   help="SFT test JSONL (default $PRISM_HOME/data/sft/test.jsonl).")
+                   help=f"Held-out questions JSONL (default {HELDOUT_PATH}, built by `prism data heldout`).")
     p.add_argument("--runs-dir", type=Path, default=d.runs_dir, metavar="DIR",
-                   help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo (default: the checkpoints folder).")
+                   help="Checkpoints dir holding smollm2-lora, smollm2-full, smollm2-lora-dpo, smollm2-demo "
+                        "(default: the checkpoints folder).")
     p.add_argument("--out", type=Path, default=d.out, help="Report path without extension.")
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=d.reuse,
                    help="Reuse a method's cached answers when nothing changed.")
@@ -577,14 +620,19 @@ def build_report(results: dict, examples: list[dict], test_path: Path, max_new_t
         "methods": results,
         "verdict": verdict(results),
         "notes": [],
-        "commands": [
-            "prism data sft --json && prism data dpo --json",
-            "prism train sft --config training/configs/smollm2/lora.yaml",
-            "prism train sft --config training/configs/smollm2/full.yaml",
-            "prism train dpo --config training/configs/smollm2/dpo.yaml",
-            eval_command(methods, n, max_new_tokens, results),
-        ],
+        "commands": [*TRAIN_COMMANDS["data"], *(c for m in results for c in TRAIN_COMMANDS.get(m, ())),
+                     eval_command(methods, n, max_new_tokens, results)],
     }
+
+
+TRAIN_COMMANDS = {
+    "data": ("prism data heldout --json   # the held-out questions (datasets/answers-heldout)",),
+    "lora": ("prism data sft --json", "prism train sft --config training/configs/smollm2/lora.yaml"),
+    "full": ("prism train sft --config training/configs/smollm2/full.yaml",),
+    "lora_dpo": ("prism data dpo --json", "prism train dpo --config training/configs/smollm2/dpo.yaml"),
+    "demo": ("prism demo   # or: prism data sft --articles 400 --out $PRISM_HOME/data/sft-demo && "
+             "prism train sft --config training/configs/smollm2/demo.yaml data.train_path=$PRISM_HOME/data/sft-demo/train.jsonl",),
+}
 
 
 if __name__ == "__main__":

@@ -195,6 +195,31 @@ def build_sft_examples(
     return train, test
 
 
+def build_heldout_examples(
+    records: list[dict], n: int, k: int = 3, test_fraction: float = 0.1, seed: int = 0, embed=None
+) -> list[dict]:
+    """Held-out evaluation questions: ``n`` examples from articles the SFT split never trains on.
+
+    The pool is every usable article on the test side of :func:`is_test_article` (about ``test_fraction``
+    of the corpus, the same articles in every build), so no training set built with a ``test_fraction``
+    at least as large contains them. Distractor passages come from the same pool; kinds are drawn as
+    in :func:`build_sft_examples`.
+
+    Raises:
+        InputError: fewer than ``n`` held-out articles (raise ``test_fraction``) or ``k`` below 2.
+    """
+    if k < 2:
+        raise InputError("k must be at least 2 (a gold passage plus distractors)")
+    pool = [a for a in load_articles(records, len(records), seed) if is_test_article(a.title, test_fraction)]
+    if len(pool) < max(n, k + 1):
+        raise InputError(f"only {len(pool)} held-out articles at test_fraction={test_fraction}; ask for fewer "
+                         "or raise the fraction")
+    neighbours = nearest_neighbours(pool, k, embed)
+    rng = random.Random(seed)
+    return [build_example(kind_for(pool[i], i, rng), pool[i], [pool[j] for j in neighbours[i]], k, rng)
+            for i in range(n)]
+
+
 def rejected_answers(example: dict, other: dict, rng: random.Random) -> list[tuple[str, str]]:
     """Dispreferred answers for an SFT example: ``(kind, text)`` pairs."""
     out = []

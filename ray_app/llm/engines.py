@@ -212,7 +212,8 @@ def ct2_model_dir(llm, variant: str, settings: Settings) -> Path:
 
 def build_engine(engine: str | None = None, settings: Settings | None = None, max_batch_size: int | None = None,
                  threads: int | None = None, adapter: str | None = None) -> Engine:
-    """Load the LLM (``PRISM_LLM_MODEL`` + ``PRISM_LLM_ADAPTER``) into the engine ``engine`` (``PRISM_LLM_ENGINE``).
+    """Load the LLM (``PRISM_LLM_MODEL`` + its adapter, :func:`ray_app.models.llm.resolve_adapter`) into the engine
+    ``engine`` (``PRISM_LLM_ENGINE``).
 
     Raises:
         InputError: an unknown engine, or one that cannot serve this model (llama.cpp with an adapter).
@@ -222,7 +223,11 @@ def build_engine(engine: str | None = None, settings: Settings | None = None, ma
 
     settings = settings or get_settings()
     spec = parse_engine(engine or settings.llm_engine)
-    adapter = adapter if adapter is not None else settings.llm_adapter
+    if adapter is None:  # llama.cpp serves the base GGUF: only an explicit PRISM_LLM_ADAPTER is refused
+        from ray_app.models.llm import resolve_adapter
+
+        auto = spec.backend != "llamacpp" or settings.llm_adapter is not None
+        adapter = (resolve_adapter(settings)[0] if auto else None) or ""
     if spec.backend == "llamacpp":
         _check_llamacpp(settings.llm_model, adapter)
     llm = load_llm(adapter=adapter, settings=settings, dtype="float32")

