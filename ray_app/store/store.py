@@ -20,6 +20,8 @@ from psycopg_pool import ConnectionPool
 
 from ray_app.errors import Unavailable
 from ray_app.settings import Settings, get_settings
+from ray_app.store.fusion import FusionParams, load_fusion_params
+from ray_app.store.lexical import ChunkTerms, LexicalIndex, build_lexical_index
 from ray_app.store.migrations import apply_migrations
 from ray_app.store.rows import (
     ChunkRow,
@@ -30,8 +32,6 @@ from ray_app.store.rows import (
     check_vector,
     validate_rows,
 )
-from ray_app.store.fusion import FusionParams, load_fusion_params
-from ray_app.store.lexical import ChunkTerms, LexicalIndex, build_lexical_index
 
 log = logging.getLogger(__name__)
 # The state of the chunk change log (migration 0023): it moves whenever a committed write changed chunks.
