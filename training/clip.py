@@ -3,8 +3,10 @@
     prism train clip --config training/configs/clip/demo.yaml [key=value ...]
     ray job submit --working-dir . -- python -m training.clip --config training/configs/clip/demo.yaml
 
-An open_clip image tower learns to map Tux Paint stamps (composited on varied backgrounds, with
-augmentation) and the bundled skimage photos onto the MiniLM vectors of their captions. The text
+An open_clip image tower learns to map Tux Paint stamps, the bundled skimage photos and (``data.extra_sources``)
+Open Clip Art PNGs and rendered Noto emoji onto the MiniLM vectors of their captions. Every image is
+augmented the way users' pictures differ from the stored ones: mirrored, scaled, rotated, cropped and
+composited on varied backgrounds (``ray_app.vision.data.augment_batch``). The text
 side is locked: caption and label vectors are computed once with the MiniLM embedder and never
 change, so one 384-d text vector searches both chunks and images (LiT, with the roles reversed).
 The loss is CLIP's symmetric contrastive loss with a learnable temperature; because the text
@@ -97,6 +99,13 @@ class DataConfig(StrictModel):
     scale_max: float = Field(1.1, gt=0, description="Largest (above 1 crops into the clip art).")
     jitter: float = Field(0.3, ge=0, le=1, description="Colour-jitter strength (0 disables).")
     flip: bool = Field(True, description="Random horizontal flips.")
+    rotation: float = Field(0.0, ge=0, le=180, description="Largest random rotation in degrees, either way (0 disables).")
+    extra_sources: list[Literal["openclipart", "emoji"]] = Field(
+        default_factory=list, description="More captioned images: Debian openclipart-png and fonts-noto-color-emoji (train split only).")
+    max_extra: int | None = Field(None, ge=1, description="Use at most this many extra images (spread evenly).")
+    openclipart_skip: list[str] = Field(
+        default_factory=lambda: ["computer", "shapes/stars"],
+        description="Open Clip Art folders left out of training (application icons; 1,400 near-identical stars).")
 
 
 class TrainConfig(StrictModel):
@@ -112,6 +121,8 @@ class TrainConfig(StrictModel):
         "all", description="Image->text negatives: every training caption ('all', possible because text is fixed) or the batch's."
     )
     label_loss_weight: float = Field(0.5, ge=0, description="Weight of the 16-category label term (0 disables).")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the forward pass under torch.autocast (falls back to fp32 on CPUs without bf16 instructions).")
     checkpoint_every: int = Field(100, ge=1, description="Save step-NNNNNN/ every this many steps (and at the end).")
     log_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
@@ -161,7 +172,9 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
     from ray_app.vision.data import (
         CATEGORIES,
         label_vectors,
+        list_extra_images,
         load_stamp_bank,
+        split_extra_images,
         split_stamps,
         square_photo_rgba,
         subsample,
@@ -169,7 +182,11 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
 
     size = cfg.data.bank_size or cfg.model.image_size
     train, _ = split_stamps()
-    bank = load_stamp_bank(subsample(train, cfg.data.max_stamps), size)
+    train = subsample(train, cfg.data.max_stamps)
+    if cfg.data.extra_sources:
+        extra, _ = split_extra_images(list_extra_images(cfg.data.extra_sources, tuple(cfg.data.openclipart_skip)))
+        train += subsample(extra, cfg.data.max_extra)
+    bank = load_stamp_bank(train, size)
     images, captions, cats = list(bank.images), [s.caption for s in bank.stamps], [s.category for s in bank.stamps]
     n_photos = 0
     if cfg.data.include_photos:
@@ -318,6 +335,7 @@ def train_loop(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    bf16 = use_bf16(cfg.train.precision, device)
 
     torch.manual_seed(cfg.train.seed)  # same initial tower on every rank and every run
     model = ImageTower(cfg)
@@ -354,12 +372,15 @@ def train_loop(loop_config: dict) -> None:
             idx = torch.randint(0, n, (bs,), generator=torch.Generator().manual_seed(step * 7919 + rank))
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 131 + rank)
         x = augment_batch(
-            images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip
+            images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip,
+            cfg.data.rotation,
         ).to(device)
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg.train)
-        feats = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = model(x)
+        feats = feats.float()
         loss = contrastive_loss(feats, caption_ids[idx].to(device), caption_vectors, core.logit_scale, cfg.train.negatives)
         if cfg.train.label_loss_weight > 0:
             loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids[idx].to(device), label_vectors, core.logit_scale)
@@ -375,6 +396,25 @@ def train_loop(loop_config: dict) -> None:
             _report_checkpoint(done, core, optimizer, cfg, data, rank, last_loss, seen, t0, start_step)
         elif done % cfg.train.log_every == 0:
             ray.train.report(_metrics(done, last_loss, core, seen, t0, start_step))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (``amx_bf16`` or ``avx512_bf16`` in ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(precision: str, device) -> bool:
+    """Autocast to bf16 when asked and the hardware has it (a GPU, or a CPU with bf16 instructions)."""
+    if precision != "bf16":
+        return False
+    if device.type == "cuda" or cpu_has_bf16():
+        return True
+    print("clip: precision=bf16 asked, but this CPU has no bf16 instructions; training in fp32", file=sys.stderr)
+    return False
 
 
 def _metrics(step: int, loss: float, core, seen: int, t0: float, start_step: int) -> dict:

@@ -8,14 +8,14 @@ import typer
 
 from ray_app.cli.common import JSON_OPTION, console, emit, handle_errors
 
-app = typer.Typer(help="Build corpora (wiki, stamps, photos, synthetic, your files) as Parquet shards.",
+app = typer.Typer(help="Build corpora (wiki, stamps, photos, openclipart, emoji, synthetic, your files) as Parquet shards.",
                   no_args_is_help=True)
 
 
 @app.command("build")
 @handle_errors
 def build(
-    source: str = typer.Argument(..., help="wiki, stamps, photos, synthetic, or a JSONL/Parquet file or image folder."),
+    source: str = typer.Argument(..., help="wiki, stamps, photos, openclipart, emoji, synthetic, or a JSONL/Parquet file or image folder."),
     docs: int | None = typer.Option(None, "--docs", min=1, help="At most N documents (synthetic: exactly N)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default $PRISM_HOME/data/corpus/SOURCE)."),
     seed: int = typer.Option(0, "--seed", help="synthetic: the seed that fixes every document."),

@@ -1,6 +1,6 @@
 """Build a corpus: dispatch a SOURCE to its adapter and write Parquet shards in Prism's schema.
 
-``prism corpus build wiki|stamps|photos|synthetic|PATH [--docs N] [--out DIR]``.
+``prism corpus build wiki|stamps|photos|openclipart|emoji|synthetic|PATH [--docs N] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ray_app.corpus.schema import write_shards
 from ray_app.errors import InputError, Unavailable
 from ray_app.settings import get_settings
 
-BUILTIN_SOURCES = ("wiki", "stamps", "photos", "synthetic")
+BUILTIN_SOURCES = ("wiki", "stamps", "photos", "openclipart", "emoji", "synthetic")
 
 
 def default_out_dir(source: str) -> Path:
@@ -57,7 +57,7 @@ def build_corpus(
     """Write the corpus of ``source`` as Parquet shards and return a summary.
 
     Args:
-        source: 'wiki', 'stamps', 'photos', 'synthetic', or a path to JSONL/Parquet/an image folder.
+        source: 'wiki', 'stamps', 'photos', 'openclipart', 'emoji', 'synthetic', or a path to JSONL/Parquet/an image folder.
         out_dir: where the shards go (default :func:`default_out_dir`).
         docs: at most this many documents (synthetic: exactly this many; default 1,000).
         seed: synthetic only: the seed that fixes every document.

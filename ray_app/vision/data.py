@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,43 @@ def split_stamps(stamps: list[Stamp] | None = None) -> tuple[list[Stamp], list[S
     train = [s for s in stamps if not is_heldout(s.name)]
     heldout = [s for s in stamps if is_heldout(s.name)]
     return train, heldout
+
+
+def list_extra_images(sources: list[str] | tuple[str, ...], skip_folders: tuple[str, ...] = ()) -> list[Stamp]:
+    """Captioned images of the ``openclipart`` and ``emoji`` sources, as :class:`Stamp` items for the bank.
+
+    Their category is a stamp category or ``""`` (no label); names are prefixed with the source, so
+    the held-out hash (:func:`is_heldout`) splits them like stamps.
+
+    Args:
+        sources: any of ``"openclipart"``, ``"emoji"``.
+        skip_folders: Open Clip Art folders (and their subfolders) to leave out, e.g. ``"computer"``.
+
+    Raises:
+        Unavailable: a source's Debian package is not installed.
+    """
+    items: list[Stamp] = []
+    for source in sources:
+        if source == "openclipart":
+            from ray_app.corpus import openclipart
+
+            for art in openclipart.list_cliparts():
+                if any(art.folder == f or art.folder.startswith(f + "/") for f in skip_folders):
+                    continue
+                items.append(Stamp(art.path, art.caption, art.category or "", f"openclipart/{art.name}"))
+        elif source == "emoji":
+            from ray_app.corpus import emoji
+
+            for item, path in emoji.list_rendered():
+                items.append(Stamp(path, item.name, item.category or "", f"emoji/{item.key}"))
+        else:
+            raise ValueError(f"unknown image source {source!r}: expected openclipart or emoji")
+    return items
+
+
+def split_extra_images(items: list[Stamp]) -> tuple[list[Stamp], list[Stamp]]:
+    """``(train, heldout)`` extra images by the same name hash as the stamps."""
+    return [s for s in items if not is_heldout(s.name)], [s for s in items if is_heldout(s.name)]
 
 
 def subsample(stamps: list[Stamp], limit: int | None) -> list[Stamp]:
@@ -217,11 +255,12 @@ def jitter_colours(rgb, gen, strength: float):
     return rgb.clamp(0, 1)
 
 
-def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float = 0.3, flip: bool = True):
+def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float = 0.3, flip: bool = True,
+                  rotation: float = 0.0):
     """Turn a batch of bank images into normalised training inputs.
 
     One affine warp per image does the random scale (values above 1 crop into the clip art), the
-    random position and the horizontal flip; then colour jitter and a random background.
+    random position, the rotation and the horizontal flip; then colour jitter and a random background.
 
     Args:
         rgba_u8: ``(n, s, s, 4)`` uint8 tensor.
@@ -230,6 +269,7 @@ def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float 
         scale: range of the clip art's size relative to the canvas.
         jitter: colour-jitter strength.
         flip: allow horizontal flips.
+        rotation: largest rotation in degrees, either way (0 disables).
 
     Returns:
         ``(n, 3, out_size, out_size)`` float32, normalised with the CLIP mean/std.
@@ -246,8 +286,11 @@ def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float 
     room = (1.0 - s).clamp(min=0) / s  # how far the art may move and stay inside the canvas
     shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * room.unsqueeze(1)
     sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = inv * sign, inv
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(n, 2, 3)  # output -> input coordinates: scale, then rotate, then flip
+    theta[:, 0, 0], theta[:, 0, 1] = inv * cos * sign, -inv * sin * sign
+    theta[:, 1, 0], theta[:, 1, 1] = inv * sin, inv * cos
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, (n, 4, out_size, out_size), align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
