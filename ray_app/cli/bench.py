@@ -22,6 +22,8 @@ job_command(app, "llm", "ray_app.benchmarks.llm",
             "The fusion LLM in each precision on the same prompts: TTFT, answers/s at batch 1/4/16, agreement.")
 job_command(app, "edge", "edge.bench",
             "The edge bundle per variant on 2 cores and 1: cold start, TTFT/total p50/p95, decode tok/s vs bandwidth, RSS.")
+job_command(app, "lexical", "ray_app.benchmarks.lexical",
+            "The BM25 index at the store's size and replicated to 1M chunks: build time, memory, query p50/p95.")
 job_command(app, "demo", "ray_app.benchmarks.demo",
             "Time `prism demo` on a fresh PRISM_HOME and again (reused); report what it serves.")
 job_command(app, "precision", "training.bench_precision",

@@ -7,10 +7,11 @@ same batch twice changes nothing, and a killed writer leaves no half-written bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -276,12 +277,22 @@ class Store:
         return index
 
     def _build_lexical_index(self) -> LexicalIndex:
-        """Read every chunk's lexemes and counts in one snapshot, with the change state it belongs to."""
+        """Build the BM25 index from one snapshot of the chunks, with the change state it belongs to."""
         started = time.perf_counter()
+        with self.chunk_terms() as (version, chunks):
+            index = build_lexical_index(chunks, version=version)
+        log.info("BM25 index: %d chunks, %d terms, built in %.2f s", index.n, len(index.vocabulary),
+                 time.perf_counter() - started)
+        return index
+
+    @contextlib.contextmanager
+    def chunk_terms(self) -> Iterator[tuple[tuple, Iterator[ChunkTerms]]]:
+        """``(change state, every chunk's ChunkTerms)`` read in one REPEATABLE READ snapshot, streamed
+        from a server-side cursor (however many chunks); iterate inside the ``with``."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             version = tuple(conn.execute(_CHANGES_STATE).fetchone()[0])
-            with conn.cursor("prism_lexical") as cursor:  # server-side: streams, however many chunks
+            with conn.cursor("prism_lexical") as cursor:
                 cursor.itersize = 10_000
                 cursor.execute(
                     "SELECT c.id, d.source, d.category, coalesce(t.lexemes, '{}'), coalesce(t.counts, '{}')"
@@ -289,10 +300,14 @@ class Store:
                     " (SELECT array_agg(u.lexeme) AS lexemes, array_agg(cardinality(u.positions)) AS counts"
                     "  FROM unnest(c.tsv) u) t ON TRUE"
                 )
-                index = build_lexical_index((ChunkTerms(*row) for row in cursor), version=version)
-        log.info("BM25 index: %d chunks, %d terms, built in %.2f s", index.n, len(index.vocabulary),
-                 time.perf_counter() - started)
-        return index
+                yield version, (ChunkTerms(*row) for row in cursor)
+
+    def query_terms(self, text: str) -> dict[str, int]:
+        """``{lexeme: count}`` of ``text`` as Postgres tokenises chunks (``to_tsvector('english')``)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT u.lexeme, cardinality(u.positions) FROM unnest(to_tsvector('english', %s)) u",
+                                (text,)).fetchall()
+        return dict(rows)
 
     def _chunk_hits(self, ranked: Sequence[tuple[str, float]], filters: Filters) -> list[SearchHit]:
         """The chunks of ``[(id, score)]`` as hits, in that order (a chunk deleted meanwhile drops out)."""
