@@ -77,11 +77,8 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(default=80, ge=1, le=1000, description="HNSW query beam (`hnsw.ef_search`).")
     maintenance_work_mem: str = Field(default="1GB", description="`maintenance_work_mem` for index builds.")
     max_parallel_maintenance_workers: int = Field(default=2, ge=0, le=64)
-    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid search.")
-    rrf_text_weight: float = Field(
-        default=0.25, ge=0.0, le=1.0,
-        description="Weight of the full-text ranking in hybrid search (the vector ranking weighs 1); chosen on "
-                    "the dev half of the wiki retrieval evaluation (docs/reports/retrieval.md).")
+    # Hybrid search's fusion is not a setting: its parameters are frozen in ray_app/store/fusion.json,
+    # chosen on the dev splits of `prism eval retrieval --tune` (docs/reports/retrieval.md).
 
     # Audit log (ray_app/audit/; docs/serving.md#audit)
     audit_dir: Path | None = Field(
