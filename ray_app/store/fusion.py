@@ -47,7 +47,9 @@ class FusionParams:
         """The fused top ``k`` of the two lists."""
         if self.method == "rrf":
             return fuse_rrf([vector_hits, text_hits], k, self.rrf_k, weights=(1.0, self.text_weight))
-        return fuse_convex([vector_hits, text_hits], k, (1.0 - self.text_weight, self.text_weight), self.method)
+        # a chunk that BM25 did not return scores at most what it returned; one without any query term scores 0
+        return fuse_convex([vector_hits, text_hits], k, (1.0 - self.text_weight, self.text_weight), self.method,
+                           floors=(None, 0.0))
 
     def to_dict(self) -> dict:
         return asdict(self)

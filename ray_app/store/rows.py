@@ -145,12 +145,14 @@ def normalise_scores(scores: Sequence[float], how: str = "zscore") -> np.ndarray
 
 
 def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequence[float],
-                norm: str = "zscore") -> list[SearchHit]:
+                norm: str = "zscore", floors: Sequence[float | None] | None = None) -> list[SearchHit]:
     """Merge scored lists by a weighted sum of per-list normalised scores (a convex combination when
     the weights sum to 1); keeps the first-seen hit per id.
 
-    A hit missing from a list gets that list's lowest normalised score there (it ranked below every
-    candidate the list returned); an empty list adds nothing. Ties go to the smaller id.
+    A hit missing from a list scores that list's ``floor`` there: a raw score known to bound every
+    item the list left out (BM25's is 0, what a chunk without a query term scores), or, when None,
+    the list's lowest score. A floor below the list's scores takes part in its normalisation, so a
+    list of one hit still lifts that hit. An empty list adds nothing. Ties go to the smaller id.
     """
     scores: dict[str, float] = {}
     hits: dict[str, SearchHit] = {}
@@ -158,14 +160,17 @@ def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequen
         for hit in ranking:
             hits.setdefault(hit.id, hit)
             scores.setdefault(hit.id, 0.0)
-    for ranking, weight in zip(rankings, weights, strict=True):
+    for ranking, weight, floor in zip(rankings, weights, floors or [None] * len(rankings), strict=True):
         if not ranking:
             continue
+        raw = [h.score for h in ranking]
+        floor = min(raw) if floor is None or floor >= min(raw) else floor
+        normalised = normalise_scores([*raw, floor] if floor < min(raw) else raw, norm)
         best: dict[str, float] = {}
-        for hit, z in zip(ranking, normalise_scores([h.score for h in ranking], norm), strict=True):
-            best[hit.id] = max(best.get(hit.id, -np.inf), float(z))
-        floor = min(best.values())
+        for hit, value in zip(ranking, normalised, strict=False):
+            best[hit.id] = max(best.get(hit.id, -np.inf), float(value))
+        missing = float(normalised[-1]) if floor < min(raw) else min(best.values())
         for i in scores:
-            scores[i] += weight * best.get(i, floor)
+            scores[i] += weight * best.get(i, missing)
     order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
     return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
