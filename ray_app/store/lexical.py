@@ -47,7 +47,8 @@ class LexicalIndex:
         weights: (terms, chunks) CSR matrix of BM25 posting weights.
         df: document frequency per term row.
         lengths: chunk lengths (positions).
-        sources, categories: per chunk, for filters.
+        sources, categories: per chunk, a code into ``source_names`` / ``category_names`` (filters).
+        source_names, category_names: code -> name.
         version: the ``chunk_changes`` state the index was built at.
     """
 
@@ -58,6 +59,8 @@ class LexicalIndex:
     lengths: np.ndarray
     sources: np.ndarray
     categories: np.ndarray
+    source_names: list[str]
+    category_names: list[str]
     k1: float = K1
     b: float = B
     version: tuple = field(default=())
@@ -90,9 +93,9 @@ class LexicalIndex:
         scores = np.asarray(self.weights[rows].T @ weights).reshape(-1)
         allowed = scores > 0
         if sources:
-            allowed &= np.isin(self.sources, list(sources))
+            allowed &= np.isin(self.sources, _codes(self.source_names, sources))
         if categories:
-            allowed &= np.isin(self.categories, list(categories))
+            allowed &= np.isin(self.categories, _codes(self.category_names, categories))
         candidates = np.flatnonzero(allowed)
         if len(candidates) > k:
             top = np.argpartition(-scores[candidates], k - 1)[:k]
@@ -101,6 +104,10 @@ class LexicalIndex:
             candidates = candidates[scores[candidates] >= kth]
         order = sorted(candidates.tolist(), key=lambda i: (-scores[i], self.ids[i]))[:k]
         return [(self.ids[i], float(scores[i])) for i in order]
+
+
+def _codes(names: list[str], wanted: Sequence[str]) -> list[int]:
+    return [i for i, name in enumerate(names) if name in set(wanted)]
 
 
 def _idf(df: np.ndarray, n: int) -> np.ndarray:
@@ -112,12 +119,14 @@ def build_lexical_index(chunks: Iterable[ChunkTerms], k1: float = K1, b: float =
     """Count every chunk's terms into BM25 posting weights (one pass, then one sparse build)."""
     ids, sources, categories, lengths = [], [], [], []
     vocabulary: dict[str, int] = {}
+    source_codes: dict[str, int] = {}
+    category_codes: dict[str, int] = {}
     term_rows: list[np.ndarray] = []
     tfs: list[np.ndarray] = []
     for chunk in chunks:
         ids.append(chunk.id)
-        sources.append(chunk.source or "")
-        categories.append(chunk.category or "")
+        sources.append(source_codes.setdefault(chunk.source or "", len(source_codes)))
+        categories.append(category_codes.setdefault(chunk.category or "", len(category_codes)))
         term_rows.append(np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for t in chunk.lexemes),
                                      dtype=np.int64, count=len(chunk.lexemes)))
         counts = np.asarray(chunk.counts, dtype=np.float32)
@@ -133,5 +142,5 @@ def build_lexical_index(chunks: Iterable[ChunkTerms], k1: float = K1, b: float =
     norm = k1 * (1 - b + b * lengths_arr[cols] / max(avgdl, 1e-9))
     values = _idf(df, n)[rows] * tf * (k1 + 1) / (tf + norm)
     weights = sparse.csr_matrix((values.astype(np.float32), (rows, cols)), shape=(n_terms, n))
-    return LexicalIndex(ids, vocabulary, weights, df, lengths_arr, np.asarray(sources, dtype=object),
-                        np.asarray(categories, dtype=object), k1, b, version)
+    return LexicalIndex(ids, vocabulary, weights, df, lengths_arr, np.asarray(sources, dtype=np.int32),
+                        np.asarray(categories, dtype=np.int32), list(source_codes), list(category_codes), k1, b, version)
