@@ -17,6 +17,7 @@ class RagDeployment:
         from ray_app.store import get_store
 
         self.store = get_store()
+        self.store.lexical_index()  # the BM25 index: built at start, not by the first text query
         self.embedder = get_text_embedder()
 
     def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
@@ -24,7 +25,7 @@ class RagDeployment:
         return retrieve_passages(question, vision, options.k, self.store, self.embedder, options.min_relevance)
 
     def search(self, query: str, k: int, mode: str, sources: list[str] | None) -> list[dict]:
-        """Chunk search by mode (hybrid RRF, vector or full text), in the public hit shape."""
+        """Chunk search by mode (hybrid, vector or BM25 text), in the public hit shape."""
         hits = search_corpus(query, k, mode, sources, store=self.store, embedder=self.embedder)
         return [h.to_dict() for h in hits]
 
