@@ -302,7 +302,7 @@ def export_index(path: Path, settings: Settings, sources: list[str] | None, max_
     for d in documents:
         licences[d.get("license") or "unknown"] = licences.get(d.get("license") or "unknown", 0) + 1
     return {"file": INDEX_NAME, **counts, "sources": sorted({d["source"] for d in documents}), "licences": licences,
-            "search": "exact cosine over the float32 vectors (numpy) + FTS5 BM25, fused by RRF",
+            "search": "exact cosine over the float32 vectors (numpy) + FTS5 BM25, fused as the server fuses (fusion.json)",
             "titles": sorted({d["title"] for d in documents})[:MAX_TITLE_LABELS]}
 
 

@@ -29,7 +29,7 @@ def not_blank(value: str) -> str:
 class SearchRequest(BaseModel):
     query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
     k: int = Field(5, ge=1, le=50, description="Results to return.")
-    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: RRF of both, vector or full text.")
+    mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: both fused (the frozen fusion), vector, or BM25 full text.")
     sources: list[str] | None = Field(None, description="Only documents from these sources.")
 
     _strip = field_validator("query")(not_blank)

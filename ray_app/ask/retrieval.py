@@ -74,7 +74,7 @@ def image_context(vision: dict | None) -> str | None:
 def retrieve_passages(
     question: str, vision: dict | None, k: int, store: Store, embedder, min_relevance: float = 0.25
 ) -> Retrieved:
-    """Hybrid search (vector + full text, RRF) with the vision-expanded query; keep relevant passages.
+    """Hybrid search (vector + BM25, the frozen fusion) with the vision-expanded query; keep relevant passages.
 
     A passage is relevant when the MiniLM cosine between the query and its chunk reaches
     ``min_relevance``; passages are numbered 1..n in rank order.
