@@ -12,8 +12,9 @@ and no Postgres::
     image/                image-tower.onnx, image.json, labels.json, label-vectors.npy (only with a trained encoder)
     index.sqlite          documents, chunks (text + vector, FTS5), images (caption, sha256, vector), licences
 
-It exports what exists and says what it left out: the base LLM when ``PRISM_LLM_ADAPTER`` is unset (else
-the adapter merged into it), a text-only bundle when no image encoder has been trained. The LLM builds
+It exports what exists and says what it left out: the LLM the server would serve (the adapter in
+``PRISM_LLM_ADAPTER``, else the newest trained under ``$PRISM_HOME/checkpoints``, merged into the base; the base
+model when there is none or ``PRISM_LLM_ADAPTER=none``), a text-only bundle when no image encoder has been trained. The LLM builds
 (``python -m onnxruntime_genai.models.builder``, offline from the local folder) are cached under
 ``$PRISM_HOME/engines/edge-<variant>-<source hash>``; bundles belong under ``$PRISM_HOME`` or a temporary
 folder, never in the repository.
@@ -127,10 +128,11 @@ def export_bundle(out: Path, variant: str = "int4", sources: list[str] | None = 
 
 # ------------------------------------------------------------------ the LLM
 def llm_source(settings: Settings) -> tuple[Path, str | None]:
-    """The LLM folder to convert and the adapter merged into it (None without ``PRISM_LLM_ADAPTER``)."""
-    from ray_app.models.llm import resolve_llm
+    """The LLM folder to convert and the adapter merged into it: the one the server would serve
+    (``PRISM_LLM_ADAPTER``, else the newest trained under ``$PRISM_HOME/checkpoints``; None for the base model)."""
+    from ray_app.models.llm import resolve_adapter, resolve_llm
 
-    adapter = settings.llm_adapter or None
+    adapter = resolve_adapter(settings)[0]
     if adapter and not Path(adapter, "adapter_config.json").exists():
         raise ModelNotAvailable(f"adapter folder {adapter!r} has no adapter_config.json (set PRISM_LLM_ADAPTER)")
     return resolve_llm(settings.llm_model, settings), adapter

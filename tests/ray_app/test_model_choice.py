@@ -194,3 +194,15 @@ def test_the_demo_reuses_an_adapter_instead_of_training(home, settings_env, tmp_
     summary, line = ensure_answer_adapter(tmp_path / "answer_model.log")
     assert summary == {"adapter": None, "source": "PRISM_LLM_ADAPTER", "action": "reused"}
     assert line == "reused the base model (PRISM_LLM_ADAPTER)"
+
+
+def test_the_edge_export_bundles_the_adapter_the_server_serves(home, settings_env):
+    from edge.export import llm_source
+    from ray_app.settings import get_settings
+
+    folder, adapter = llm_source(get_settings())
+    assert adapter == str((home / "checkpoints" / "smollm2-b" / "final").resolve())
+    assert (folder / "config.json").exists()
+    settings_env.setenv("PRISM_LLM_ADAPTER", "none")
+    reset_settings()
+    assert llm_source(get_settings())[1] is None
