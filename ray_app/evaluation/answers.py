@@ -354,13 +354,17 @@ def evaluate(
     """Run every method on ``examples``; returns ``{method: {metrics..., "samples": [...]}}``.
 
     With ``cache_dir``, a method whose weights, questions and limit are unchanged since an
-    earlier run is read back instead of regenerated (methods can then be evaluated as they finish).
+    earlier run reuses its answers instead of regenerating them (methods can then be evaluated as they
+    finish); the answers are scored again, by the current metric code.
     """
     out = {}
     for method, checkpoint in methods.items():
         cached = cache_path(cache_dir, method, checkpoint, examples, max_new_tokens) if cache_dir else None
         if cached is not None and cached.exists():
-            out[method] = {**json.loads(cached.read_text()), **training_cost(checkpoint)}
+            # The answers are reused; their scores are recomputed, so every method is scored by today's checks.
+            kept = json.loads(cached.read_text())
+            scores = [score_answer(e, s["answer"]) for e, s in zip(examples, kept["samples"], strict=True)]
+            out[method] = {**kept, **aggregate(scores), **training_cost(checkpoint), "samples": scores}
             continue
         llm = load_method(method, base, checkpoint)
         answers, seconds, new_tokens = generate_answers(llm, examples, max_new_tokens, batch_size)

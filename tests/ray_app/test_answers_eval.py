@@ -173,3 +173,16 @@ def test_heldout_articles_found_in_a_runs_training_data_are_counted(tmp_path):
     assert articles_in_training(sft_run / "final", questions) == 1
     assert articles_in_training(dpo_run / "final", questions) == 1  # through its SFT run
     assert articles_in_training(tmp_path / "no-run" / "final", questions) is None
+
+
+def test_cached_answers_are_scored_again_by_the_current_checks(tmp_path):
+    """A method's cached answers are reused without the model, and rescored (old scores are not trusted)."""
+    from ray_app.evaluation.answers import cache_path, evaluate
+
+    answer = "Paris is the capital and largest city of France [1]."
+    cached = cache_path(tmp_path, "base", None, [EXAMPLE], 8)
+    cached.write_text(json.dumps({"checkpoint": None, "generation_tokens_per_s": 1.5, "grounding_rate": 0.0,
+                                  "samples": [{"id": "x1", "answer": answer, "grounded": False}]}))
+    out = evaluate({"base": None}, [EXAMPLE], "no-such-model", 8, 1, cache_dir=tmp_path)["base"]
+    assert out["samples"][0]["grounded"] is True and out["grounding_rate"] == 1.0
+    assert out["generation_tokens_per_s"] == 1.5 and out["n_questions"] == 1
