@@ -2,15 +2,16 @@
 
 Validation happens before any decoder runs on the pixels: a byte limit, a format allow-list by
 magic bytes (PNG, JPEG, GIF, WebP), a pixel limit read from the header (decompression bombs),
-and a full decode that rejects truncated files. Labels come from two places, each marked by
-``source``: ``same_image`` labels are the title and category of stored images with the same file
-bytes (sha256; score 1.0), and ``zero_shot`` labels score the image-encoder vector against MiniLM
-vectors of a label vocabulary (the encoder config's ``labels`` plus the corpus's document
-titles), since the image tower was aligned to MiniLM's text space. An exact stored copy with a
-caption ranks first. Embedding neighbours are not used for labels: the small image tower maps
-plain glyph stamps (letters, digits, notes) to nearly one vector (cosine 1.0 between a lower-case
-"l" and a euro sign), so vector similarity is no evidence of the same subject. Used by the Serve
-``vision`` deployment and by ``prism ask --image``.
+and a full decode that rejects truncated files. Labels are concrete names (document titles made
+short: "A frog." -> "frog", ``ray_app.vision.labels.concrete_name``) with the document's category
+as a secondary field, from two places, each marked by ``source``: ``same_image`` labels name stored
+images with the same file bytes (sha256; score 1.0), and ``zero_shot`` labels score the
+image-encoder vector against MiniLM vectors of the corpus's titles (the image tower was aligned to
+MiniLM's text space). Zero-shot scores are a softmax over the whole vocabulary at the temperature
+that ``prism eval image-encoder`` fitted on held-out images (``calibration.json`` beside the
+checkpoint), so a score reads as the chance that the label is right. Below the calibrated threshold
+the result says ``sure: false`` and offers its nearest ``candidates`` instead of one name. Used by
+the Serve ``vision`` deployment and by ``prism ask --image``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from ray_app.errors import InputError
 from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import Settings, get_settings
+from ray_app.vision.labels import DEFAULT_TEMPERATURE, concrete_name, label_entries, read_calibration, softmax
 
 log = logging.getLogger(__name__)
 MAGIC_BYTES: dict[bytes, str] = {
@@ -34,6 +36,7 @@ MAGIC_BYTES: dict[bytes, str] = {
     b"GIF89a": "GIF",
 }
 MAX_TITLE_LABELS = 20_000
+K_CANDIDATES = 3
 
 
 class ImageRejected(InputError):
@@ -55,6 +58,8 @@ class VisionResult:
     ocr_text: str = ""
     similar_images: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sure: bool | None = None
+    candidates: list[str] = field(default_factory=list)
     embedding: list[float] | None = None
 
     def public(self) -> dict:
@@ -125,15 +130,18 @@ class LabelIndex:
         embedder: the text embedder the image tower was aligned to.
         prompts: optional prompt texts per label; such a label's vector is the mean of its
             prompts' vectors (how the image encoder's category labels were trained).
+        categories: optional category per label (same order as ``labels``), returned as a secondary field.
     """
 
-    def __init__(self, labels: list[str], embedder, prompts: dict[str, tuple[str, ...]] | None = None):
-        seen: dict[str, str] = {}
-        for label in labels:
+    def __init__(self, labels: list[str], embedder, prompts: dict[str, tuple[str, ...]] | None = None,
+                 categories: list[str | None] | None = None):
+        seen: dict[str, tuple[str, str | None]] = {}
+        for i, label in enumerate(labels):
             label = " ".join(str(label).split())
             if label:
-                seen.setdefault(label.lower(), label)
-        self.labels = list(seen.values())
+                seen.setdefault(label.lower(), (label, categories[i] if categories else None))
+        self.labels = [label for label, _ in seen.values()]
+        self.categories = [category for _, category in seen.values()]
         prompts = prompts or {}
         texts = [list(prompts.get(label, (label,))) for label in self.labels]
         flat = embedder.embed([t for group in texts for t in group]) if self.labels else np.zeros((0, 384), np.float32)
@@ -145,26 +153,32 @@ class LabelIndex:
         if len(self.vectors):
             self.vectors /= np.linalg.norm(self.vectors, axis=1, keepdims=True)
 
-    def top(self, vector: np.ndarray, k: int = 5, temperature: float = 0.05) -> list[dict]:
-        """The ``k`` best labels with softmax scores over the whole vocabulary."""
+    def index_of(self, label: str) -> int | None:
+        """Position of ``label`` (case-insensitive) in :attr:`labels`, or None."""
+        if not hasattr(self, "_positions"):
+            self._positions = {x.lower(): i for i, x in enumerate(self.labels)}
+        return self._positions.get(" ".join(str(label).split()).lower())
+
+    def top(self, vector: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE) -> list[dict]:
+        """The ``k`` best labels with softmax scores (at ``temperature``) over the whole vocabulary."""
         if not self.labels:
             return []
         sims = self.vectors @ np.asarray(vector, dtype=np.float32)
-        probs = np.exp((sims - sims.max()) / temperature)
-        probs /= probs.sum()
+        probs = softmax(sims, temperature)
         order = np.argsort(-sims)[:k]
-        return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "cosine": round(float(sims[i]), 4),
-                 "source": "zero_shot"} for i in order]
+        categories = self.categories if len(self.categories) == len(self.labels) else [None] * len(self.labels)
+        return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "category": categories[i],
+                 "cosine": round(float(sims[i]), 4), "source": "zero_shot"} for i in order]
 
 
 def same_image_labels(copies) -> list[dict]:
-    """Title and category of each stored copy of the upload, case-insensitively unique."""
+    """One label per stored copy of the upload: its title as a concrete name, with its category; case-insensitively unique."""
     labels: dict[str, dict] = {}
     for hit in copies:
-        for text in (hit.title, hit.category):
-            text = " ".join(str(text or "").split())
-            if text:
-                labels.setdefault(text.lower(), {"label": text, "score": 1.0, "cosine": None, "source": "same_image"})
+        name = concrete_name(hit.title or "")
+        if name:
+            labels.setdefault(name.lower(), {"label": name, "score": 1.0, "category": hit.category, "cosine": None,
+                                             "source": "same_image"})
     return list(labels.values())
 
 
@@ -174,11 +188,17 @@ def merge_labels(first: list[dict], then: list[dict], k: int) -> list[dict]:
     return (first + [x for x in then if x["label"].lower() not in seen])[:k]
 
 
-def corpus_titles(store, limit: int = MAX_TITLE_LABELS) -> list[str]:
-    """Distinct document titles from the corpus (the corpus half of the label vocabulary)."""
+def corpus_titles(store, limit: int = MAX_TITLE_LABELS) -> list[tuple[str, str | None]]:
+    """Distinct ``(title, category)`` pairs of the corpus's documents: the label vocabulary."""
     with store.pool.connection() as conn:
-        rows = conn.execute("SELECT DISTINCT title FROM documents ORDER BY title LIMIT %s", (limit,)).fetchall()
-    return [r[0] for r in rows]
+        rows = conn.execute(
+            "SELECT title, min(category) FROM documents GROUP BY title ORDER BY title LIMIT %s", (limit,)).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def is_sure(labels: list[dict], threshold: float) -> bool:
+    """Whether the top label is an exact stored copy or scores at least ``threshold`` (a calibrated probability)."""
+    return bool(labels) and (labels[0].get("source") == "same_image" or labels[0]["score"] >= threshold)
 
 
 class VisionAnalyzer:
@@ -195,8 +215,11 @@ class VisionAnalyzer:
         self.settings = settings or get_settings()
         self.store = store
         self.encoder = encoder if encoder is not None else _try_default_encoder()
-        labels = list(self.encoder.config.labels) if self.encoder else []
-        self.labels = LabelIndex(labels + corpus_titles(store), embedder, category_prompts()) if self.encoder else None
+        self.labels = None
+        self.calibration = read_calibration(self.encoder.folder if self.encoder is not None else None)
+        if self.encoder is not None:
+            names, categories = label_entries(corpus_titles(store))
+            self.labels = LabelIndex(names, embedder, categories=categories)
 
     @property
     def encoder_version(self) -> str | None:
@@ -217,7 +240,13 @@ class VisionAnalyzer:
             hits = self.store.search_vector(vector, k_similar, "image")
             result.similar_images = [_similar(h) for h in hits]
             copies = self.store.images_with_sha256(result.image_sha256)
-            result.labels = merge_labels(same_image_labels(copies), self.labels.top(vector, k_labels), k_labels)
+            zero_shot = self.labels.top(vector, k_labels, self.calibration.temperature)
+            result.labels = merge_labels(same_image_labels(copies), zero_shot, k_labels)
+            result.sure = is_sure(result.labels, self.calibration.threshold)
+            if not result.sure:
+                result.candidates = [x["label"] for x in result.labels[:K_CANDIDATES]]
+                result.notes.append("not sure what the picture shows (top label score below "
+                                    f"{self.calibration.threshold:.2f}); it might be: {', '.join(result.candidates)}")
         else:
             result.notes.append("no image encoder trained yet: labels and similar images are off")
         if ocr:

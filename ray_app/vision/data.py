@@ -311,3 +311,76 @@ def eval_batch(rgba_u8, out_size: int, fill: float = EVAL_FILL):
         images = [im.resize((out_size, out_size), Image.Resampling.BICUBIC) for im in images]
     arr = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
     return _normalize(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous())
+
+
+# --- transformed views for evaluation (PIL, deterministic per seed) --------------------------
+
+VIEW_KINDS: tuple[str, ...] = ("mirror", "scale", "rotate", "crop", "background", "combined")
+TEXTURE_PHOTOS = ("grass.png", "brick.png", "gravel.png")
+
+
+def view_background(size: int, rng: np.random.Generator):
+    """A non-white background: a plain colour, a two-colour gradient, or a bundled texture photo (grass, brick, gravel)."""
+    from PIL import Image
+
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        return Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    if kind == 1:
+        c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        ramp = np.linspace(0, 1, size)[:, None, None] * np.ones((1, size, 1))
+        if rng.random() < 0.5:
+            ramp = ramp.transpose(1, 0, 2)
+        return Image.fromarray((c1 + (c2 - c1) * ramp).astype(np.uint8), "RGB")
+    from ray_app.corpus.photos import skimage_data_dir
+
+    path = skimage_data_dir() / TEXTURE_PHOTOS[int(rng.integers(0, len(TEXTURE_PHOTOS)))]
+    photo = Image.open(path).convert("RGB")
+    side = min(photo.size)
+    left, top = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
+    return photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
+
+
+def transformed_view(rgba: np.ndarray, kind: str, rng: np.random.Generator):
+    """One view of a bank image as a user might photograph or edit it, as a PIL RGB image.
+
+    ``mirror``: flipped left-right; ``scale``: 0.5-1.0 of the evaluation size at a random place;
+    ``rotate``: 10-25 degrees either way; ``crop``: a random 65-85 % window of the evaluation view,
+    resized back; ``background``: on a plain colour, a gradient or a texture photo instead of white;
+    ``combined``: mirrored, scaled, rotated (up to 25 degrees) and on another background.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    from PIL import Image, ImageOps
+
+    if kind not in VIEW_KINDS:
+        raise ValueError(f"unknown view kind {kind!r}: expected one of {', '.join(VIEW_KINDS)}")
+    size = rgba.shape[0]
+    if kind == "crop":
+        view = composite_on_white(rgba)
+        side = int(round(size * rng.uniform(0.65, 0.85)))
+        left, top = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+        return view.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+    stamp = Image.fromarray(rgba, "RGBA")
+    mirror = kind in ("mirror", "combined")
+    scale = rng.uniform(0.5, 1.0) if kind in ("scale", "combined") else 1.0
+    angle = 0.0
+    if kind == "rotate":
+        angle = rng.uniform(10, 25) * rng.choice([-1, 1])
+    elif kind == "combined":
+        angle = rng.uniform(-25, 25)
+    if mirror:
+        stamp = ImageOps.mirror(stamp)
+    inner = max(1, round(size * EVAL_FILL * scale))
+    stamp = stamp.resize((inner, inner), Image.Resampling.LANCZOS)
+    if angle:
+        stamp = stamp.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+        if max(stamp.size) > size:
+            stamp.thumbnail((size, size), Image.Resampling.LANCZOS)
+    background = view_background(size, rng) if kind in ("background", "combined") else Image.new("RGB", (size, size), "white")
+    canvas = background.convert("RGBA")
+    room_x, room_y = size - stamp.width, size - stamp.height
+    at = ((room_x // 2, room_y // 2) if scale == 1.0 else (int(rng.integers(0, room_x + 1)), int(rng.integers(0, room_y + 1))))
+    canvas.alpha_composite(stamp, at)
+    return canvas.convert("RGB")

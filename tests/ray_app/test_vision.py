@@ -2,6 +2,7 @@
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -50,20 +51,53 @@ def test_analyzer_on_a_random_encoder(store, text_embedder, tmp_path):
     encoder = ImageEncoder(build_random_encoder(tmp_path / "enc"))
     ids = write_corpus(store, text_embedder, encoder)
     analyzer = VisionAnalyzer(store, text_embedder, encoder)
-    labels = analyzer.labels.labels  # config labels + corpus titles, case-insensitively unique
-    assert "bluegroper" in labels and "frog" in labels and "Frog" not in labels
+    labels = analyzer.labels.labels  # the corpus titles as concrete names, case-insensitively unique
+    assert "bluegroper" in labels and [x.lower() for x in labels].count("frog") == 1
+    assert "animals" not in labels  # categories are a field of each label, not labels of their own
     result = analyzer.analyze(FROG_PNG.read_bytes())
     # A random tower still maps the same pixels to the same vector: the stored stamp is the nearest image.
     assert result.similar_images[0]["id"] == ids["images"]["frog"]
     assert result.similar_images[0]["score"] > 0.999
     assert len(result.labels) == 5 and (result.width, result.height) == (200, 136)
-    # The upload is byte-for-byte a stored stamp: its title and category lead, zero-shot labels follow.
-    assert [(x["label"], x["source"]) for x in result.labels[:2]] == [("frog", "same_image"), ("animals", "same_image")]
-    assert {x["source"] for x in result.labels[2:]} == {"zero_shot"}
+    # The upload is byte-for-byte a stored stamp: its concrete name leads, with its category; zero-shot labels follow.
+    first = result.labels[0]
+    assert (first["label"].lower(), first["category"], first["source"], first["score"]) == ("frog", "animals", "same_image", 1.0)
+    assert {x["source"] for x in result.labels[1:]} == {"zero_shot"}
+    assert result.sure is True and result.candidates == []
     buf = io.BytesIO()
     Image.open(STAMP_IMAGES["tiger"]).convert("RGB").save(buf, format="JPEG")  # re-encoded: not a stored copy
     tiger = analyzer.analyze(buf.getvalue())
     assert {x["source"] for x in tiger.labels} == {"zero_shot"}
+    assert all("category" in x for x in tiger.labels)
     assert analyzer.encoder_version.split("/")[-1].startswith("enc@")
     with pytest.raises(ImageRejected):
         analyzer.analyze(b"not an image")
+
+
+def test_below_the_calibrated_threshold_the_analyzer_is_not_sure(store, text_embedder, tmp_path):
+    """calibration.json beside the weights sets the temperature and threshold: a low top score gives sure=false,
+    the nearest candidates and a note, while the public JSON keeps labels[{label, score}]."""
+    from ray_app.models.image import ImageEncoder
+    from ray_app.vision.labels import LabelCalibration, write_calibration
+
+    folder = build_random_encoder(tmp_path / "enc")
+    write_calibration(folder, LabelCalibration(temperature=1.0, threshold=0.5, fitted=True))
+    encoder = ImageEncoder(folder)
+    write_corpus(store, text_embedder, encoder)
+    analyzer = VisionAnalyzer(store, text_embedder, encoder)
+    assert (analyzer.calibration.temperature, analyzer.calibration.threshold) == (1.0, 0.5)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    out = analyzer.analyze(png_bytes_of(noise), ocr=False).public()
+    # At temperature 1 over the 13 corpus names no label can reach 0.5: the output says it is not sure.
+    assert out["sure"] is False and out["labels"][0]["score"] < 0.5
+    assert out["candidates"] == [x["label"] for x in out["labels"][:3]] and len(out["candidates"]) == 3
+    assert any(note.startswith("not sure what the picture shows") for note in out["notes"])
+    assert all({"label", "score"} <= set(x) for x in out["labels"])
+    # An exact stored copy is sure whatever the threshold.
+    assert analyzer.analyze(FROG_PNG.read_bytes(), ocr=False).sure is True
+
+
+def png_bytes_of(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,140 @@
+"""Honest labels: concrete names from titles, temperature-calibrated scores, and a "not sure" threshold.
+
+* :func:`concrete_name` turns a stored title into a name a learner can use ("A frog." -> "frog").
+* A label's score is a softmax over the whole label vocabulary of ``cosine / temperature``; the
+  temperature is fitted (:func:`fit_temperature`, lowest negative log-likelihood) by
+  ``prism eval image-encoder`` on one half of the held-out views, and the expected calibration
+  error (:func:`expected_calibration_error`) is reported on the other half.
+* The same command picks the score above which the top label is right often enough
+  (:func:`choose_threshold`) and saves both as ``calibration.json`` beside the checkpoint's weights;
+  the vision step reads it (:func:`read_calibration`) and says ``sure: false`` below it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_NAME = "calibration.json"
+DEFAULT_TEMPERATURE = 0.05
+DEFAULT_THRESHOLD = 0.5
+TARGET_PRECISION = 0.8  # the top label must be right this often above the threshold
+MIN_SURE_SAMPLES = 10  # a threshold needs at least this many calibration views above it
+_ARTICLE = re.compile(r"^(a|an|the|some)\s+", re.IGNORECASE)
+
+
+def concrete_name(title: str) -> str:
+    """A title as a short name: whitespace collapsed, a leading article and trailing punctuation dropped.
+
+    >>> concrete_name("A frog.")
+    'frog'
+    >>> concrete_name("Albert Einstein")
+    'Albert Einstein'
+    """
+    name = " ".join(str(title or "").split()).rstrip(".!?;:, ")
+    stripped = _ARTICLE.sub("", name)
+    return stripped if stripped else name
+
+
+def softmax(sims: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise softmax of ``sims / temperature`` (numerically stable)."""
+    z = np.asarray(sims, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(sims: np.ndarray, targets: np.ndarray, grid: np.ndarray | None = None) -> float:
+    """The temperature (on a log grid) that minimises the mean negative log-likelihood of ``targets``.
+
+    Args:
+        sims: (n, labels) cosine similarities.
+        targets: (n,) index of the right label per row.
+    """
+    grid = np.geomspace(0.002, 1.0, 80) if grid is None else grid
+    rows = np.arange(len(targets))
+    nll = [-np.log(softmax(sims, t)[rows, targets] + 1e-12).mean() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict:
+    """ECE of top-1 confidences: the bin-size-weighted gap between mean confidence and accuracy.
+
+    Returns:
+        ``{"ece", "bins": [{"lo", "hi", "n", "confidence", "accuracy"}]}`` (empty bins left out).
+    """
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece, rows = 0.0, []
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            continue
+        conf, acc = float(confidence[mask].mean()), float(correct[mask].mean())
+        ece += mask.mean() * abs(conf - acc)
+        rows.append({"lo": round(float(edges[b]), 2), "hi": round(float(edges[b + 1]), 2), "n": int(mask.sum()),
+                     "confidence": round(conf, 4), "accuracy": round(acc, 4)})
+    return {"ece": float(ece), "bins": rows}
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float = TARGET_PRECISION,
+                     min_samples: int = MIN_SURE_SAMPLES) -> float:
+    """The lowest confidence above which the top label is right at least ``precision`` of the time.
+
+    Only thresholds with at least ``min_samples`` views above them count; when none qualifies the
+    threshold is 1.0 (never sure from scores alone).
+    """
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    order = np.argsort(-confidence)
+    hits = np.cumsum(correct[order])
+    counts = np.arange(1, len(order) + 1)
+    ok = (hits / counts >= precision) & (counts >= min_samples)
+    if not ok.any():
+        return 1.0
+    return float(confidence[order][np.nonzero(ok)[0].max()])
+
+
+@dataclass
+class LabelCalibration:
+    """What the vision step needs to score labels honestly (saved as ``calibration.json``)."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    threshold: float = DEFAULT_THRESHOLD
+    fitted: bool = False
+    method: str = "default temperature, not fitted"
+    vocabulary_size: int | None = None
+    ece: float | None = None
+
+
+def write_calibration(folder: Path, calibration: LabelCalibration) -> Path:
+    """Save ``calibration`` as ``folder/calibration.json`` (atomically)."""
+    path = Path(folder) / CALIBRATION_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(calibration), indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_calibration(folder: Path | None) -> LabelCalibration:
+    """The checkpoint's calibration, or the defaults (``fitted: false``) when it has none."""
+    path = Path(folder) / CALIBRATION_NAME if folder is not None else None
+    if path is None or not path.is_file():
+        return LabelCalibration()
+    data = json.loads(path.read_text())
+    known = LabelCalibration.__dataclass_fields__
+    return LabelCalibration(**{k: v for k, v in data.items() if k in known})
+
+
+def label_entries(rows) -> tuple[list[str], list[str | None]]:
+    """Concrete names and their categories from ``(title, category)`` rows, case-insensitively unique (first kept)."""
+    seen: dict[str, tuple[str, str | None]] = {}
+    for title, category in rows:
+        name = concrete_name(title)
+        if name:
+            seen.setdefault(name.lower(), (name, category or None))
+    return [n for n, _ in seen.values()], [c for _, c in seen.values()]
