@@ -27,6 +27,7 @@ RELEVANCE_MARGIN = 0.15
 LABEL_MIN_SCORE = 0.35  # zero-shot labels below this softmax score are too unsure to search with
 OCR_TITLE = "Text in the uploaded image (OCR)"
 OCR_MIN_WORD_CHARS = 3  # less is Tesseract's noise on a photo, not text
+REFERS_TO_IMAGE = re.compile(r"\b(this|that|these|those|it|its|picture|image|photo|here)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -52,8 +53,34 @@ def build_query(question: str, vision: dict | None) -> str:
 
 
 def confident_labels(vision: dict) -> list[str]:
-    """Up to three labels the zero-shot classifier is reasonably sure of."""
+    """Up to three labels the zero-shot classifier is reasonably sure of (none when vision says it is not sure)."""
+    if vision.get("sure") is False:
+        return []
     return [item["label"] for item in vision.get("labels", [])[:3] if item.get("score", 0) >= LABEL_MIN_SCORE]
+
+
+def unidentified(vision: dict | None) -> bool:
+    """Vision could not say what the picture shows: not sure, and no stored image that is nearly the same."""
+    if not vision or vision.get("sure") is not False:
+        return False
+    similar = vision.get("similar_images") or []
+    return not (similar and similar[0].get("score", 0) >= NEAR_DUPLICATE)
+
+
+def unidentified_image_reply(question: str, vision: dict | None) -> str | None:
+    """The answer to a question about a picture vision could not identify (None: answer as usual).
+
+    Only a question that points at the picture ("what is this?", "where does it live?") gets it:
+    the LLM would otherwise name whatever the passages happen to be about.
+    """
+    if not unidentified(vision) or not REFERS_TO_IMAGE.search(question):
+        return None
+    candidates = [c for c in vision.get("candidates") or [] if c]
+    reply = "I could not identify the picture."
+    if candidates:
+        listed = candidates[0] if len(candidates) == 1 else ", ".join(candidates[:-1]) + " or " + candidates[-1]
+        reply += f" It might be {listed}, but I am not sure; ask again naming what it shows."
+    return reply
 
 
 def image_context(vision: dict | None) -> str | None:
@@ -63,6 +90,8 @@ def image_context(vision: dict | None) -> str | None:
     bits = []
     if confident_labels(vision):
         bits.append("it shows: " + ", ".join(confident_labels(vision)))
+    elif unidentified(vision):
+        bits.append("the picture could not be identified")
     if ocr_passage(vision, 0) is not None:
         bits.append("it contains text (see the passage titled 'Text in the uploaded image')")
     similar = vision.get("similar_images") or []

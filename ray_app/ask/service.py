@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from ray_app.ask.admission import AdmissionGate
-from ray_app.ask.retrieval import Retrieved, image_context
+from ray_app.ask.retrieval import Retrieved, image_context, unidentified_image_reply
 from ray_app.audit.injection import Screening, screen_inputs
 from ray_app.errors import InputError, Unavailable
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
@@ -281,12 +281,16 @@ class AskService:
     async def _usage(self, question: str, passages: list[Passage], vision: dict | None, answer: str) -> dict[str, int]:
         """Token counts of the LLM call (zeros when the LLM was not called or cannot count)."""
         counts = {"prompt_tokens": 0, "completion_tokens": 0}
-        if passages and hasattr(self.generator, "usage"):
+        if passages and hasattr(self.generator, "usage") and unidentified_image_reply(question, vision) is None:
             counts = await self.generator.usage(question, passages, image_context(vision), answer)
         return {**counts, "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"]}
 
     async def _answer_pieces(self, question: str, passages: list[Passage], vision: dict | None,
                              max_new_tokens: int) -> AsyncIterator[str]:
+        reply = unidentified_image_reply(question, vision)
+        if reply is not None:  # vision is not sure what the picture shows: say so, never name something unrelated
+            yield reply
+            return
         if not passages:  # nothing relevant was found: say so without calling the LLM
             yield NOT_IN_SOURCES
             return

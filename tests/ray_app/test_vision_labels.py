@@ -1,0 +1,84 @@
+"""Honest labels: concrete names, temperature calibration, ECE, the "sure" threshold, and the not-identified reply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_app.ask.retrieval import confident_labels, image_context, unidentified_image_reply
+from ray_app.vision.labels import (
+    LabelCalibration,
+    choose_threshold,
+    concrete_name,
+    expected_calibration_error,
+    fit_temperature,
+    label_entries,
+    read_calibration,
+    softmax,
+    write_calibration,
+)
+
+
+def test_concrete_names_drop_articles_and_punctuation():
+    assert concrete_name("A frog.") == "frog"
+    assert concrete_name("An  orange tabby cat!") == "orange tabby cat"
+    assert concrete_name("The Moon") == "Moon"
+    assert concrete_name("Albert Einstein") == "Albert Einstein"
+    assert concrete_name("A") == "A"  # nothing left after the article: keep the title
+    names, cats = label_entries([("A frog.", "animals"), ("Frog", "test"), ("Moon", None), ("  ", "x")])
+    assert names == ["frog", "Moon"] and cats == ["animals", None]  # first spelling (and its category) kept
+
+
+def test_fitted_temperature_recovers_the_one_that_made_the_data():
+    rng = np.random.default_rng(0)
+    sims = rng.uniform(-0.2, 0.6, size=(4000, 30))
+    true_t = 0.08
+    probs = softmax(sims, true_t)
+    targets = np.array([rng.choice(30, p=p) for p in probs])
+    fitted = fit_temperature(sims, targets)
+    assert 0.065 < fitted < 0.1
+    confidence, correct = softmax(sims, fitted).max(1), softmax(sims, fitted).argmax(1) == targets
+    assert expected_calibration_error(confidence, correct)["ece"] < 0.03
+    # The same scores at a far too low temperature are overconfident: a large ECE.
+    cold = softmax(sims, 0.005)
+    assert expected_calibration_error(cold.max(1), cold.argmax(1) == targets)["ece"] > 0.3
+
+
+def test_ece_bins_and_threshold():
+    confidence = np.array([0.95, 0.9, 0.85, 0.3, 0.2, 0.1])
+    correct = np.array([True, True, False, False, False, True])
+    result = expected_calibration_error(confidence, correct, bins=2)
+    # bin [0, .5]: mean conf 0.2, accuracy 1/3; bin (.5, 1]: mean conf 0.9, accuracy 2/3
+    assert result["ece"] == pytest.approx(0.5 * abs(0.2 - 1 / 3) + 0.5 * abs(0.9 - 2 / 3))
+    assert [b["n"] for b in result["bins"]] == [3, 3]
+    assert choose_threshold(confidence, correct, precision=0.6, min_samples=2) == 0.85  # top 3: 2/3 right
+    assert choose_threshold(confidence, correct, precision=1.0, min_samples=2) == 0.9
+    assert choose_threshold(confidence, correct, precision=1.0, min_samples=5) == 1.0  # never sure
+
+
+def test_calibration_file_round_trip(tmp_path):
+    assert read_calibration(tmp_path) == LabelCalibration() and not read_calibration(None).fitted
+    write_calibration(tmp_path, LabelCalibration(temperature=0.02, threshold=0.4, fitted=True, ece=0.03))
+    got = read_calibration(tmp_path)
+    assert (got.temperature, got.threshold, got.fitted, got.ece) == (0.02, 0.4, True, 0.03)
+
+
+UNSURE = {"sure": False, "candidates": ["frog", "toad", "lizard"],
+          "labels": [{"label": "frog", "score": 0.4}, {"label": "toad", "score": 0.3}, {"label": "lizard", "score": 0.1}],
+          "similar_images": [{"score": 0.7, "caption": "A frog."}]}
+
+
+def test_an_unidentified_picture_gets_a_plain_reply_not_a_guess():
+    reply = unidentified_image_reply("What is this animal and where does it live?", UNSURE)
+    assert reply == ("I could not identify the picture. It might be frog, toad or lizard, but I am not sure; "
+                     "ask again naming what it shows.")
+    assert confident_labels(UNSURE) == []  # unsure labels never steer retrieval or the prompt
+    assert image_context(UNSURE) == "the picture could not be identified"
+    # A question that does not point at the picture is answered as usual.
+    assert unidentified_image_reply("How do frogs breathe?", UNSURE) is None
+    # Sure, or a stored image that is nearly the same: not unidentified.
+    assert unidentified_image_reply("What is this?", {**UNSURE, "sure": True}) is None
+    near = {**UNSURE, "similar_images": [{"score": 0.95, "caption": "A frog."}]}
+    assert unidentified_image_reply("What is this?", near) is None
+    # Vision output without the field (the edge runtime, older servers) keeps the old behaviour.
+    assert unidentified_image_reply("What is this?", {"labels": UNSURE["labels"]}) is None
