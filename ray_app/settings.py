@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     audit_head_file: Path | None = Field(
         default=None, description="The append-only head checkpoint of the audit chain (default "
                                   "AUDIT_DIR/head-<database>.log: one file per database).")
+    audit_text_key_file: Path | None = Field(
+        default=None, description="AES-GCM keys that seal the audit log's question and answer texts (default "
+                                  "AUDIT_DIR/texts.key, created 0600 on first use; `prism audit rotate-key` adds one). "
+                                  "PRISM_AUDIT_TEXT_KEYS ('kid:hex,...', the last seals) replaces the file.")
 
     # Limits
     max_text_chars: int = Field(default=1_000_000, description="Documents longer than this are skipped at ingest.")
@@ -184,6 +188,11 @@ class Settings(BaseSettings):
         folder = (self.audit_dir or self.home / "audit").resolve()
         head = self.audit_head_file or folder / f"head-{re.sub(r'[^A-Za-z0-9_.-]', '_', database)}.log"
         return (self.audit_key_file or folder / "hmac.key").resolve(), Path(head).resolve()
+
+    def audit_text_key_path(self) -> Path:
+        """The file of the keys that seal the audit log's texts (beside the HMAC key by default)."""
+        folder = (self.audit_dir or self.home / "audit").resolve()
+        return (self.audit_text_key_file or folder / "texts.key").resolve()
 
     @property
     def logs_dir(self) -> Path:

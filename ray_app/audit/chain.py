@@ -14,6 +14,12 @@ checkpoint line is written, so concurrent replicas keep one chain and the checkp
 Migration ``0011_audit_integrity`` makes rows append-only (a trigger refuses UPDATE, DELETE and
 TRUNCATE) and ``prev_hash`` unique.
 
+No text is kept in clear (version-3 records): the request and answer hashes are HMACs under the
+chain's key (a guessed question cannot be confirmed from the table), and the question and answer
+themselves are sealed with AES-GCM (:mod:`ray_app.audit.sealing`) into the row's ``sealed`` column
+(migration ``0012_audit_sealed_texts``); the record names the key id and the blob's SHA-256, so the
+HMAC covers the ciphertext too.
+
     prism audit verify [--json]
     prism audit show [ID] [--last N] [--json]
 """
@@ -32,10 +38,12 @@ from typing import Any
 from ray_app.audit.checkpoint import HeadFile, HeadState, load_or_create_key, mac_hex
 from ray_app.audit.grounding import GroundingReport, check_grounding
 from ray_app.audit.injection import injection_flags, looks_like_injection  # noqa: F401 (re-exported)
+from ray_app.audit.sealing import SealingError, load_keys, seal, unseal
 from ray_app.llm.prompting import Passage
 
 GENESIS_HASH = "0" * 64
-RECORD_VERSION = 2  # records with "v": 2 carry seq and created_at and are HMAC'd; older ones are plain sha256
+RECORD_VERSION = 3  # v3: keyed request/answer hashes and sealed texts; v2: seq, created_at, HMAC; none: plain sha256
+RECORD_VERSIONS = (2, 3)
 _LOCK_KEY = 0x50_52_49_53_4D  # "PRISM": one advisory lock for the whole chain
 
 
@@ -134,6 +142,7 @@ class AuditEntry:
     passages: list[dict] = field(default_factory=list)
     error: str | None = None
     quarantined: list[dict] = field(default_factory=list)  # passages left out of the prompt (injection rules)
+    texts: dict[str, str | None] | None = None  # the question (and answer), sealed into the row, never in the record
 
     def to_record(self) -> dict:
         return {
@@ -193,27 +202,33 @@ def append_record(store, entry: AuditEntry) -> dict:
     """
     key_path, head_path = chain_files(store)
     head = HeadFile(head_path, chain_key(key_path))
+    sealed = None
+    if entry.texts is not None:
+        sealed = seal(load_keys(store.settings.audit_text_key_path()), entry.audit_id, entry.texts)
     with store.pool.connection() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             with conn.transaction():
-                seq, digest = _insert_record(conn, head.key, entry)
+                seq, digest = _insert_record(conn, head.key, entry, sealed)
             head.append(seq, entry.audit_id, digest)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return {"seq": seq, "audit_id": entry.audit_id, "hash": digest}
 
 
-def _insert_record(conn, key: bytes, entry: AuditEntry) -> tuple[int, str]:
+def _insert_record(conn, key: bytes, entry: AuditEntry, sealed: tuple[str, bytes] | None) -> tuple[int, str]:
     row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
     created_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
     record = {"v": RECORD_VERSION, "seq": seq, "created_at": utc_iso(created_at), **entry.to_record()}
+    kid, blob = sealed or (None, None)
+    if sealed is not None:
+        record["sealed"] = {"kid": kid, "sha256": sha256_hex(blob)}
     digest = record_hmac(key, prev, record)
     conn.execute(
-        "INSERT INTO audit_log (seq, audit_id, created_at, record, prev_hash, hash)"
-        " VALUES (%s, %s, %s, %s::jsonb, %s, %s)",
-        (seq, entry.audit_id, created_at, canonical_json(record), prev, digest),
+        "INSERT INTO audit_log (seq, audit_id, created_at, record, prev_hash, hash, sealed, sealed_key_id)"
+        " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s)",
+        (seq, entry.audit_id, created_at, canonical_json(record), prev, digest, blob, kid),
     )
     return seq, digest
 
@@ -238,7 +253,7 @@ def verify_chain(store, batch: int = 5000) -> dict:
         try:
             with store.pool.connection() as conn:
                 rows = conn.execute(
-                    "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log"
+                    "SELECT seq, audit_id, created_at, record, prev_hash, hash, sealed, sealed_key_id FROM audit_log"
                     " WHERE seq > %s ORDER BY seq LIMIT %s", (last_seq, batch)).fetchall()
         except psycopg.errors.UndefinedTable:
             walk.broken = {"seq": None, "audit_id": None, "reason": "the audit_log table is missing (dropped)"}
@@ -269,10 +284,11 @@ class ChainWalk:
         self.broken: dict | None = None
 
     def check(self, seq: int, audit_id: str, created_at: datetime, record: dict, prev_hash: str,
-              digest: str) -> bool:
+              digest: str, sealed: bytes | None = None, sealed_key_id: str | None = None) -> bool:
         """Check one row; on the first bad one remember why and return False."""
         legacy = "v" not in record
-        reason = self._reason(seq, audit_id, created_at, record, prev_hash, digest, legacy)
+        reason = self._reason(seq, audit_id, created_at, record, prev_hash, digest, legacy) or \
+            _sealed_reason(record, sealed, sealed_key_id)
         if reason:
             self.broken = {"seq": seq, "audit_id": audit_id, "reason": reason}
             return False
@@ -294,7 +310,7 @@ class ChainWalk:
                 return "a record in the old unauthenticated format after authenticated ones (forged)"
             return None if chain_hash(prev_hash, record) == digest else \
                 "record content does not match its hash (the record was edited)"
-        if record.get("v") != RECORD_VERSION:
+        if record.get("v") not in RECORD_VERSIONS:
             return f"unknown record version {record.get('v')!r}"
         if record.get("seq") != seq or (self.last_seq and seq != self.last_seq + 1):
             return f"seq {seq} does not match the record's own seq or follow seq {self.last_seq} (renumbered)"
@@ -331,39 +347,72 @@ class ChainWalk:
         return None
 
 
-def get_record(store, audit_id: str) -> dict | None:
-    """One audit row as a dict (or None)."""
-    with store.pool.connection() as conn:
-        row = conn.execute(
-            "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log WHERE audit_id = %s", (audit_id,)
-        ).fetchone()
-    return None if row is None else dict(zip(_ROW_KEYS, row, strict=True))
+def _sealed_reason(record: dict, sealed: bytes | None, sealed_key_id: str | None) -> str | None:
+    """Why the row's sealed texts do not match what its (HMAC-covered) record says, or None."""
+    named = record.get("sealed")
+    if named is None:
+        return None if sealed is None and sealed_key_id is None else "sealed texts on a record that names none"
+    if sealed is None or sealed_key_id != named.get("kid") or sha256_hex(bytes(sealed)) != named.get("sha256"):
+        return "the sealed texts do not match the record's key id and SHA-256 (replaced or edited)"
+    return None
 
 
-def ask_records(store, ask_id: str) -> list[dict]:
-    """Every record of one ask (``started``, then ``completed``), oldest first."""
-    with store.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log"
-            " WHERE audit_id = %s OR record->>'ask_id' = %s ORDER BY seq", (ask_id, ask_id)).fetchall()
-    return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
-
-
-def last_records(store, n: int = 10) -> list[dict]:
-    """The newest ``n`` audit rows, newest first."""
-    with store.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT seq, audit_id, created_at, record, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT %s", (n,)
-        ).fetchall()
-    return [dict(zip(_ROW_KEYS, r, strict=True)) for r in rows]
-
-
+_COLUMNS = "seq, audit_id, created_at, record, prev_hash, hash, sealed, sealed_key_id"
 _ROW_KEYS = ("seq", "audit_id", "created_at", "record", "prev_hash", "hash")
 
 
-def request_hash(question: str, image_sha256: str | None, k: int) -> str:
-    """Hash of what was asked (question, image digest, k), for the audit record."""
-    return sha256_hex(canonical_json({"question": question, "image_sha256": image_sha256, "k": k}))
+def _with_texts(store, rows: list) -> list[dict]:
+    """Rows as dicts; each has ``texts``: its question and answer opened with the text keys (an operator's view),
+    ``{"error": ...}`` when they do not open, or None for a record without texts."""
+    keys = load_keys(store.settings.audit_text_key_path(), create=False) if any(r[6] for r in rows) else None
+    out = []
+    for row in rows:
+        item = dict(zip(_ROW_KEYS, row[:6], strict=True))
+        sealed, kid = row[6], row[7]
+        item["texts"] = None
+        if sealed is not None:
+            try:
+                if keys is None:
+                    raise SealingError(f"no audit text keys at {store.settings.audit_text_key_path()}")
+                item["texts"] = unseal(keys, item["audit_id"], kid, sealed)
+            except SealingError as exc:
+                item["texts"] = {"error": str(exc)}
+        out.append(item)
+    return out
+
+
+def get_record(store, audit_id: str) -> dict | None:
+    """One audit row as a dict with its opened ``texts`` (or None)."""
+    with store.pool.connection() as conn:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM audit_log WHERE audit_id = %s", (audit_id,)).fetchone()
+    return None if row is None else _with_texts(store, [row])[0]
+
+
+def ask_records(store, ask_id: str) -> list[dict]:
+    """Every record of one ask (``started``, then ``completed``), oldest first, with their opened ``texts``."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM audit_log WHERE audit_id = %s OR record->>'ask_id' = %s ORDER BY seq",
+            (ask_id, ask_id)).fetchall()
+    return _with_texts(store, rows)
+
+
+def last_records(store, n: int = 10) -> list[dict]:
+    """The newest ``n`` audit rows, newest first, with their opened ``texts``."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT %s", (n,)).fetchall()
+    return _with_texts(store, rows)
+
+
+def request_hash(key: bytes, question: str, image_sha256: str | None, k: int) -> str:
+    """Keyed hash of what was asked (question, image digest, k): an HMAC, so a guessed question cannot be
+    confirmed from the table without the key."""
+    return mac_hex(key, "request:" + canonical_json({"question": question, "image_sha256": image_sha256, "k": k}))
+
+
+def answer_hash(key: bytes, answer: str) -> str:
+    """Keyed hash of an answer (as :func:`request_hash`)."""
+    return mac_hex(key, "answer:" + answer)
 
 
 def passage_digests(passages: list[Passage]) -> list[dict]:
@@ -372,11 +421,11 @@ def passage_digests(passages: list[Passage]) -> list[dict]:
             for p in passages]
 
 
-def _base_entry(*, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
+def _base_entry(store, *, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
                 versions: dict, caller: str | None, quarantined: list[Passage]) -> dict:
     similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
     return dict(
-        request_hash=request_hash(question, (vision or {}).get("image_sha256"), k),
+        request_hash=request_hash(chain_key(chain_files(store)[0]), question, (vision or {}).get("image_sha256"), k),
         retrieved_ids=[p.chunk_id for p in passages + quarantined] + similar_ids,
         passages=passage_digests(passages),
         quarantined=passage_digests(quarantined),
@@ -394,10 +443,11 @@ def record_started(store, *, ask_id: str, question: str, passages: list[Passage]
     """Log that an answer is about to be generated (audit id ``<ask_id>:started``), with the passages' hashes
     and the injection flags of its inputs (``extra_flags``: the pre-generation screening's)."""
     return append_record(store, AuditEntry(
-        **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
-                      caller=caller, quarantined=list(quarantined)),
+        **_base_entry(store, ask_id=ask_id, question=question, passages=passages, vision=vision, k=k,
+                      versions=versions, caller=caller, quarantined=list(quarantined)),
         answer_hash=None, flags=merge_flags(extra_flags, injection_flags(question, passages)), grounded=None,
-        timings_ms={}, audit_id=f"{ask_id}:started", event="started", status="started"))
+        timings_ms={}, audit_id=f"{ask_id}:started", event="started", status="started",
+        texts={"question": question}))
 
 
 def merge_flags(*groups) -> list[str]:
@@ -414,15 +464,16 @@ def record_answer(store, *, ask_id: str, question: str, answer: str, passages: l
     An answer that did not finish (``status`` ``cancelled``, ``timeout`` or ``error``) is logged with its
     partial text's hash and the injection flags, without the grounding check.
     """
-    if status == "answered":
+    if status in ("answered", "withheld"):  # withheld: written in full, stopped by the output checks
         verdict = audit_answer(question, answer, passages, embedder)
         grounded, flags, citations = verdict.grounded, verdict.flags, build_citations(passages, verdict.grounding)
     else:
         grounded, flags, citations = None, injection_flags(question, passages) + [f"incomplete:{status}"], []
     flags = merge_flags(extra_flags, flags)
     append_record(store, AuditEntry(
-        **_base_entry(ask_id=ask_id, question=question, passages=passages, vision=vision, k=k, versions=versions,
-                      caller=caller, quarantined=list(quarantined)),
-        answer_hash=sha256_hex(answer), flags=flags, grounded=grounded, timings_ms=timings_ms, audit_id=ask_id,
-        status=status, error=error))
+        **_base_entry(store, ask_id=ask_id, question=question, passages=passages, vision=vision, k=k,
+                      versions=versions, caller=caller, quarantined=list(quarantined)),
+        answer_hash=answer_hash(chain_key(chain_files(store)[0]), answer), flags=flags, grounded=grounded,
+        timings_ms=timings_ms, audit_id=ask_id, status=status, error=error,
+        texts={"question": question, "answer": answer}))
     return {"grounded": bool(grounded), "flags": flags, "citations": citations}

@@ -63,7 +63,7 @@ def test_honest_chain_verifies_with_seq_time_and_hmac_inside(store):
     with store.pool.connection() as conn:
         seq, created_at, prev, record, digest = conn.execute(
             "SELECT seq, created_at, prev_hash, record, hash FROM audit_log ORDER BY seq LIMIT 1").fetchone()
-    assert prev == GENESIS_HASH and record["seq"] == seq == 1 and record["v"] == 2
+    assert prev == GENESIS_HASH and record["seq"] == seq == 1 and record["v"] == 3
     assert record["created_at"] == utc_iso(created_at)
     assert record_hmac(chain_key(key_path), prev, record) == digest != chain_hash(prev, record)
 
