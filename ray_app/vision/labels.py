@@ -24,6 +24,7 @@ DEFAULT_TEMPERATURE = 0.05
 DEFAULT_THRESHOLD = 0.5
 TARGET_PRECISION = 0.8  # the top label must be right this often above the threshold
 MIN_SURE_SAMPLES = 10  # a threshold needs at least this many calibration views above it
+NEVER_SURE = 1.01  # a threshold no softmax score reaches: never sure from scores alone
 _ARTICLE = re.compile(r"^(a|an|the|some)\s+", re.IGNORECASE)
 
 
@@ -87,7 +88,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: flo
     """The lowest confidence above which the top label is right at least ``precision`` of the time.
 
     Only thresholds with at least ``min_samples`` views above them count; when none qualifies the
-    threshold is 1.0 (never sure from scores alone).
+    threshold is :data:`NEVER_SURE`.
     """
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
     order = np.argsort(-confidence)
@@ -95,7 +96,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: flo
     counts = np.arange(1, len(order) + 1)
     ok = (hits / counts >= precision) & (counts >= min_samples)
     if not ok.any():
-        return 1.0
+        return NEVER_SURE
     return float(confidence[order][np.nonzero(ok)[0].max()])
 
 

@@ -50,3 +50,37 @@ def test_upload_ask_and_read_citations(prism_app, tmp_path):
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_not_sure_offers_candidates_and_asks_again_about_one(prism_app, tmp_path):
+    """A picture Prism cannot identify (noise): the page says "not sure — is it one of these?" with the candidates,
+    the answer says the picture could not be identified, and clicking a candidate asks again about it by name."""
+    import numpy as np
+    from PIL import Image
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(noise)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(prism_app.url + "/")
+            page.evaluate("key => localStorage.setItem('prism_api_key', key)", prism_app.key)
+            page.reload()
+            page.set_input_files("#file", str(noise))
+            page.wait_for_selector("#preview[src^='data:image/png']", state="visible")
+            page.fill("#question", "What is this?")
+            page.click("#ask")
+            page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=300_000)
+            assert page.inner_text("#unsure").startswith("not sure — is it one of these?")
+            candidates = page.locator("#unsure button.candidate").all_inner_texts()
+            assert len(candidates) == 3, candidates
+            assert page.inner_text("#answer").startswith("I could not identify the picture.")
+            page.locator("#unsure button.candidate").first.click()
+            assert page.input_value("#question") == f"About {candidates[0]}: What is this?"
+            page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=300_000)
+            assert not page.inner_text("#answer").startswith("I could not identify")
+            assert page.locator("#unsure button.candidate").count() == 3  # the candidates stay on screen
+        finally:
+            browser.close()

@@ -7,6 +7,7 @@ import pytest
 
 from ray_app.ask.retrieval import confident_labels, image_context, unidentified_image_reply
 from ray_app.vision.labels import (
+    NEVER_SURE,
     LabelCalibration,
     choose_threshold,
     concrete_name,
@@ -53,7 +54,7 @@ def test_ece_bins_and_threshold():
     assert [b["n"] for b in result["bins"]] == [3, 3]
     assert choose_threshold(confidence, correct, precision=0.6, min_samples=2) == 0.85  # top 3: 2/3 right
     assert choose_threshold(confidence, correct, precision=1.0, min_samples=2) == 0.9
-    assert choose_threshold(confidence, correct, precision=1.0, min_samples=5) == 1.0  # never sure
+    assert choose_threshold(confidence, correct, precision=1.0, min_samples=5) == NEVER_SURE
 
 
 def test_calibration_file_round_trip(tmp_path):

