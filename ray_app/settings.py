@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     hf_offline: bool = Field(default=True, description="Keep Hugging Face hub access off (HF_HUB_OFFLINE=1).")
 
     # Store
+    serving_role: str = Field(
+        default="prism_serving", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="The database role the Serve deployments use: reads, appends, no DDL (granted by `prism db "
+                    "migrate` / `prism db up`).")
+    serving_database_url: str | None = Field(
+        default=None, description="The serving role's URL on an external server (password in it or a passfile); "
+                                  "unset: DATABASE_URL's with the user switched to PRISM_SERVING_ROLE.")
+    statement_timeout_ms: int = Field(
+        default=15_000, ge=100, description="statement_timeout of every serving connection (a runaway query is "
+                                            "cancelled, not left holding a connection).")
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=8, ge=1)
     hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree (pgvector `m`).")
@@ -147,7 +157,7 @@ class Settings(BaseSettings):
         description="Host header names the ingress answers (any port); '*' allows every host. JSON list in "
                     "PRISM_ALLOWED_HOSTS.")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "serving_database_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

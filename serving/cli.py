@@ -144,6 +144,13 @@ def _database_url() -> str:
     return resolve_url(get_settings())
 
 
+def _migrate() -> None:
+    """Apply pending migrations and the serving role's rights as the owner (``prism db migrate``)."""
+    from ray_app.store import Store
+
+    Store(_database_url()).close()
+
+
 def _address(config_path: Path | None, host: str | None, port: int | None) -> str:
     from serving.app import CONFIG_PATH, load_config
 
@@ -168,7 +175,7 @@ def up(
     state = read_state()
     if state and pid_alive(state["pid"]):
         raise CLIError(f"already running at {state['url']} (pid {state['pid']}); `prism serve down` first")
-    _database_url()  # fail early, before starting Ray, when there is no database
+    _migrate()  # fail early, before starting Ray, when there is no database; replicas never migrate
     models = choose_models()
     for line in describe_models(models):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -1,7 +1,8 @@
 """Numbered SQL migrations (``migrations/NNNN_name.sql``), applied in order and recorded.
 
 Each file runs in its own transaction together with its row in ``schema_migrations``, so a
-failed migration leaves nothing behind and re-running ``apply_migrations`` is a no-op.
+failed migration leaves nothing behind and re-running ``apply_migrations`` is a no-op. Then the
+serving role gets its rights on every table (:mod:`ray_app.store.roles`): only the owner migrates.
 """
 
 from __future__ import annotations
@@ -66,4 +67,7 @@ def apply_migrations(conn: psycopg.Connection, settings: Settings) -> list[int]:
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name)
             )
             applied.append(migration.version)
+    from ray_app.store.roles import grant_serving_role
+
+    grant_serving_role(conn, settings)  # tables added by a migration get the serving role's rights at once
     return applied
