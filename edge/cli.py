@@ -1,7 +1,4 @@
-"""`prism export edge`: the edge bundle (:mod:`edge.export` owns its options; ``python -m edge.export`` takes the same).
-
-``prism export trtllm|edgellm`` join this group when their exporters exist.
-"""
+"""`prism export edge|trtllm|edgellm`: each job module owns its options (``python -m edge.<module>`` takes the same)."""
 
 from __future__ import annotations
 
@@ -13,3 +10,7 @@ app = typer.Typer(help="Export Prism for other runtimes.", no_args_is_help=True)
 
 job_command(app, "edge", "edge.export",
             "A self-contained edge bundle: ONNX Runtime GenAI LLM (int4/int8/fp32), INT8 MiniLM, image tower, index.")
+job_command(app, "trtllm", "edge.trtllm",
+            "The LLM (adapter merged) as a TensorRT-LLM checkpoint (config.json + rank0.safetensors) + build_trtllm.sh.")
+job_command(app, "edgellm", "edge.edgellm",
+            "The LLM (adapter merged) as a TensorRT Edge-LLM ONNX export for Jetson, + build_engine.sh (needs make edge-tools).")

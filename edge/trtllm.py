@@ -1,0 +1,290 @@
+"""Export the served LLM as a TensorRT-LLM unified checkpoint (``config.json`` + ``rank0.safetensors``).
+
+    prism export trtllm --out ./trtllm-ckpt [--dtype float16|bfloat16|float32] [--quant W8A16|W4A16|none] [--json]
+    python -m edge.trtllm --out ./trtllm-ckpt
+
+The checkpoint is what ``trtllm-build`` reads on the device (TensorRT-LLM's TensorRT-engine line, up to 1.2, and
+its Jetson release v0.12): the SmolLM2 (Llama) weights renamed and fused the way TensorRT-LLM's own Llama
+converter writes them, with the adapter merged when one is configured (``PRISM_LLM_ADAPTER``) or trained
+(the newest under ``$PRISM_HOME/checkpoints``), the base model otherwise. Weights are stored in ``--dtype``;
+``--quant W8A16|W4A16`` only sets ``quantization.quant_algo``, so ``trtllm-build`` quantizes them per output
+channel when it loads the checkpoint. The folder also gets ``tokenizer/`` (for TensorRT-LLM's runner),
+``build_trtllm.sh`` (the ``trtllm-build`` line with batch and sequence limits) and ``prism_export.json``
+(what was exported, from where, with each file's sha256).
+
+Nothing TensorRT runs here: :mod:`edge.trtllm_reader` reads the checkpoint back with TensorRT-LLM's semantics
+and the tests compare its logits with Hugging Face's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ray_app.errors import InputError
+from ray_app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+DTYPES = ("float16", "bfloat16", "float32")
+QUANT_ALGOS = ("W8A16", "W4A16", "none")
+CHECKPOINT_FILES = ("config.json", "rank0.safetensors")
+# Where the names and fields come from (NVIDIA/TensorRT-LLM, read at these commits; see docs/deploy-edge.md).
+TRTLLM_SOURCES = {
+    "config": "tensorrt_llm/models/llama/config.py (LLaMAConfig.from_hugging_face) @04100fd0",
+    "weights": "tensorrt_llm/models/llama/convert.py (load_weights_from_hf_model) @04a2cacb",
+    "mlp": "tensorrt_llm/layers/mlp.py (GatedMLP: proj(act(fc(x)) * gate(x)))",
+    "quantize_at_build": "tensorrt_llm/models/modeling_utils.py (preprocess_weights -> weight_only_quantize_dict)",
+    "format": "docs/source/architecture/checkpoint.md @01c4ece9",
+}
+
+
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog or "prism export trtllm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="Checkpoint folder (default: $PRISM_HOME/edge/trtllm-<dtype>-<quant>).")
+    parser.add_argument("--dtype", choices=DTYPES, default="float16",
+                        help="Weight dtype in rank0.safetensors (default float16; bfloat16 on Ampere and newer).")
+    parser.add_argument("--quant", choices=QUANT_ALGOS, default="W8A16",
+                        help="quantization.quant_algo: trtllm-build quantizes the linear weights to int8 (W8A16) or "
+                             "int4 (W4A16) per output channel; none keeps --dtype (default W8A16).")
+    parser.add_argument("--max-batch", type=int, default=8, help="build_trtllm.sh: --max_batch_size (default 8).")
+    parser.add_argument("--max-input-len", type=int, default=1024, help="build_trtllm.sh: --max_input_len (default 1024).")
+    parser.add_argument("--max-seq-len", type=int, default=2048, help="build_trtllm.sh: --max_seq_len (default 2048).")
+    parser.add_argument("--json", action="store_true", help="Print a summary as one JSON object.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    args = parse_args(argv, prog)
+    settings = get_settings()
+    quant = None if args.quant == "none" else args.quant
+    out = args.out or settings.home / "edge" / f"trtllm-{args.dtype}-{args.quant.lower()}"
+    for name in ("max_batch", "max_input_len", "max_seq_len"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_input_len > args.max_seq_len:
+        raise InputError("--max-input-len must not exceed --max-seq-len")
+    summary = export_trtllm(out, settings, dtype=args.dtype, quant_algo=quant,
+                            limits={"max_batch_size": args.max_batch, "max_input_len": args.max_input_len,
+                                    "max_seq_len": args.max_seq_len})
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        print(f"TensorRT-LLM checkpoint {out} ({summary['dtype']}, quant_algo {summary['quant_algo']}, "
+              f"{summary['checkpoint_mb']} MB, adapter: {summary['adapter'] or 'none'}); "
+              f"on the device: bash {out}/build_trtllm.sh", file=sys.stderr)
+    return summary
+
+
+# ------------------------------------------------------------------ config and weights
+def rope_settings(hf_config) -> tuple[float, dict | None]:
+    """``(rotary_base, rotary_scaling)`` from a Hugging Face config.
+
+    transformers 5 keeps the base under ``rope_parameters`` (``{"rope_type", "rope_theta", ...}``); older
+    configs have ``rope_theta`` and ``rope_scaling`` at the top. Only unscaled RoPE is exported: a scaled
+    variant would need the same scaling in the reader before its parity could be claimed.
+
+    Raises:
+        InputError: a RoPE scaling other than ``default``.
+    """
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    kind = params.get("rope_type") or (getattr(hf_config, "rope_scaling", None) or {}).get("rope_type", "default")
+    if kind != "default":
+        raise InputError(f"RoPE type {kind!r} is not exported (only unscaled RoPE is checked against the reader)")
+    return float(theta if theta is not None else 10000.0), None
+
+
+def checkpoint_config(hf_config, dtype: str, quant_algo: str | None) -> dict:
+    """The ``config.json`` of a TensorRT-LLM ``LlamaForCausalLM`` checkpoint for a Hugging Face Llama config.
+
+    The fields are those ``LLaMAConfig.from_hugging_face`` sets (names as ``PretrainedConfig.to_dict`` writes
+    them); one rank (tensor and pipeline parallel 1), unpadded vocabulary.
+
+    Raises:
+        InputError: not a Llama, biases, an activation other than SiLU, or a scaled RoPE.
+    """
+    if getattr(hf_config, "model_type", None) != "llama":
+        raise InputError(f"only Llama models are exported to TensorRT-LLM, not {getattr(hf_config, 'model_type', '?')!r}")
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
+        raise InputError("attention or MLP biases are not exported")
+    if hf_config.hidden_act != "silu":
+        raise InputError(f"activation {hf_config.hidden_act!r} is not exported (Llama uses silu)")
+    if dtype not in DTYPES or (quant_algo is not None and quant_algo not in QUANT_ALGOS[:2]):
+        raise InputError(f"dtype must be one of {DTYPES} and quant_algo one of {QUANT_ALGOS[:2]} or None")
+    rotary_base, rotary_scaling = rope_settings(hf_config)
+    heads = hf_config.num_attention_heads
+    head_size = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    return {
+        "architecture": "LlamaForCausalLM",
+        "dtype": dtype,
+        "logits_dtype": "float32",
+        "vocab_size": hf_config.vocab_size,
+        "max_position_embeddings": hf_config.max_position_embeddings,
+        "hidden_size": hf_config.hidden_size,
+        "num_hidden_layers": hf_config.num_hidden_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": getattr(hf_config, "num_key_value_heads", None) or heads,
+        "head_size": head_size,
+        "hidden_act": "silu",
+        "intermediate_size": hf_config.intermediate_size,
+        "norm_epsilon": float(hf_config.rms_norm_eps),
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": rotary_base,
+        "rotary_scaling": rotary_scaling,
+        "use_parallel_embedding": False,
+        "embedding_sharding_dim": 0,
+        "tie_word_embeddings": bool(getattr(hf_config, "tie_word_embeddings", False)),
+        "attn_bias": False,
+        "mlp_bias": False,
+        "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None},
+    }
+
+
+def convert_weights(state_dict: dict, config: dict) -> dict:
+    """Hugging Face Llama tensors renamed, fused and cast as TensorRT-LLM's Llama converter writes them.
+
+    ``attention.qkv`` stacks q, k and v on the output axis; ``mlp.fc`` is ``gate_proj`` (the activated branch),
+    ``mlp.gate`` is ``up_proj`` and ``mlp.proj`` is ``down_proj``; with tied embeddings ``lm_head.weight`` is a
+    copy of the embedding (TensorRT-LLM's converter writes it too). Linear weights keep the (out, in) layout.
+
+    Raises:
+        InputError: a tensor is missing or has an unexpected shape.
+    """
+    import torch
+
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[config["dtype"]]
+
+    def take(name: str, shape: tuple[int, ...]):
+        if name not in state_dict:
+            raise InputError(f"the model has no tensor {name}")
+        tensor = state_dict[name]
+        if tuple(tensor.shape) != shape:
+            raise InputError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+        return tensor.detach().to(dtype).contiguous().clone()
+
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    q_out = config["num_attention_heads"] * config["head_size"]
+    kv_out = config["num_key_value_heads"] * config["head_size"]
+    out = {"transformer.vocab_embedding.weight": take("model.embed_tokens.weight", (v, h))}
+    for n in range(config["num_hidden_layers"]):
+        hf, trt = f"model.layers.{n}.", f"transformer.layers.{n}."
+        out[trt + "input_layernorm.weight"] = take(hf + "input_layernorm.weight", (h,))
+        out[trt + "attention.qkv.weight"] = torch.cat([take(hf + "self_attn.q_proj.weight", (q_out, h)),
+                                                        take(hf + "self_attn.k_proj.weight", (kv_out, h)),
+                                                        take(hf + "self_attn.v_proj.weight", (kv_out, h))], dim=0)
+        out[trt + "attention.dense.weight"] = take(hf + "self_attn.o_proj.weight", (h, q_out))
+        out[trt + "post_layernorm.weight"] = take(hf + "post_attention_layernorm.weight", (h,))
+        out[trt + "mlp.fc.weight"] = take(hf + "mlp.gate_proj.weight", (i, h))
+        out[trt + "mlp.gate.weight"] = take(hf + "mlp.up_proj.weight", (i, h))
+        out[trt + "mlp.proj.weight"] = take(hf + "mlp.down_proj.weight", (h, i))
+    out["transformer.ln_f.weight"] = take("model.norm.weight", (h,))
+    head = "model.embed_tokens.weight" if config["tie_word_embeddings"] else "lm_head.weight"
+    out["lm_head.weight"] = take(head, (v, h))
+    return out
+
+
+# ------------------------------------------------------------------ writing
+def build_script(limits: dict) -> str:
+    """``build_trtllm.sh``: ``trtllm-build`` on this folder, run on the device where TensorRT-LLM is installed."""
+    return f"""#!/usr/bin/env bash
+# Build a TensorRT engine from this TensorRT-LLM checkpoint, on the device (TensorRT-LLM <= 1.2 with its
+# TensorRT backend; on Jetson Orin the v0.12-jetson branch). Written by `prism export trtllm`.
+#   bash build_trtllm.sh [ENGINE_DIR]        (default: ./engine next to this script)
+# With quantization.quant_algo W8A16/W4A16 in config.json, trtllm-build quantizes the linear weights
+# per output channel while it loads them; the vocabulary embedding and lm_head stay in the checkpoint dtype.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ENGINE=${{1:-$HERE/engine}}
+command -v trtllm-build >/dev/null || {{ echo "trtllm-build not found: install TensorRT-LLM (<= 1.2) on this machine" >&2; exit 2; }}
+trtllm-build --checkpoint_dir "$HERE" --output_dir "$ENGINE" \\
+  --gemm_plugin auto --gpt_attention_plugin auto --remove_input_padding enable --paged_kv_cache enable \\
+  --max_batch_size "${{MAX_BATCH_SIZE:-{limits['max_batch_size']}}}" \\
+  --max_input_len "${{MAX_INPUT_LEN:-{limits['max_input_len']}}}" \\
+  --max_seq_len "${{MAX_SEQ_LEN:-{limits['max_seq_len']}}}"
+echo "engine: $ENGINE"
+echo "try it: python3 <TensorRT-LLM>/examples/run.py --engine_dir $ENGINE --tokenizer_dir $HERE/tokenizer --max_output_len 64 --input_text 'Where do frogs live?'"
+"""
+
+
+def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str | None = "W8A16", tokenizer=None,
+                     limits: dict | None = None, source: dict | None = None) -> dict:
+    """Write ``model`` (a Hugging Face ``LlamaForCausalLM``) as a TensorRT-LLM checkpoint into ``out``, atomically.
+
+    Args:
+        model: the model (any dtype; weights are cast to ``dtype``).
+        out: the checkpoint folder (replaced when it exists).
+        dtype: ``float16``, ``bfloat16`` or ``float32``.
+        quant_algo: ``W8A16``, ``W4A16`` or None (written into ``quantization.quant_algo``).
+        tokenizer: saved under ``tokenizer/`` when given.
+        limits: ``max_batch_size``, ``max_input_len``, ``max_seq_len`` for ``build_trtllm.sh``.
+        source: what the weights are (model, adapter), recorded in ``prism_export.json``.
+
+    Returns:
+        The contents of ``prism_export.json``.
+    """
+    from safetensors.torch import save_file
+
+    from edge.export import file_entries, package_versions
+
+    started = time.perf_counter()
+    limits = limits or {"max_batch_size": 8, "max_input_len": 1024, "max_seq_len": 2048}
+    config = checkpoint_config(model.config, dtype, quant_algo)
+    weights = convert_weights(model.state_dict(), config)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=4) + "\n")
+    save_file(weights, str(tmp / "rank0.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / "tokenizer")
+    script = tmp / "build_trtllm.sh"
+    script.write_text(build_script(limits))
+    script.chmod(0o755)
+    files = file_entries(tmp)
+    info = {"format": "tensorrt-llm checkpoint", "architecture": config["architecture"], "dtype": dtype,
+            "quant_algo": quant_algo, **(source or {}), "limits": limits, "tensors": len(weights),
+            "parameters": int(sum(t.numel() for t in weights.values())),
+            "checkpoint_mb": round(sum(files[n]["bytes"] for n in CHECKPOINT_FILES) / 2**20, 1),
+            "trtllm_sources": TRTLLM_SOURCES, "versions": package_versions(), "files": files,
+            "export_s": round(time.perf_counter() - started, 1),
+            "needs_device": "trtllm-build (TensorRT-LLM <= 1.2, CUDA) turns this into an engine: bash build_trtllm.sh"}
+    (tmp / "prism_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return info
+
+
+def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "float16", quant_algo: str | None = "W8A16",
+                  limits: dict | None = None) -> dict:
+    """The served LLM (adapter merged when one is configured or trained) as a TensorRT-LLM checkpoint in ``out``.
+
+    Returns:
+        A summary: the folder, dtype, quant_algo, the adapter and where it was chosen, size in MB.
+
+    Raises:
+        ModelNotAvailable: the model or the configured adapter is missing.
+        InputError: the model is not a Llama this exporter handles.
+    """
+    from ray_app.models.llm import load_llm, resolve_adapter
+
+    settings = settings or get_settings()
+    adapter, adapter_source = resolve_adapter(settings)
+    llm = load_llm(settings.llm_model, adapter or "", settings, dtype="float32")  # merged in float32, cast below
+    source = {"model": settings.llm_model, "adapter": adapter, "adapter_source": adapter_source}
+    info = write_checkpoint(llm.model, out, dtype, quant_algo, tokenizer=llm.tokenizer, limits=limits, source=source)
+    return {"checkpoint": str(out), "dtype": dtype, "quant_algo": quant_algo, "adapter": adapter,
+            "adapter_source": adapter_source, "checkpoint_mb": info["checkpoint_mb"], "tensors": info["tensors"],
+            "build": str(out / "build_trtllm.sh")}
+
+
+if __name__ == "__main__":
+    main()
