@@ -49,12 +49,15 @@ class ImageEncoderEvalConfig:
         out: folder for ``image-encoder.{json,md}``.
         curve: earlier checkpoints of the same run, for a learning curve.
         write_calibration: save the fitted label temperature and threshold as ``calibration.json`` in the checkpoint.
+        vocabulary: label vocabulary for calibration: ``demo`` (stamps, photos and wiki titles, as served) or
+            ``stamps`` (stamps and photos only; quicker).
     """
 
     checkpoint: Path | None = None
     out: Path = Path("docs/reports")
     curve: list[Path] = field(default_factory=list)
     write_calibration: bool = True
+    vocabulary: str = "demo"
 
 
 def recall_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
@@ -177,17 +180,24 @@ def transformed_metrics(view_vecs: np.ndarray, kinds: list[str], truth_gallery: 
             "zero_shot_acc": float(correct.mean()), "n_views": len(view_vecs), "by_kind": by_kind}
 
 
-def demo_label_rows(stamps) -> list[tuple[str, str | None]]:
-    """``(title, category)`` rows of the demo corpus (stamps, photos, wiki): the vocabulary the served labels use."""
+def demo_label_rows(stamps, vocabulary: str = "demo") -> list[tuple[str, str | None]]:
+    """``(title, category)`` rows of the label vocabulary.
+
+    Args:
+        stamps: every stamp (their captions are the stored titles).
+        vocabulary: ``"demo"``: the demo corpus (stamps, photos, wiki titles), what the served labels use;
+            ``"stamps"``: stamps and photos only (quicker, for tests).
+    """
     from ray_app.corpus import photos, wiki
     from ray_app.errors import Unavailable
 
     rows = [(s.caption, s.category) for s in stamps]
     rows += [(p.name.replace("_", " "), p.category) for p in photos.PHOTOS]
-    try:
-        rows += [(r["title"], r.get("category")) for r in wiki.load_wiki_records()]
-    except (Unavailable, FileNotFoundError):
-        pass
+    if vocabulary == "demo":
+        try:
+            rows += [(r["title"], r.get("category")) for r in wiki.load_wiki_records()]
+        except (Unavailable, FileNotFoundError):
+            pass
     return rows
 
 
@@ -244,7 +254,8 @@ def is_fit_half(name: str) -> bool:
     return hashlib.sha1(f"calibration/{name}".encode()).digest()[0] % 2 == 0
 
 
-def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarray, seed: int = 0) -> tuple[dict, object]:
+def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarray, seed: int = 0,
+                         vocabulary: str = "demo") -> tuple[dict, object]:
     """Transformed views of held-out (and a sample of training) stamps: retrieval, zero-shot, and label calibration.
 
     The gallery is every stamp (training and held-out) centred on white, as the corpus stores them;
@@ -272,13 +283,14 @@ def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarr
             rows.append(vec_set)
             names += [concrete_name(bank.stamps[i].caption) for i in stamp_ids]
             fit += [is_fit_half(bank.stamps[i].name) for i in stamp_ids]
-    label_names, label_cats = label_entries(demo_label_rows(bank.stamps))
+    label_names, label_cats = label_entries(demo_label_rows(bank.stamps, vocabulary))
     index = LabelIndex(label_names, embedder, categories=label_cats)
     sections["calibration"], calibration = calibrate_labels(np.concatenate(rows), names, np.array(fit), index)
+    sections["calibration"]["vocabulary"] = vocabulary
     return sections, calibration
 
 
-def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True) -> dict:
+def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True, vocabulary: str = "demo") -> dict:
     """Held-out metrics for the untrained baseline and the trained checkpoint, plus its training summary.
 
     Raises:
@@ -304,7 +316,7 @@ def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True) -> dict:
     report["heldout"]["text_ceiling_zero_shot_acc"] = caption_zero_shot(heldout, embedder.embed, labels)
     if train_sample:
         report["train_sample"] = {"trained": evaluate_split(trained, subsample(train, len(heldout)), embedder.embed, labels)}
-    sections, calibration = evaluate_transformed(trained, train, heldout, embedder, labels)
+    sections, calibration = evaluate_transformed(trained, train, heldout, embedder, labels, vocabulary=vocabulary)
     report |= sections
     report["_calibration"] = calibration
     summary_path = Path(checkpoint) / "train_summary.json"
@@ -506,7 +518,7 @@ def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:
     from ray_app.vision.labels import write_calibration
 
     checkpoint = config.checkpoint or default_image_encoder_dir()
-    report = evaluate_checkpoint(checkpoint)
+    report = evaluate_checkpoint(checkpoint, vocabulary=config.vocabulary)
     calibration = report.pop("_calibration")
     if config.write_calibration:
         report["calibration"]["written_to"] = str(write_calibration(checkpoint, calibration))
@@ -528,6 +540,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ImageEncoderEvalConfig.out, help="Where image-encoder.{json,md} go.")
     p.add_argument("--curve", type=Path, action="append", default=[], metavar="DIR",
                    help="An earlier checkpoint of the run, for a learning curve (repeatable).")
+    p.add_argument("--vocabulary", choices=["demo", "stamps"], default=ImageEncoderEvalConfig.vocabulary,
+                   help="Label vocabulary for calibration: demo (stamps, photos, wiki titles, as served) or stamps (quicker).")
     p.add_argument("--no-write-calibration", dest="write_calibration", action="store_false",
                    help="Do not save the fitted label calibration as calibration.json in the checkpoint folder.")
     return p

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from ray_app.evaluation.image_encoder import recall_at, retrieval_metrics
+from ray_app.evaluation.image_encoder import recall_at, retrieval_metrics, transformed_metrics
 from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
-from ray_app.vision.data import CATEGORIES
+from ray_app.vision.data import CATEGORIES, VIEW_KINDS
 
 TINY = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0}
 
@@ -60,7 +60,8 @@ def test_command_writes_report_with_the_issue_keys(tmp_path):
 
     checkpoint = _untrained_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "reports"
-    args = ["eval", "image-encoder", "--checkpoint", str(checkpoint), "--curve", str(checkpoint), "--out", str(out), "--json"]
+    args = ["eval", "image-encoder", "--checkpoint", str(checkpoint), "--curve", str(checkpoint), "--out", str(out),
+            "--vocabulary", "stamps", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -76,6 +77,29 @@ def test_command_writes_report_with_the_issue_keys(tmp_path):
     assert not report["aim_met"] and any("Text side" in note for note in report["notes"])
     markdown = (out / "image-encoder.md").read_text()
     assert "| zero_shot_acc |" in markdown and "Learning curve" in markdown
+    # Transformed views of every held-out stamp (one per kind) and a label calibration fitted on the other half.
+    views = report["transformed"]
+    assert views["n_views"] == 6 * report["gallery_size"] and set(views["by_kind"]) == set(VIEW_KINDS)
+    assert 0.0 <= views["original_in_top5"] <= 1.0 and 0.0 <= views["zero_shot_acc"] <= 1.0
+    cal = report["calibration"]
+    assert 0.0 <= cal["ece"] <= 1.0 and cal["n_fit"] > 0 and cal["n_reported"] > 0 and cal["vocabulary"] == "stamps"
+    assert json.loads((checkpoint / "calibration.json").read_text())["temperature"] == cal["temperature"]
+    assert "| **all** |" in markdown and "expected calibration error" in markdown
+    assert set(report["aim_status"]) == {"zero_shot_acc", "caption_to_image_r10", "transformed_original_in_top5",
+                                         "transformed_zero_shot_acc", "calibration_ece"}
+
+
+def test_transformed_metrics_count_the_original_in_the_top_k():
+    gallery = np.eye(8)
+    views = gallery[[0, 1, 2]] + np.array([[0, 0.5, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0], [0, 1.5, -0.5, 0, 0, 0, 0, 0]])
+    views /= np.linalg.norm(views, axis=1, keepdims=True)
+    labels = np.eye(8)[:2]
+    metrics = transformed_metrics(views, ["mirror", "scale", "mirror"], np.array([0, 1, 2]), gallery,
+                                  np.array([0, 0, 1]), labels, k=1)
+    # view 2's original (item 2) is beaten by item 1: not in the top 1
+    assert metrics["original_in_top5"] == pytest.approx(2 / 3) and metrics["original_r1"] == pytest.approx(2 / 3)
+    assert metrics["by_kind"]["mirror"]["original_in_top5"] == 0.5 and metrics["by_kind"]["scale"]["n"] == 1
+    assert metrics["zero_shot_acc"] == pytest.approx(2 / 3)  # views 0 and 2 get their category, view 1 does not
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path):
