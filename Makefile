@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.prism-installed
 APT_PACKAGES := tesseract-ocr tuxpaint-stamps-default chromium openclipart-png fonts-noto-color-emoji
 
-.PHONY: setup demo test test-slow lint clean apt
+.PHONY: setup demo test test-slow lint clean apt edge-tools
 
 setup: $(STAMP) apt
 
@@ -28,6 +28,20 @@ apt:
 	echo "setup: installing Debian packages:$$missing"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
 	  || echo "setup: could not install$$missing; the features that need them will say so"
+
+# TensorRT Edge-LLM's exporter in its own virtual environment (`prism export edgellm` runs it as a child):
+# its [export] extra pins torch, transformers and onnx versions that must never enter $(VENV).
+EDGE_TOOLS       ?= .prism-edge-tools
+EDGE_TOOLS_STAMP := $(EDGE_TOOLS)/.prism-installed
+
+edge-tools: $(EDGE_TOOLS_STAMP)
+
+$(EDGE_TOOLS_STAMP): edge/tools/edgellm-requirements.txt
+	test -x $(EDGE_TOOLS)/bin/python || $(PYTHON) -m venv $(EDGE_TOOLS)
+	$(EDGE_TOOLS)/bin/pip install -q --upgrade pip
+	$(EDGE_TOOLS)/bin/pip install -q -r edge/tools/edgellm-requirements.txt
+	$(EDGE_TOOLS)/bin/python -c "import tensorrt_edgellm.scripts.export"
+	touch $@
 
 demo: setup
 	$(BIN)/prism demo

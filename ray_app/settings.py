@@ -68,6 +68,10 @@ class Settings(BaseSettings):
                                   "under PRISM_HOME/checkpoints (RUN/final)."
     )
     hf_offline: bool = Field(default=True, description="Keep Hugging Face hub access off (HF_HUB_OFFLINE=1).")
+    edge_tools: Path = Field(
+        default=Path(".prism-edge-tools"),
+        description="The TensorRT Edge-LLM exporter's own virtual environment (`make edge-tools`; pinned torch, "
+                    "transformers and onnx that never enter Prism's .venv); a relative path is from the working directory.")
 
     # Store
     serving_role: str = Field(

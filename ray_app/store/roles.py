@@ -113,13 +113,36 @@ _stores: dict[str, object] = {}
 
 
 def get_serving_store():
-    """The process-wide store of a Serve replica: the serving role, no migrations, ``statement_timeout`` set."""
+    """The process-wide store of a Serve replica: the serving role, no migrations, ``statement_timeout`` set.
+
+    Without ``PRISM_SERVING_DATABASE_URL``, a database whose owner could not set the role up (an external
+    server without CREATEROLE, or one not migrated since roles came in) is served on the owner's connection,
+    still without migrations and with the timeout, and a warning says so.
+    """
     from ray_app.store.store import Store, resolve_url
 
     if "store" not in _stores:
         settings = get_settings()
-        _stores["store"] = Store(serving_url(resolve_url(settings), settings), settings=settings, migrate=False)
+        owner = resolve_url(settings)
+        url = serving_url(owner, settings)
+        if settings.serving_database_url is None and not _role_ready(url):
+            log.warning("the serving role %s cannot connect or lacks its rights here (run `prism db migrate` as the "
+                        "owner, or set PRISM_SERVING_DATABASE_URL): serving on the owner's connection",
+                        settings.serving_role)
+            url = make_conninfo(owner, options=conninfo_to_dict(url)["options"])
+        _stores["store"] = Store(url, settings=settings, migrate=False)
     return _stores["store"]
+
+
+def _role_ready(url: str) -> bool:
+    """The serving role connects and may read the corpus and append to the audit log."""
+    try:
+        with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+            return bool(conn.execute(
+                "SELECT has_table_privilege('chunks', 'SELECT') AND has_table_privilege('audit_log', 'INSERT')"
+            ).fetchone()[0])
+    except psycopg.Error:
+        return False
 
 
 def close_serving_store() -> None:

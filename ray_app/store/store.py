@@ -453,15 +453,41 @@ _store: Store | None = None
 
 
 def get_store() -> Store:
-    """The process-wide store (one connection pool per process)."""
+    """The process-wide store (one connection pool per process).
+
+    In a Ray Serve replica it is the serving role's store (:func:`ray_app.store.roles.get_serving_store`: no
+    DDL rights, no migrations, ``statement_timeout``); everywhere else (CLI, jobs, tests) the owner's.
+    """
     global _store
+    if _in_serve_replica():
+        from ray_app.store.roles import get_serving_store
+
+        return get_serving_store()
     if _store is None:
         _store = Store()
     return _store
 
 
+def _in_serve_replica() -> bool:
+    import sys
+
+    if "ray.serve" not in sys.modules:  # a replica has imported Serve; nothing else needs to
+        return False
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
+
+
 def close_store() -> None:
-    """Close and forget the process-wide store (tests, after the settings change)."""
+    """Close and forget the process-wide stores (tests, after the settings change)."""
+    from ray_app.store.roles import close_serving_store
+
+    close_serving_store()
     global _store
     if _store is not None:
         _store.close()

@@ -78,3 +78,23 @@ def test_serving_url_keeps_sslmode_and_drops_the_owners_password():
     assert params["user"] == "prism_serving" and "password" not in params and params["host"] == "db.example"
     assert "statement_timeout=15000" in params["options"]
     assert redact_url(owner) == "postgresql://owner:***@db.example:5432/prism?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+
+
+def test_the_serving_store_uses_the_role_and_falls_back_to_the_owner_only_without_its_rights(store, database_url,
+                                                                                          caplog):
+    from ray_app.store.roles import close_serving_store, get_serving_store
+
+    close_serving_store()
+    try:
+        with get_serving_store().pool.connection() as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "prism_serving"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "15s"
+        close_serving_store()
+        with psycopg.connect(database_url, autocommit=True) as owner:  # a database the owner never granted
+            owner.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM prism_serving")
+        with get_serving_store().pool.connection() as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "postgres"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "15s"
+        assert "serving on the owner's connection" in caplog.text
+    finally:
+        close_serving_store()
