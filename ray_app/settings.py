@@ -156,6 +156,10 @@ class Settings(BaseSettings):
                                                        "while the body streams in).")
     max_multipart_parts: int = Field(default=16, ge=1, description="Most parts in a multipart /v1/ask form (413).")
     max_chat_messages: int = Field(default=256, ge=1, description="Most messages in one chat completion (413).")
+    tls_certfile: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the Serve HTTP server: set with PRISM_TLS_KEYFILE, "
+                                  "the server speaks HTTPS only.")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of PRISM_TLS_CERTFILE.")
     allowed_hosts: list[str] = Field(
         default=["127.0.0.1", "localhost", "::1"],
         description="Host header names the ingress answers (any port); '*' allows every host. JSON list in "

@@ -69,13 +69,36 @@ def load_config(path: Path = CONFIG_PATH, host: str | None = None, port: int | N
     return ServeDeploySchema.model_validate(raw)
 
 
+def http_options(config: ServeDeploySchema) -> dict:
+    """The config's HTTP options, with HTTPS when a certificate is configured (``PRISM_TLS_CERTFILE`` and
+    ``PRISM_TLS_KEYFILE``; they override ``ssl_certfile`` / ``ssl_keyfile`` in the YAML).
+
+    Raises:
+        InputError: only one of the two is set, or a file is missing.
+    """
+    from ray_app.errors import InputError
+    from ray_app.settings import get_settings
+
+    options = config.http_options.model_dump(exclude_unset=True)
+    settings = get_settings()
+    if settings.tls_certfile or settings.tls_keyfile:
+        if not (settings.tls_certfile and settings.tls_keyfile):
+            raise InputError("HTTPS needs both PRISM_TLS_CERTFILE and PRISM_TLS_KEYFILE")
+        for path in (settings.tls_certfile, settings.tls_keyfile):
+            if not Path(path).is_file():
+                raise InputError(f"no such certificate or key file: {path}")
+        options |= {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
+    return options
+
+
 def deploy_config(config: ServeDeploySchema) -> None:
-    """Start Serve with the config's HTTP options and run the application (Ray must be up).
+    """Start Serve with the config's HTTP options (HTTPS when a certificate is configured) and run the
+    application (Ray must be up).
 
     Returns once every deployment is running (models loaded).
     """
     from ray import serve
 
-    serve.start(http_options=config.http_options.model_dump(exclude_unset=True), proxy_location=config.proxy_location)
+    serve.start(http_options=http_options(config), proxy_location=config.proxy_location)
     application = config.applications[0]
     serve.run(build_app(config), name=application.name, route_prefix=application.route_prefix)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -55,8 +56,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def healthz(url: str, timeout: float = 5.0) -> dict | None:
+    # Over HTTPS the configured certificate is the trust anchor (a self-signed one works; a CA-issued one too).
+    cert = get_settings().tls_certfile
+    verify = ssl.create_default_context(cafile=str(cert)) if url.startswith("https://") and cert else True
     try:
-        r = httpx.get(f"{url}/healthz", timeout=timeout)
+        r = httpx.get(f"{url}/healthz", timeout=timeout, verify=verify)
         return r.json() if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None
@@ -156,7 +160,8 @@ def _address(config_path: Path | None, host: str | None, port: int | None) -> st
 
     config = load_config(config_path or CONFIG_PATH, host=host, port=port)
     bind = config.http_options.host
-    return f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{config.http_options.port}"
+    scheme = "https" if get_settings().tls_certfile or config.http_options.ssl_certfile else "http"
+    return f"{scheme}://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{config.http_options.port}"
 
 
 @app.command("up")
