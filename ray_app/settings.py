@@ -86,6 +86,13 @@ class Settings(BaseSettings):
                                             "cancelled, not left holding a connection).")
     pool_min_size: int = Field(default=1, ge=0)
     pool_max_size: int = Field(default=8, ge=1)
+    pool_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for a database connection before a request gets 503 + "
+                                       "Retry-After (the database is down or every connection is busy).")
+    pool_reconnect_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long the pool keeps retrying one lost connection (with backoff) "
+                                        "before the next request starts a fresh attempt: bounds recovery after "
+                                        "a database restart.")
     hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree (pgvector `m`).")
     hnsw_ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam (`ef_construction`).")
     hnsw_ef_search: int = Field(default=80, ge=1, le=1000, description="HNSW query beam (`hnsw.ef_search`).")
@@ -142,6 +149,13 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Longest an ask may run, from admission to its last event (the server's "
                                          "limit: clients' x-request-timeout-seconds headers cannot lift it).")
     retry_after_s: float = Field(default=2.0, ge=0, description="Retry-After sent with 503 when overloaded.")
+    handle_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for a deployment's answer, or for the next piece of a "
+                                        "streamed answer, before the ingress gives up on it (503 or an in-band "
+                                        "error; serving/faults.py).")
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="How long an ask's answer is kept for a retry with the same "
+                                            "Idempotency-Key header.")
 
     # Access control and request limits (ray_app/auth/, serving/http_limits.py; docs/security.md)
     auth: Literal["on", "off"] = Field(

@@ -7,9 +7,10 @@ from ray import serve
 from ray_app.ask.service import AnswerDraft
 from ray_app.ask.stages import LoggedAudit
 from ray_app.audit.chain import verify_chain
+from serving.health import check_loaded, check_store, ready_store
 
 
-@serve.deployment(name="audit")
+@serve.deployment(name="audit", graceful_shutdown_timeout_s=40, graceful_shutdown_wait_loop_s=2)
 class AuditDeployment:
     """Holds a store connection and the MiniLM embedder (sentence-passage cosine)."""
 
@@ -19,6 +20,16 @@ class AuditDeployment:
 
         self.store = get_store()
         self.auditor = LoggedAudit(self.store, get_text_embedder())
+
+    def check_health(self) -> None:
+        """Serve's probe (``serving/health.py``): the embedder is loaded and the pool open."""
+        check_loaded(auditor=getattr(self, "auditor", None), embedder=getattr(self.auditor, "embedder", None))
+        check_store(self.store)
+
+    def ready(self) -> dict:
+        """``/readyz``: loaded, and the database answers."""
+        self.check_health()
+        return ready_store(self.store)
 
     async def start(self, draft: AnswerDraft) -> None:
         """Log the ``started`` record of an ask about to be generated."""

@@ -16,7 +16,7 @@ from ray_app.llm.prompting import Passage
 from ray_app.settings import get_settings
 
 
-@serve.deployment(name="fusion")
+@serve.deployment(name="fusion", graceful_shutdown_timeout_s=130, graceful_shutdown_wait_loop_s=2)
 class FusionDeployment:
     """One LLM engine (``PRISM_LLM_ENGINE``, model + ``PRISM_LLM_ADAPTER``) per replica."""
 
@@ -39,6 +39,11 @@ class FusionDeployment:
         """Serve's health probe: a replica whose decode loop has stopped gets no traffic and is replaced."""
         if not self.engine.alive():
             raise RuntimeError(f"the {self.engine.name} decode loop is not running")
+
+    def ready(self) -> dict:
+        """``/readyz``: the model is loaded and its decode loop runs (fusion uses no database)."""
+        self.check_health()
+        return {"engine": self.engine.name, **{k: v for k, v in self.engine.versions().items() if k == "model"}}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Queue depth for the autoscaling policy (``serving/autoscaling.py``): rows decoding plus requests

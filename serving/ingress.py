@@ -8,11 +8,20 @@ Routes (DESIGN.md): ``GET /healthz``, ``/openapi.json``, ``/docs``, ``POST /v1/s
 ``type`` and ``param``, on the OpenAI routes), never a 500. Every ``/v1/*`` route takes the
 :func:`caller` dependency (an API key, its rate limits); :class:`serving.http_limits.RequestLimits`
 checks host, content type and body size before any route parses the request.
+
+Failures of the service (:mod:`serving.faults`): a full queue, a replica that died, a stage that did not
+answer in time or a database that cannot be reached is a 503 with ``Retry-After`` while nothing has been
+sent (a streamed answer is held back until its first token, so a failure up to there is still a 503), and
+an in-band ``error`` event (``/v1/ask``) or an error chunk before ``[DONE]`` (chat) after. ``/healthz`` is
+liveness (this replica answers); ``/readyz`` asks every deployment and the database, uncached
+(:mod:`serving.health`). An ``Idempotency-Key`` header makes an ask retry-safe
+(:mod:`ray_app.ask.idempotency`).
 """
 
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +37,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_app.ask.admission import AdmissionGate
+from ray_app.ask.idempotency import Claim, IdempotencyConflict, IdempotencyStore, check_key, request_hash
 from ray_app.ask.requests import InvalidImage, decode_image
 from ray_app.ask.service import AskEvent, AskOptions, AskService
 from ray_app.auth.guard import Admission, Guard, RateLimited
@@ -35,6 +45,8 @@ from ray_app.auth.keys import MissingKey, RevokedKey
 from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
+from serving import faults
+from serving.health import readiness
 from serving.http_limits import RequestLimits, error_body, route_path
 from serving.schemas import (
     AskRequest,
@@ -55,10 +67,11 @@ from serving.schemas import (
 )
 from serving.stages import ServeAudit, ServeGenerate, ServeRetrieve, ServeVision
 
+log = logging.getLogger(__name__)
 UI_PAGE = Path(__file__).parent / "ui" / "index.html"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp", ".svg": "image/svg+xml"}
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 MODEL_ID = "prism"  # the one model /v1/models lists: the whole pipeline (retrieval, LLM, audit) behind the chat API
 
 api = FastAPI(title="Prism", version="0.1.0",
@@ -107,6 +120,8 @@ def status_for(exc: PrismError) -> int:
         return 403
     if isinstance(exc, RateLimited):
         return 429
+    if isinstance(exc, IdempotencyConflict):
+        return 409
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, InputError):
@@ -116,21 +131,28 @@ def status_for(exc: PrismError) -> int:
 
 @api.exception_handler(PrismError)
 async def _prism_error(request: Request, exc: PrismError) -> JSONResponse:
+    fault = faults.classify(exc, get_settings().retry_after_s)
+    if fault is not None and not isinstance(exc, (InputError, RateLimited, IdempotencyConflict)):
+        return fault_json(request, fault)
     status = status_for(exc)
-    retry = getattr(exc, "retry_after_s", get_settings().retry_after_s) if status in (429, 503) else None
+    retry = getattr(exc, "retry_after_s", get_settings().retry_after_s) if status in (409, 429, 503) else None
     return error_json(request, status, exc.code, str(exc).splitlines()[0], retry,
                       kind=getattr(exc, "kind", None), headers=getattr(exc, "headers", None))
+
+
+def fault_json(request: Request, fault: faults.Fault) -> JSONResponse:
+    return error_json(request, fault.status, fault.code, fault.message, fault.retry_after_s)
 
 
 @api.exception_handler(BackPressureError)
 async def _backpressure(request: Request, exc: BackPressureError) -> JSONResponse:
     """A deployment's queue (``max_queued_requests``) is full: overloaded, not broken."""
-    return error_json(request, 503, "overloaded", "the service is at capacity", get_settings().retry_after_s)
+    return fault_json(request, faults.classify(exc, get_settings().retry_after_s))
 
 
 @api.exception_handler(RayActorError)
 async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
-    return error_json(request, 503, "unavailable", "a replica failed; try again", get_settings().retry_after_s)
+    return fault_json(request, faults.classify(exc, get_settings().retry_after_s))
 
 
 @api.exception_handler(RequestValidationError)
@@ -146,6 +168,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @api.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A failure of the service (a replica, a timeout, the database, even wrapped by Ray) is a 503; a bug a 500."""
+    fault = faults.classify(exc, get_settings().retry_after_s)
+    if fault is not None:
+        return fault_json(request, fault)
     return error_json(request, 500, "internal_error", f"{type(exc).__name__}: the server failed to answer")
 
 
@@ -240,28 +266,84 @@ def sse(event: str, data: dict | str) -> str:
     return f"event: {event}\ndata: {payload}\n\n"
 
 
-async def start_stream(events: AsyncIterator[AskEvent]) -> AskEvent:
-    """The first event (``meta``): validation, vision and retrieval errors raise here, before a response starts."""
-    return await anext(events)
-
-
-async def final_response(first: AskEvent, events: AsyncIterator[AskEvent]) -> dict:
-    """Drain an ask's events and return its ``done`` response."""
+async def start_stream(events: AsyncIterator[AskEvent]) -> list[AskEvent]:
+    """The events up to the first token (``meta``, then ``token`` or ``done``): validation, vision, retrieval and
+    a fusion replica that fails before its first token all raise here, before a response starts (a 4xx or 503)."""
+    first = [await anext(events)]
     async for event in events:
+        first.append(event)
+        if event.kind in ("token", "done"):
+            break
+    return first
+
+
+async def chained(first: list[AskEvent], events: AsyncIterator[AskEvent]) -> AsyncIterator[AskEvent]:
+    for event in first:
+        yield event
+    async for event in events:
+        yield event
+
+
+async def final_response(first: list[AskEvent], events: AsyncIterator[AskEvent]) -> dict:
+    """Drain an ask's events and return its ``done`` response."""
+    async for event in chained(first, events):
         if event.kind == "done":
             return event.data
     raise RuntimeError("the ask pipeline ended without an answer")
 
 
-async def ask_sse(first: AskEvent, events: AsyncIterator[AskEvent]) -> AsyncIterator[str]:
+def stream_error(exc: Exception) -> dict:
+    """The in-band error of a stream that has started (its status is sent): code, message, when to retry."""
+    fault = faults.classify(exc, get_settings().retry_after_s)
+    message = fault.message if fault else type(exc).__name__
+    error = {"code": faults.error_code(exc), "message": message}
+    if fault is not None and fault.retry_after_s is not None:
+        error["retry_after_s"] = fault.retry_after_s
+    return error
+
+
+async def ask_sse(first: list[AskEvent], events: AsyncIterator[AskEvent]) -> AsyncIterator[str]:
     """``/v1/ask`` with ``stream: true``: ``meta``, ``token``..., ``done``; a failure is an in-band ``error``."""
-    yield sse(first.kind, first.data)
     try:
-        async for event in events:
+        async for event in chained(first, events):
             yield sse(event.kind, event.data)
     except Exception as exc:  # the stream has started: report in-band
-        code = exc.code if isinstance(exc, PrismError) else "internal_error"
-        yield sse("error", {"error": {"code": code, "message": type(exc).__name__}})
+        yield sse("error", {"error": stream_error(exc)})
+
+
+async def replayed(response: dict) -> AsyncIterator[AskEvent]:
+    """The events of an ask answered before (an ``Idempotency-Key`` retry): ``meta``, the whole answer, ``done``."""
+    yield AskEvent("meta", {"id": response["id"], "vision": response.get("vision"), "passages": [],
+                            "replayed": True})
+    yield AskEvent("token", {"text": response["answer"]})
+    yield AskEvent("done", response)
+
+
+async def recorded(events: AsyncIterator[AskEvent], claim: Claim, store: IdempotencyStore) -> AsyncIterator[AskEvent]:
+    """The ask's events; its ``done`` response is kept for retries with the same key, and an ask that ends
+    without one gives the key back."""
+    done = False
+    try:
+        async for event in events:
+            if event.kind == "done":
+                try:
+                    await asyncio.to_thread(store.complete, claim, event.data)
+                    done = True
+                except Exception:  # noqa: BLE001 - the answer stands; a retry will run the ask again
+                    log.warning("could not keep the answer of ask %s for its Idempotency-Key", event.data["id"])
+            yield event
+    finally:
+        if not done:
+            try:
+                await asyncio.shield(asyncio.to_thread(store.release, claim))
+            except Exception:  # noqa: BLE001 - the claim expires by itself (PRISM_ASK_TIMEOUT_S)
+                log.warning("could not release an Idempotency-Key claim")
+
+
+def _ping_database() -> None:
+    from ray_app.store import get_store
+
+    get_store().ping()
 
 
 def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta | None, finish: str | None = None,
@@ -277,13 +359,13 @@ def finish_reason(response: dict, max_new_tokens: int) -> str:
     return "length" if response["usage"]["completion_tokens"] >= max_new_tokens else "stop"
 
 
-async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str, max_new_tokens: int,
+async def chat_sse(first: list[AskEvent], events: AsyncIterator[AskEvent], model: str, max_new_tokens: int,
                    include_usage: bool) -> AsyncIterator[str]:
     """OpenAI-style chunks: the answer's pieces, a final chunk with ``finish_reason`` and ``prism``, with
     ``stream_options.include_usage`` one more chunk (no choices) with ``usage``, then ``[DONE]``."""
-    ask_id, created, role = first.data["id"], int(time.time()), "assistant"
+    ask_id, created, role = first[0].data["id"], int(time.time()), "assistant"
     try:
-        async for event in events:
+        async for event in chained(first[1:], events):
             if event.kind == "token":
                 yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
                 role = None
@@ -293,8 +375,8 @@ async def chat_sse(first: AskEvent, events: AsyncIterator[AskEvent], model: str,
                 if include_usage:
                     yield chat_chunk(ask_id, model, created, None, usage=event.data["usage"])
     except Exception as exc:  # the stream has started: an error chunk, then the end marker clients wait for
-        code = exc.code if isinstance(exc, PrismError) else "internal_error"
-        yield f"data: {json.dumps({'error': {'code': code, 'message': type(exc).__name__, 'type': 'server_error', 'param': None}})}\n\n"
+        error = stream_error(exc) | {"type": "server_error", "param": None}
+        yield f"data: {json.dumps({'error': error})}\n\n"
     yield "data: [DONE]\n\n"
 
 
@@ -332,13 +414,15 @@ def _ms(start: float) -> float:
 # Helpers above are defined before the class on purpose: @serve.ingress pickles the routes when the
 # class is created, so anything they call must already exist.
 
-@serve.deployment(name="ingress")
+@serve.deployment(name="ingress", graceful_shutdown_timeout_s=130, graceful_shutdown_wait_loop_s=2)
 @serve.ingress(api)
 class Ingress:
     """Maps HTTP to the ask service (whose stages call vision, rag, fusion and audit) and back."""
 
     def __init__(self, vision, rag, fusion, audit):
         self.rag = rag
+        self.handles = {"vision": vision, "rag": rag, "fusion": fusion, "audit": audit}
+        self._versions: dict | None = None
         self.settings = get_settings()
         self.created = int(time.time())
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -352,10 +436,49 @@ class Ingress:
     async def page(self) -> HTMLResponse:
         return HTMLResponse(UI_PAGE.read_text())
 
+    def check_health(self) -> None:
+        """Serve's probe: this replica's event loop answers (a database that is down is /readyz's business)."""
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "versions": await self.service.versions(with_image=True),
-                "admission": self.gate.stats(), "auth": self.settings.auth, "replica": self.replica}
+        """Liveness: this ingress replica answers. Versions are the last ones read (at most a short wait, once)."""
+        return {"status": "ok", "versions": await self.known_versions(), "admission": self.gate.stats(),
+                "auth": self.settings.auth, "replica": self.replica}
+
+    async def known_versions(self) -> dict | None:
+        if self._versions is None:
+            try:
+                self._versions = await asyncio.wait_for(self.service.versions(with_image=True), 5)
+            except Exception:  # noqa: BLE001 - liveness does not depend on the other deployments
+                return None
+        return self._versions
+
+    @api.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(self, request: Request):
+        """Readiness, uncached: every deployment's ``ready`` (models loaded, decode loop running, the database
+        reachable from each replica asked) and the database from this replica; 503 + Retry-After when any fails."""
+        ready, checks = await readiness(self.handles, min(self.settings.handle_timeout_s, 10.0))
+        checks["database"] = await self.database_check()
+        ready = ready and checks["database"]["ok"]
+        body = {"status": "ready" if ready else "not_ready", "checks": checks, "replica": self.replica}
+        if ready:
+            self._versions = None  # the next /healthz reads them again (a redeploy may have changed them)
+            return body
+        headers = {"Retry-After": str(max(1, math.ceil(self.settings.retry_after_s)))}
+        return JSONResponse(body, status_code=503, headers=headers)
+
+    async def database_check(self) -> dict:
+        start = time.perf_counter()
+        try:
+            await asyncio.to_thread(_ping_database)
+        except Exception as exc:  # noqa: BLE001 - not ready, with the reason
+            return {"ok": False, "error": faults.error_code(exc), "message": str(exc).splitlines()[0][:300]}
+        return {"ok": True, "ms": _ms(start)}
+
+    def idempotency(self) -> IdempotencyStore:
+        from ray_app.store import get_store
+
+        return IdempotencyStore(get_store(), self.settings)
 
     @api.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models(self, _: Admission = Depends(caller)) -> ModelList:
@@ -375,15 +498,28 @@ class Ingress:
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, body: SearchRequest, _: Admission = Depends(caller)) -> dict:
         start = time.perf_counter()
-        results = await self.rag.search.remote(body.query, body.k, body.mode, body.sources)
+        results = await faults.call(lambda: self.rag.search.remote(body.query, body.k, body.mode, body.sources),
+                                    self.settings.handle_timeout_s, "rag")
         return {"results": results, "timings_ms": {"total_ms": _ms(start)}}
 
     @api.post("/v1/ask", response_model=AskResponse, responses=ERRORS,
               openapi_extra={"requestBody": {"content": {"application/json": {"schema": AskRequest.model_json_schema()}}}})
     async def ask(self, request: Request, admission: Admission = Depends(llm_caller)):
+        """An ask; with an ``Idempotency-Key`` header a retry gets the first answer back (no second ask)."""
         body, image = await parse_ask(request)
         options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens)
-        events = metered(self.service.stream(body.question, image, options, caller=admission.caller), admission)
+        key = request.headers.get("idempotency-key")
+        claim = None
+        if key is not None:
+            fields = body.model_dump(exclude={"image", "stream"})
+            claim = await asyncio.to_thread(self.idempotency().claim, admission.caller, check_key(key),
+                                            request_hash(fields, image))
+        if claim is not None and claim.response is not None:
+            events = replayed(claim.response)
+        else:
+            events = metered(self.service.stream(body.question, image, options, caller=admission.caller), admission)
+            if claim is not None:
+                events = recorded(events, claim, self.idempotency())
         first = await start_stream(events)
         if body.stream:
             return StreamingResponse(ask_sse(first, events), media_type="text/event-stream")
@@ -405,14 +541,14 @@ class Ingress:
 
     @api.get("/v1/documents/{doc_id}", responses=ERRORS)
     async def document(self, doc_id: str, _: Admission = Depends(caller)) -> dict:
-        doc = await self.rag.get_document.remote(doc_id)
+        doc = await faults.call(lambda: self.rag.get_document.remote(doc_id), self.settings.handle_timeout_s, "rag")
         if doc is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r}")
         return doc
 
     @api.get("/v1/images/{image_id}", responses=ERRORS)
     async def image(self, image_id: str, _: Admission = Depends(caller)) -> dict:
-        row = await self.rag.get_image.remote(image_id)
+        row = await faults.call(lambda: self.rag.get_image.remote(image_id), self.settings.handle_timeout_s, "rag")
         if row is None:
             raise ApiError(404, "not_found", f"no image {image_id!r}")
         public = {k: v for k, v in row.items() if k != "path"}  # never a server path
@@ -420,7 +556,7 @@ class Ingress:
 
     @api.get("/v1/images/{image_id}/file", responses=ERRORS)
     async def image_file(self, image_id: str, _: Admission = Depends(caller)):
-        row = await self.rag.get_image.remote(image_id)
+        row = await faults.call(lambda: self.rag.get_image.remote(image_id), self.settings.handle_timeout_s, "rag")
         path = Path(row["path"]) if row and row.get("path") else None
         if path is None or not path.is_file() or path.suffix.lower() not in IMAGE_TYPES:
             raise ApiError(404, "not_found", f"no image file for {image_id!r}")

@@ -6,9 +6,10 @@ from ray import serve
 
 from ray_app.ask.retrieval import Retrieved, retrieve_passages, search_corpus
 from ray_app.ask.service import AskOptions
+from serving.health import check_loaded, check_store, ready_store
 
 
-@serve.deployment(name="rag")
+@serve.deployment(name="rag", graceful_shutdown_timeout_s=40, graceful_shutdown_wait_loop_s=2)
 class RagDeployment:
     """Holds the MiniLM embedder and a store connection pool per replica."""
 
@@ -19,6 +20,16 @@ class RagDeployment:
         self.store = get_store()
         self.store.lexical_index()  # the BM25 index: built at start, not by the first text query
         self.embedder = get_text_embedder()
+
+    def check_health(self) -> None:
+        """Serve's probe (``serving/health.py``): the embedder is loaded and the pool open."""
+        check_loaded(embedder=getattr(self, "embedder", None))
+        check_store(self.store)
+
+    def ready(self) -> dict:
+        """``/readyz``: loaded, and the database answers."""
+        self.check_health()
+        return ready_store(self.store)
 
     def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
         """The passages the LLM will see (the ask service's retrieve stage)."""

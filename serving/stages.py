@@ -1,7 +1,9 @@
 """The ask service's stages in the Serve graph: each calls its deployment through a handle.
 
 :class:`ray_app.ask.service.AskService` runs in the ingress over these; the deployments hold the
-models (``serving/vision.py``, ``rag.py``, ``fusion.py``, ``audit.py``).
+models (``serving/vision.py``, ``rag.py``, ``fusion.py``, ``audit.py``). Every call is bounded by
+``PRISM_HANDLE_TIMEOUT_S`` and made once more when its replica failed before answering
+(:mod:`serving.faults`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from ray_app.ask.retrieval import Retrieved
 from ray_app.ask.service import AnswerDraft, AskOptions
 from ray_app.ask.stages import TokenCounter
 from ray_app.llm.prompting import Passage
+from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
+from serving import faults
+
+
+def timeout_s() -> float:
+    return get_settings().handle_timeout_s
 
 
 class ServeVision:
@@ -20,13 +28,13 @@ class ServeVision:
         self.handle = handle
 
     async def analyze(self, image: bytes) -> dict:
-        out = await self.handle.analyze.remote(image)
+        out = await faults.call(lambda: self.handle.analyze.remote(image), timeout_s(), "vision")
         if "error" in out:  # rebuilt here: the code does not survive Ray's exception wrapping
             raise ImageRejected(out["error"]["code"], out["error"]["message"])
         return out["vision"]
 
     async def version(self) -> str | None:
-        return await self.handle.version.remote()
+        return await faults.call(lambda: self.handle.version.remote(), timeout_s(), "vision")
 
 
 class ServeRetrieve:
@@ -34,7 +42,7 @@ class ServeRetrieve:
         self.handle = handle
 
     async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
-        return await self.handle.retrieve.remote(question, vision, options)
+        return await faults.call(lambda: self.handle.retrieve.remote(question, vision, options), timeout_s(), "rag")
 
 
 class ServeGenerate:
@@ -46,12 +54,14 @@ class ServeGenerate:
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
-        stream = self.handle.options(stream=True).generate.remote(question, passages, context, max_new_tokens)
-        async for piece in stream:
+        def make():
+            return self.handle.options(stream=True).generate.remote(question, passages, context, max_new_tokens)
+
+        async for piece in faults.stream(make, timeout_s(), "fusion"):
             yield piece
 
     async def versions(self) -> dict[str, str | None]:
-        return await self.handle.versions.remote()
+        return await faults.call(lambda: self.handle.versions.remote(), timeout_s(), "fusion")
 
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         return await self.counter.acount(question, passages, context, answer)
@@ -62,7 +72,7 @@ class ServeAudit:
         self.handle = handle
 
     async def start(self, draft: AnswerDraft) -> None:
-        await self.handle.start.remote(draft)
+        await faults.call(lambda: self.handle.start.remote(draft), timeout_s(), "audit")
 
     async def record(self, draft: AnswerDraft) -> dict:
-        return await self.handle.record.remote(draft)
+        return await faults.call(lambda: self.handle.record.remote(draft), timeout_s(), "audit")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ray import serve
 
 from ray_app.vision.analyzer import ImageRejected, VisionAnalyzer
+from serving.health import check_loaded, check_store, ready_store
 
 
-@serve.deployment(name="vision")
+@serve.deployment(name="vision", graceful_shutdown_timeout_s=40, graceful_shutdown_wait_loop_s=2)
 class VisionDeployment:
     """Loads the image encoder, label vocabulary, OCR and a store connection once per replica."""
 
@@ -19,6 +20,16 @@ class VisionDeployment:
 
     def version(self) -> str | None:
         return self.analyzer.encoder_version
+
+    def check_health(self) -> None:
+        """Serve's probe (``serving/health.py``): the analyzer is loaded and the pool open."""
+        check_loaded(analyzer=getattr(self, "analyzer", None))
+        check_store(self.analyzer.store)
+
+    def ready(self) -> dict:
+        """``/readyz``: loaded, and the database answers."""
+        self.check_health()
+        return ready_store(self.analyzer.store) | {"image_encoder": self.analyzer.encoder_version}
 
     def analyze(self, data: bytes) -> dict:
         """``{"vision": {...}}`` or ``{"error": {"code", "message"}}`` for a rejected image."""

@@ -3,11 +3,17 @@
 Writes go through binary ``COPY`` into per-transaction staging tables, then
 ``INSERT ... ON CONFLICT`` on deterministic ids, all in one transaction per call: writing the
 same batch twice changes nothing, and a killed writer leaves no half-written batch.
+
+The pool checks each connection before handing it out (a database restart leaves no dead
+connection behind), waits at most ``PRISM_POOL_TIMEOUT_S`` for one, and keeps reconnecting on its
+own; reads are retried once on a broken connection, and a database that cannot be reached is a
+:class:`StoreError` (503 at the API), never a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ray_app.errors import Unavailable
 from ray_app.settings import Settings, get_settings
@@ -92,6 +98,48 @@ def _configure(conn: psycopg.Connection) -> None:
     register_vector(conn)
 
 
+def unreachable(exc: psycopg.OperationalError) -> StoreError:
+    """The :class:`StoreError` for a database that could not be reached or dropped the connection."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreError(f"the database cannot be reached: {detail}")
+
+
+def retried_read(method):
+    """A read made once more when its connection broke (a restarted server); then :class:`StoreError`.
+
+    A pool that found no connection in time is not retried: the database is down, and a second
+    wait would only double the client's.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except PoolTimeout as exc:
+            raise unreachable(exc) from exc
+        except psycopg.OperationalError as exc:
+            log.warning("%s: %s; retrying once", method.__name__, str(exc).strip().splitlines()[:1])
+            try:
+                return method(self, *args, **kwargs)
+            except psycopg.OperationalError as again:
+                raise unreachable(again) from again
+
+    return wrapper
+
+
+def write_op(method):
+    """A write whose lost connection is a :class:`StoreError` (not retried: it may have committed)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise unreachable(exc) from exc
+
+    return wrapper
+
+
 class Store:
     """The store: owns a connection pool; safe to share between threads.
 
@@ -116,12 +164,29 @@ class Store:
             min_size=self.settings.pool_min_size,
             max_size=self.settings.pool_max_size,
             configure=_configure,
+            check=ConnectionPool.check_connection,
+            timeout=self.settings.pool_timeout_s,
+            reconnect_timeout=self.settings.pool_reconnect_timeout_s,
             open=True,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(self.settings.pool_timeout_s))},
         )
         self.fusion = load_fusion_params()
         self._lexical: LexicalIndex | None = None
         self._lexical_lock = threading.Lock()
+
+    @retried_read
+    def ping(self) -> None:
+        """One round trip to the database (readiness checks).
+
+        Raises:
+            StoreError: it cannot be reached.
+        """
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def usable(self) -> bool:
+        """The pool is open (a closed pool never recovers; a database that is down does, by itself)."""
+        return not self.pool.closed
 
     def close(self) -> None:
         self.pool.close()
@@ -133,6 +198,7 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------------ writes
+    @write_op
     def write(
         self,
         documents: Sequence[DocumentRow] = (),
@@ -165,6 +231,7 @@ class Store:
                 stats.images = _upsert_images(conn, images)
         return stats
 
+    @retried_read
     def document_hashes(self, ids: Iterable[str]) -> dict[str, str]:
         """Return ``{id: content_hash}`` for the given documents that are completely written."""
         with self.pool.connection() as conn:
@@ -175,6 +242,7 @@ class Store:
             ).fetchall()
         return dict(rows)
 
+    @retried_read
     def counts(self) -> dict[str, int]:
         with self.pool.connection() as conn:
             row = conn.execute(
@@ -204,6 +272,7 @@ class Store:
                 conn.execute(f"DROP INDEX IF EXISTS {index}")
 
     # ------------------------------------------------------------------ search
+    @retried_read
     def search_vector(
         self, embedding, k: int = 10, kind: str = "chunk", filters: Filters | None = None,
         ef_search: int | None = None,
@@ -232,6 +301,7 @@ class Store:
             rows = conn.execute(sql, [query, *params, query, k]).fetchall()
         return [SearchHit(kind, r[0], r[1], r[2], r[3], float(r[4]), r[5], r[6], r[7]) for r in rows]
 
+    @retried_read
     def images_with_sha256(self, sha256: str, k: int = 5) -> list[SearchHit]:
         """Stored images whose file bytes hash to ``sha256`` (exact copies), score 1.0."""
         _check_k(k)
@@ -243,6 +313,7 @@ class Store:
             ).fetchall()
         return [SearchHit("image", r[0], r[1], r[2], r[3], 1.0, r[4], r[5], r[6]) for r in rows]
 
+    @retried_read
     def search_text(self, text: str, k: int = 10, filters: Filters | None = None) -> list[SearchHit]:
         """Okapi BM25 over the chunks (:mod:`ray_app.store.lexical`): any query term may match.
 
@@ -302,6 +373,7 @@ class Store:
                 )
                 yield version, (ChunkTerms(*row) for row in cursor)
 
+    @retried_read
     def query_terms(self, text: str) -> dict[str, int]:
         """``{lexeme: count}`` of ``text`` as Postgres tokenises chunks (``to_tsvector('english')``)."""
         with self.pool.connection() as conn:
@@ -340,6 +412,7 @@ class Store:
         """Merge the two lists by ``fusion`` (default: the frozen parameters, ``ray_app/store/fusion.json``)."""
         return (fusion or self.fusion).fuse(vector_hits, text_hits, k)
 
+    @retried_read
     def get_document(self, doc_id: str) -> dict | None:
         with self.pool.connection() as conn:
             row = conn.execute(
@@ -352,6 +425,7 @@ class Store:
         keys = ("id", "source", "title", "url", "license", "category", "metadata", "n_chunks")
         return dict(zip(keys, row, strict=True)) | {"chunks": [{"id": c[0], "text": c[1]} for c in chunks]}
 
+    @retried_read
     def get_image(self, image_id: str) -> dict | None:
         with self.pool.connection() as conn:
             row = conn.execute(

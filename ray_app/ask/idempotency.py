@@ -1,0 +1,123 @@
+"""Retry-safe asks: an ``Idempotency-Key`` header makes a retried ask return the first answer.
+
+A client that lost its connection (or got a 503 after a replica failed) retries with the same key; the
+first ask that completes stores its ``/v1/ask`` response, and every retry with the same key and the
+same request gets that response back without a second ask: no second pair of audit records, no second
+charge to the key's tokens per day. State lives in Postgres (``ask_idempotency``), so the retry may
+land on any ingress replica. While the first ask still runs, a retry gets 409 with ``Retry-After``; a
+key reused for another request gets 422. An ask that fails gives its key back (the retry runs anew);
+a claim whose ingress died is taken over once it is older than ``PRISM_ASK_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from ray_app.errors import InputError, PrismError
+from ray_app.settings import Settings, get_settings
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces (as Stripe and the IETF draft use)
+
+# Claim the key: a new row, or a pending one whose ask outlived the server's own limit (its ingress died).
+_CLAIM = """
+INSERT INTO ask_idempotency AS i (caller, key, request_hash, state) VALUES (%(caller)s, %(key)s, %(hash)s, 'pending')
+ON CONFLICT (caller, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, state = 'pending', response = NULL,
+    created_at = now(), updated_at = now()
+WHERE (i.state = 'pending' AND i.updated_at < now() - make_interval(secs => %(stale_s)s))
+   OR i.created_at < now() - make_interval(secs => %(ttl_s)s)
+RETURNING 1
+"""
+
+
+class IdempotencyConflict(PrismError):
+    """The first ask with this key is still running (409 with ``Retry-After``)."""
+
+    code = "idempotency_key_in_use"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(InputError):
+    """The key was used for a different request (422)."""
+
+    code = "idempotency_key_reused"
+
+
+def check_key(key: str) -> str:
+    """The header's value, or :class:`InputError` (422) for one that is empty, too long or not printable ASCII."""
+    key = key.strip()
+    if not _KEY.match(key):
+        raise InputError("Idempotency-Key must be 1-255 printable ASCII characters without spaces")
+    return key
+
+
+def request_hash(fields: dict, image: bytes | None) -> str:
+    """sha256 of the request's fields (canonical JSON) and the image's bytes."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode())
+    digest.update(b"\0" + (hashlib.sha256(image).digest() if image else b""))
+    return digest.hexdigest()
+
+
+@dataclass
+class Claim:
+    """The outcome of :meth:`IdempotencyStore.claim`: a stored ``response`` to replay, or the right to run."""
+
+    caller: str
+    key: str
+    response: dict | None = None
+
+
+class IdempotencyStore:
+    """The ``ask_idempotency`` table (blocking calls: run them in a thread).
+
+    Args:
+        store: the Postgres store.
+        settings: ``PRISM_IDEMPOTENCY_TTL_S``, ``PRISM_ASK_TIMEOUT_S``, ``PRISM_RETRY_AFTER_S``.
+    """
+
+    def __init__(self, store, settings: Settings | None = None):
+        self.store, self.settings = store, settings or get_settings()
+
+    def claim(self, caller: str | None, key: str, req_hash: str) -> Claim:
+        """Claim ``key`` for a new ask, or return the stored answer of the ask that already completed with it.
+
+        Raises:
+            IdempotencyConflict: that ask is still running.
+            IdempotencyKeyReused: the key belongs to another request.
+        """
+        caller = caller or ""
+        params = {"caller": caller, "key": key, "hash": req_hash, "ttl_s": self.settings.idempotency_ttl_s,
+                  "stale_s": self.settings.ask_timeout_s + 30}
+        with self.store.pool.connection() as conn:
+            if conn.execute(_CLAIM, params).fetchone() is not None:
+                return Claim(caller, key)
+            row = conn.execute("SELECT request_hash, state, response FROM ask_idempotency WHERE caller = %s AND key = %s",
+                               (caller, key)).fetchone()
+        if row is None:  # released between the two statements: claim again
+            return self.claim(caller or None, key, req_hash)
+        stored_hash, state, response = row
+        if stored_hash != req_hash:
+            raise IdempotencyKeyReused(f"the Idempotency-Key {key!r} was used for a different request")
+        if state == "pending":
+            raise IdempotencyConflict(f"an ask with the Idempotency-Key {key!r} is still running; retry later",
+                                      self.settings.retry_after_s)
+        return Claim(caller, key, response)
+
+    def complete(self, claim: Claim, response: dict) -> None:
+        """Store the answer of the claimed ask."""
+        from psycopg.types.json import Jsonb
+
+        with self.store.pool.connection() as conn:
+            conn.execute("UPDATE ask_idempotency SET state = 'done', response = %s, updated_at = now()"
+                         " WHERE caller = %s AND key = %s", (Jsonb(response), claim.caller, claim.key))
+
+    def release(self, claim: Claim) -> None:
+        """Give the key back after the ask failed (a retry runs it anew)."""
+        with self.store.pool.connection() as conn:
+            conn.execute("DELETE FROM ask_idempotency WHERE caller = %s AND key = %s AND state = 'pending'",
+                         (claim.caller, claim.key))

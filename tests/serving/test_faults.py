@@ -1,0 +1,186 @@
+"""Each failure of the service maps to 503 + Retry-After before a response starts and to an in-band error after
+(serving/faults.py, the ingress's stream writers); only a bug is a 500. Quick: real exception types from Ray,
+Ray Serve and psycopg, no Serve app (tests/serving/test_chaos.py kills real replicas and a real database)."""
+
+import asyncio
+import json
+
+import psycopg
+import pytest
+from psycopg_pool import PoolTimeout
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from ray_app.ask.admission import Overloaded
+from ray_app.ask.service import AskEvent
+from ray_app.errors import InputError
+from ray_app.store import StoreError
+from serving import faults
+from serving.ingress import ask_sse, chat_sse, start_stream
+
+
+def wrapped(cause: Exception) -> Exception:
+    """What a caller of a replica gets: the replica's exception inside a RayTaskError (as Ray raises it)."""
+    return RayTaskError("RagDeployment.search", "Traceback ...", cause).as_instanceof_cause()
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (BackPressureError(32, 32), "overloaded"),
+    (ActorDiedError(), "replica_unavailable"),
+    (ActorUnavailableError("the replica's node is unreachable", None), "replica_unavailable"),
+    (faults.ReplicaFailed("fusion: a replica failed twice"), "replica_unavailable"),
+    (faults.StageTimeout("rag did not answer within 30 s"), "timeout"),
+    (psycopg.OperationalError("connection to server failed"), "database_unavailable"),
+    (PoolTimeout("couldn't get a connection after 5.00 sec"), "database_unavailable"),
+    (StoreError("the database cannot be reached"), "database_unavailable"),
+    (wrapped(psycopg.OperationalError("server closed the connection unexpectedly")), "database_unavailable"),
+    (wrapped(StoreError("the database cannot be reached")), "database_unavailable"),
+    (wrapped(BackPressureError(64, 64)), "overloaded"),
+    (Overloaded("too many asks", 2.0), "overloaded"),
+])
+def test_service_failures_are_503_with_retry_after(exc, code):
+    fault = faults.classify(exc, retry_after_s=2.0)
+    assert fault is not None and fault.status == 503 and fault.code == code
+    assert fault.retry_after_s == 2.0 and fault.message
+    assert faults.error_code(exc) == code
+
+
+@pytest.mark.parametrize("exc", [ValueError("a bug"), KeyError("x"), wrapped(ZeroDivisionError("a bug")),
+                                 InputError("k must be between 1 and 20")])
+def test_bugs_and_input_errors_are_not_faults(exc):
+    assert faults.classify(exc, 2.0) is None
+
+
+def test_a_replica_failure_is_retried_once_and_a_timeout_cancels():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        calls = []
+
+        def dies_then_answers():
+            future = loop.create_future()
+            (future.set_exception(ActorDiedError()) if not calls else future.set_result("answer"))
+            calls.append(future)
+            return future
+
+        assert await faults.call(dies_then_answers, 5, "rag") == "answer" and len(calls) == 2
+
+        def always_dies():
+            future = loop.create_future()
+            future.set_exception(ActorDiedError())
+            return future
+
+        with pytest.raises(faults.ReplicaFailed):
+            await faults.call(always_dies, 5, "rag")
+        hung = []
+
+        def never_answers():
+            hung.append(loop.create_future())
+            return hung[-1]
+
+        with pytest.raises(faults.StageTimeout):
+            await faults.call(never_answers, 0.05, "fusion")
+        assert hung[0].cancelled()
+
+        def db_down():  # a database failure inside a replica is not the replica's fault: not retried
+            future = loop.create_future()
+            future.set_exception(wrapped(StoreError("down")))
+            calls.append(future)
+            return future
+
+        before = len(calls)
+        with pytest.raises(StoreError):
+            await faults.call(db_down, 5, "rag")
+        assert len(calls) == before + 1
+
+    asyncio.run(scenario())
+
+
+class Pieces:
+    """An async iterator of pieces that fails where told (a fusion stream as the ingress sees it)."""
+
+    def __init__(self, pieces, fail_after=None):
+        self.pieces, self.fail_after, self.sent, self.cancelled = list(pieces), fail_after, 0, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.fail_after is not None and self.sent == self.fail_after:
+            raise ActorDiedError()
+        if not self.pieces:
+            raise StopAsyncIteration
+        self.sent += 1
+        return self.pieces.pop(0)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_a_stream_is_retried_only_before_its_first_piece():
+    async def collect(streams):
+        made = iter(streams)
+        return [p async for p in faults.stream(lambda: next(made), 5, "fusion")]
+
+    first, second = Pieces(["a"], fail_after=0), Pieces(["Frogs", " live"])
+    assert asyncio.run(collect([first, second])) == ["Frogs", " live"] and first.cancelled
+    with pytest.raises(ActorDiedError):  # after a piece has gone out, no retry: the caller reports it in band
+        asyncio.run(collect([Pieces(["Frogs", " live"], fail_after=1), Pieces(["x"])]))
+
+
+async def events(fail: Exception | None, after_tokens: int = 1):
+    yield AskEvent("meta", {"id": "a1", "vision": None, "passages": []})
+    for i in range(after_tokens):
+        yield AskEvent("token", {"text": f"piece{i} "})
+    if fail is not None:
+        raise fail
+    yield AskEvent("done", {"id": "a1", "answer": "piece0", "usage": {"completion_tokens": 1, "total_tokens": 2,
+                                                                      "prompt_tokens": 1}})
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+async def drain(agen) -> str:
+    return "".join([part async for part in agen])
+
+
+def test_a_failure_before_the_first_token_raises_before_the_response_starts():
+    async def scenario():
+        stream = events(ActorDiedError(), after_tokens=0)
+        with pytest.raises(ActorDiedError):
+            await start_stream(stream)
+        first = await start_stream(events(None, after_tokens=2))
+        assert [e.kind for e in first] == ["meta", "token"]
+
+    asyncio.run(scenario())
+
+
+def test_ask_stream_ends_with_an_in_band_error_after_it_started():
+    async def scenario():
+        stream = events(ActorDiedError(), after_tokens=2)
+        first = await start_stream(stream)
+        return sse_events(await drain(ask_sse(first, stream)))
+
+    out = asyncio.run(scenario())
+    assert [kind for kind, _ in out] == ["meta", "token", "token", "error"]
+    error = out[-1][1]["error"]
+    assert error["code"] == "replica_unavailable" and error["retry_after_s"] > 0
+
+
+def test_chat_stream_ends_with_an_error_chunk_then_done():
+    async def scenario(fail):
+        stream = events(fail, after_tokens=2)
+        first = await start_stream(stream)
+        return await drain(chat_sse(first, stream, "prism", 24, include_usage=False))
+
+    text = asyncio.run(scenario(wrapped(psycopg.OperationalError("terminating connection"))))
+    chunks = [c.removeprefix("data: ") for c in text.strip().split("\n\n")]
+    assert chunks[-1] == "[DONE]"
+    error = json.loads(chunks[-2])["error"]
+    assert error["code"] == "database_unavailable" and error["type"] == "server_error"
+    assert [json.loads(c)["choices"][0]["delta"]["content"] for c in chunks[:2]] == ["piece0 ", "piece1 "]
