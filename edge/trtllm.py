@@ -167,7 +167,7 @@ def convert_weights(state_dict: dict, config: dict) -> dict:
         tensor = state_dict[name]
         if tuple(tensor.shape) != shape:
             raise InputError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
-        return tensor.detach().to(dtype).contiguous().clone()
+        return tensor.detach().to(device="cpu", dtype=dtype).contiguous().clone()
 
     h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     q_out = config["num_attention_heads"] * config["head_size"]
