@@ -1,4 +1,4 @@
-"""`prism bench ingest|embed|serve|llm|edge|demo|precision|clip`: benchmarks that compare against a bare baseline in the same run.
+"""`prism bench ingest|embed|serve|llm|edge|demo|precision|clip|chaos`: benchmarks that compare against a bare baseline in the same run.
 
 ``ingest``, ``embed``, ``serve`` and ``llm`` are their jobs' ``main(argv)`` (:mod:`ray_app.benchmarks`): each
 job owns its options and ``--help``, and ``python -m ray_app.benchmarks.<job>`` takes the same ones.
@@ -24,6 +24,9 @@ job_command(app, "edge", "edge.bench",
             "The edge bundle per variant on 2 cores and 1: cold start, TTFT/total p50/p95, decode tok/s vs bandwidth, RSS.")
 job_command(app, "lexical", "ray_app.benchmarks.lexical",
             "The BM25 index at the store's size and replicated to 1M chunks: build time, memory, query p50/p95.")
+job_command(app, "chaos", "serving.chaos",
+            "Kill a fusion, rag and ingress replica, restart Postgres and redeploy under load: requests lost, "
+            "5xx, recovery time, audit completeness.")
 job_command(app, "demo", "ray_app.benchmarks.demo",
             "Time `prism demo` on a fresh PRISM_HOME and again (reused); report what it serves.")
 job_command(app, "precision", "training.bench_precision",
