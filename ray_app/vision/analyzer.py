@@ -5,11 +5,13 @@ magic bytes (PNG, JPEG, GIF, WebP), a pixel limit read from the header (decompre
 and a full decode that rejects truncated files. Labels are concrete names (document titles made
 short: "A frog." -> "frog", ``ray_app.vision.labels.concrete_name``) with the document's category
 as a secondary field, from two places, each marked by ``source``: ``same_image`` labels name stored
-images with the same file bytes (sha256; score 1.0), and ``zero_shot`` labels score the
-image-encoder vector against MiniLM vectors of the corpus's titles (the image tower was aligned to
-MiniLM's text space). Zero-shot scores are a softmax over the whole vocabulary at the temperature
-that ``prism eval image-encoder`` fitted on held-out images (``calibration.json`` beside the
-checkpoint), so a score reads as the chance that the label is right. Below the calibrated threshold
+images with the same file bytes (sha256; score 1.0); the others are one probability over the
+corpus's titles that mixes the titles of the nearest stored images (``similar_images``: a mirrored
+or rescaled copy of a stored picture is named after it) with a zero-shot softmax of the
+image-encoder vector against MiniLM vectors of the titles (``zero_shot``; the image tower was
+aligned to MiniLM's text space). Its temperatures come from ``prism eval image-encoder``, fitted on
+held-out images (``calibration.json`` beside the checkpoint), so a score reads as the chance that
+the label is right. Below the calibrated threshold
 the result says ``sure: false`` and offers its nearest ``candidates`` instead of one name. Used by
 the Serve ``vision`` deployment and by ``prism ask --image``.
 """
@@ -26,7 +28,15 @@ import numpy as np
 from ray_app.errors import InputError
 from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import Settings, get_settings
-from ray_app.vision.labels import DEFAULT_TEMPERATURE, concrete_name, label_entries, read_calibration, softmax
+from ray_app.vision.labels import (
+    DEFAULT_TEMPERATURE,
+    LabelCalibration,
+    concrete_name,
+    label_entries,
+    label_probabilities,
+    neighbour_weights,
+    read_calibration,
+)
 
 log = logging.getLogger(__name__)
 MAGIC_BYTES: dict[bytes, str] = {
@@ -161,14 +171,31 @@ class LabelIndex:
 
     def top(self, vector: np.ndarray, k: int = 5, temperature: float = DEFAULT_TEMPERATURE) -> list[dict]:
         """The ``k`` best labels with softmax scores (at ``temperature``) over the whole vocabulary."""
+        return self.rank(vector, k, LabelCalibration(temperature=temperature))
+
+    def rank(self, vector: np.ndarray, k: int, calibration: LabelCalibration, neighbours=()) -> list[dict]:
+        """The ``k`` most probable labels under ``calibration`` (:func:`ray_app.vision.labels.label_probabilities`).
+
+        Args:
+            neighbours: ``(title, cosine)`` of the stored images nearest to the picture; their titles'
+                concrete names get a share of the probability (``source: similar_images`` where it dominates).
+        """
         if not self.labels:
             return []
         sims = self.vectors @ np.asarray(vector, dtype=np.float32)
-        probs = softmax(sims, temperature)
-        order = np.argsort(-sims)[:k]
+        nn = [(self.index_of(concrete_name(title)), cosine) for title, cosine in neighbours]
+        nn_sims = np.array([[c for _, c in nn]], dtype=np.float64) if nn else None
+        nn_labels = np.array([[-1 if i is None else i for i, _ in nn]]) if nn else None
+        probs = label_probabilities(sims[None], nn_sims, nn_labels, calibration)[0]
+        # The zero-shot part of each probability; the rest came from the stored neighbours' titles.
+        text_part = label_probabilities(sims[None], None, None, calibration)[0]
+        if nn_sims is not None and calibration.neighbour_temperature is not None:
+            text_part *= neighbour_weights(nn_sims, calibration.neighbour_temperature, calibration.neighbour_floor)[1][0]
+        order = np.argsort(-probs)[:k]
         categories = self.categories if len(self.categories) == len(self.labels) else [None] * len(self.labels)
         return [{"label": self.labels[i], "score": round(float(probs[i]), 4), "category": categories[i],
-                 "cosine": round(float(sims[i]), 4), "source": "zero_shot"} for i in order]
+                 "cosine": round(float(sims[i]), 4),
+                 "source": "similar_images" if probs[i] > 2 * text_part[i] else "zero_shot"} for i in order]
 
 
 def same_image_labels(copies) -> list[dict]:
@@ -237,11 +264,11 @@ class VisionAnalyzer:
         if self.encoder is not None:
             vector = self.encoder.embed([image])[0]
             result.embedding = vector.tolist()
-            hits = self.store.search_vector(vector, k_similar, "image")
-            result.similar_images = [_similar(h) for h in hits]
+            hits = self.store.search_vector(vector, max(k_similar, self.calibration.neighbours), "image")
+            result.similar_images = [_similar(h) for h in hits[:k_similar]]
             copies = self.store.images_with_sha256(result.image_sha256)
-            zero_shot = self.labels.top(vector, k_labels, self.calibration.temperature)
-            result.labels = merge_labels(same_image_labels(copies), zero_shot, k_labels)
+            ranked = self.labels.rank(vector, k_labels, self.calibration, [(h.title, h.score) for h in hits])
+            result.labels = merge_labels(same_image_labels(copies), ranked, k_labels)
             result.sure = is_sure(result.labels, self.calibration.threshold)
             if not result.sure:
                 result.candidates = [x["label"] for x in result.labels[:K_CANDIDATES]]

@@ -5,6 +5,10 @@
   temperature is fitted (:func:`fit_temperature`, lowest negative log-likelihood) by
   ``prism eval image-encoder`` on one half of the held-out views, and the expected calibration
   error (:func:`expected_calibration_error`) is reported on the other half.
+* The stored images nearest to the picture vouch for their titles (:func:`label_probabilities`): a
+  near copy of a stored picture (mirrored, scaled, on another background) is named after it, while
+  neighbours that are not close leave the probability to the zero-shot scores; the neighbours'
+  temperature and "none of them" floor are fitted the same way (:func:`fit_neighbour_mixture`).
 * The same command picks the score above which the top label is right often enough
   (:func:`choose_threshold`) and saves both as ``calibration.json`` beside the checkpoint's weights;
   the vision step reads it (:func:`read_calibration`) and says ``sure: false`` below it.
@@ -110,6 +114,65 @@ class LabelCalibration:
     method: str = "default temperature, not fitted"
     vocabulary_size: int | None = None
     ece: float | None = None
+    neighbour_temperature: float | None = None
+    neighbour_floor: float | None = None
+    neighbours: int = 10
+
+
+def neighbour_weights(nn_sims: np.ndarray, temperature: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """How much each stored neighbour vouches for its title, and what is left for the zero-shot scores.
+
+    A neighbour at cosine ``s`` weighs ``exp(s / t)`` against a "none of them" weight ``exp(floor / t)``: a
+    near copy (``s`` well above ``floor``) takes most of the probability, neighbours below ``floor`` little.
+
+    Returns:
+        ``(weights (n, k), leftover (n,))``, each row summing to 1 with its leftover.
+    """
+    z = np.concatenate([np.asarray(nn_sims, dtype=np.float64), np.full((len(nn_sims), 1), floor)], axis=1) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    e /= e.sum(axis=1, keepdims=True)
+    return e[:, :-1], e[:, -1]
+
+
+def label_probabilities(text_sims: np.ndarray, nn_sims: np.ndarray | None, nn_labels: np.ndarray | None,
+                        calibration: LabelCalibration) -> np.ndarray:
+    """(n, labels) probabilities: the stored neighbours' titles, then the rest spread by the zero-shot softmax.
+
+    Args:
+        text_sims: (n, labels) cosines between image vectors and label vectors.
+        nn_sims: (n, k) cosines to the nearest stored images, or None (zero-shot only).
+        nn_labels: (n, k) label index of each neighbour's title (-1: not in the vocabulary).
+    """
+    probs = softmax(text_sims, calibration.temperature)
+    if nn_sims is None or calibration.neighbour_temperature is None or np.size(nn_sims) == 0:
+        return probs
+    weights, leftover = neighbour_weights(nn_sims, calibration.neighbour_temperature, calibration.neighbour_floor)
+    probs *= leftover[:, None]
+    rows = np.repeat(np.arange(len(probs)), weights.shape[1])
+    labels, w = np.asarray(nn_labels).ravel(), weights.ravel()
+    known = labels >= 0
+    np.add.at(probs, (rows[known], labels[known]), w[known])
+    return probs / probs.sum(axis=1, keepdims=True)  # neighbours outside the vocabulary give their share back
+
+
+def target_probability(text_probs_target: np.ndarray, nn_sims: np.ndarray, nn_is_target: np.ndarray,
+                       temperature: float, floor: float) -> np.ndarray:
+    """Each row's probability of its right label under :func:`label_probabilities` (all neighbours in vocabulary)."""
+    weights, leftover = neighbour_weights(nn_sims, temperature, floor)
+    return (weights * nn_is_target).sum(axis=1) + leftover * text_probs_target
+
+
+def fit_neighbour_mixture(text_probs_target: np.ndarray, nn_sims: np.ndarray, nn_is_target: np.ndarray) -> tuple[float, float]:
+    """``(neighbour_temperature, neighbour_floor)`` on a grid, lowest negative log-likelihood of the right labels."""
+    best, best_nll = (0.05, 1.0), np.inf
+    for temperature in np.geomspace(0.005, 0.3, 16):
+        for floor in np.linspace(0.3, 1.0, 29):
+            p = target_probability(text_probs_target, nn_sims, nn_is_target, temperature, floor)
+            nll = -np.log(p + 1e-12).mean()
+            if nll < best_nll:
+                best, best_nll = (float(temperature), float(floor)), nll
+    return best
 
 
 def write_calibration(folder: Path, calibration: LabelCalibration) -> Path:

@@ -83,3 +83,19 @@ def test_an_unidentified_picture_gets_a_plain_reply_not_a_guess():
     assert unidentified_image_reply("What is this?", near) is None
     # Vision output without the field (the edge runtime, older servers) keeps the old behaviour.
     assert unidentified_image_reply("What is this?", {"labels": UNSURE["labels"]}) is None
+
+
+def test_near_stored_neighbours_name_the_picture_and_far_ones_leave_it_to_zero_shot():
+    from ray_app.vision.labels import label_probabilities
+
+    text_sims = np.array([[0.30, 0.32, 0.10, 0.0]] * 2)  # zero-shot slightly prefers label 1
+    cal = LabelCalibration(temperature=0.05, neighbour_temperature=0.02, neighbour_floor=0.8)
+    near = label_probabilities(text_sims[:1], np.array([[0.97, 0.6]]), np.array([[0, 2]]), cal)[0]
+    far = label_probabilities(text_sims[1:], np.array([[0.55, 0.5]]), np.array([[0, 2]]), cal)[0]
+    assert near.argmax() == 0 and near[0] > 0.99  # a near copy of a stored "label 0" picture
+    assert far.argmax() == 1 and abs(far.sum() - 1) < 1e-9  # neighbours below the floor barely count
+    zero_shot_only = label_probabilities(text_sims[:1], None, None, cal)[0]
+    np.testing.assert_allclose(zero_shot_only, softmax(text_sims[:1], 0.05)[0])
+    # A neighbour whose title is not in the vocabulary gives its share back to the rest.
+    unknown = label_probabilities(text_sims[:1], np.array([[0.97]]), np.array([[-1]]), cal)[0]
+    np.testing.assert_allclose(unknown, zero_shot_only)
