@@ -27,13 +27,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError, RayError
+from ray.serve.exceptions import BackPressureError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_app.ask.admission import AdmissionGate
@@ -153,6 +154,21 @@ async def _backpressure(request: Request, exc: BackPressureError) -> JSONRespons
 @api.exception_handler(RayActorError)
 async def _replica_died(request: Request, exc: RayActorError) -> JSONResponse:
     return fault_json(request, faults.classify(exc, get_settings().retry_after_s))
+
+
+@api.exception_handler(RayError)
+@api.exception_handler(RayServeException)
+@api.exception_handler(psycopg.OperationalError)
+async def _service_failure(request: Request, exc: Exception) -> JSONResponse:
+    """Ray's and the database driver's errors, handled here rather than by the catch-all (which re-raises after
+    answering): 503 for a failure of the service (also a replica's, inside ``RayTaskError``), 500 for a bug."""
+    fault = faults.classify(exc, get_settings().retry_after_s)
+    if fault is not None:
+        return fault_json(request, fault)
+    mine = next((c for c in faults.causes(exc) if isinstance(c, PrismError)), None)
+    if mine is not None:  # a replica's input error, wrapped by Ray: its own status
+        return await _prism_error(request, mine)
+    return error_json(request, 500, "internal_error", f"{type(exc).__name__}: the server failed to answer")
 
 
 @api.exception_handler(RequestValidationError)

@@ -184,3 +184,24 @@ def test_chat_stream_ends_with_an_error_chunk_then_done():
     error = json.loads(chunks[-2])["error"]
     assert error["code"] == "database_unavailable" and error["type"] == "server_error"
     assert [json.loads(c)["choices"][0]["delta"]["content"] for c in chunks[:2]] == ["piece0 ", "piece1 "]
+
+
+def test_the_ingress_answers_wrapped_failures_by_cause():
+    """Ray's and psycopg's errors reach their own handler (not the catch-all): 503 for the service's failures,
+    the cause's own status for a replica's input error, 500 only for a bug."""
+    from starlette.requests import Request
+
+    from ray_app.store import StoreInputError
+    from serving.ingress import _service_failure
+
+    request = Request({"type": "http", "method": "POST", "path": "/v1/search", "headers": [], "query_string": b""})
+
+    def answer(exc):
+        response = asyncio.run(_service_failure(request, exc))
+        return response.status_code, json.loads(response.body)["error"]["code"], response.headers.get("retry-after")
+
+    assert answer(wrapped(StoreError("down"))) == (503, "database_unavailable", "2")
+    assert answer(psycopg.OperationalError("the connection is lost")) == (503, "database_unavailable", "2")
+    assert answer(ActorDiedError())[:2] == (503, "replica_unavailable")
+    assert answer(wrapped(StoreInputError("k must be an integer in 1..1000")))[:2] == (422, "invalid_request")
+    assert answer(wrapped(ZeroDivisionError("a bug")))[:2] == (500, "internal_error")
