@@ -303,3 +303,32 @@ def test_smollm2_checkpoint_merges_the_configured_adapter(tmp_path, monkeypatch)
     worst, _ = compare(CheckpointReader(tmp_path / "merged"), merged, ids)
     assert worst <= 1e-4
     assert compare(CheckpointReader(tmp_path / "merged"), plain, ids)[0] > 1e-2  # the adapter changed the logits
+
+
+def test_gpu_check_runs_its_measurements_and_keeps_other_report_sections(tmp_path):
+    """The GPU check's own code, run on the CPU with a tiny config (the lent GPU runs it on CUDA)."""
+    from edge.gpu_check import render_section, run_check, write_section
+
+    tiny_llama().config.to_json_file(str(tmp_path / "config.json"))
+    result = run_check(None, tmp_path / "config.json", new_tokens=8, device="cpu", copy_mb=16)
+    parity = result["parity_vs_hf_fp32"]
+    assert set(parity) == {"bf16", "w8a16_emulated", "hf_bf16_yardstick"}
+    # bf16 costs the reader about what it costs Hugging Face itself.
+    assert parity["bf16"]["max_abs_diff"] <= 2 * parity["hf_bf16_yardstick"]["max_abs_diff"]
+    assert parity["bf16"]["top1_agreement"] >= 0.9
+    decode = result["decode"]
+    assert decode["reader_bf16_tokens_per_s"] > 0 and decode["bandwidth_bound_tokens_per_s"] > 0
+    # bf16: every weight once (lm_head as its own copy of the tied table) plus one embedding row per token.
+    assert decode["weight_bytes_per_token"] == 2 * (sum(p.numel() for p in tiny_llama().parameters()) + 64)
+
+    (tmp_path / "gpu-check.json").write_text(json.dumps({"jobs": {"qlora": {"ok": True}}}))
+    (tmp_path / "gpu-check.md").write_text("# GPU check\n\nearlier results\n")
+    for available in (True, False):  # written twice: the section is replaced, not appended again
+        section = {"available": available, **result, "reason": "none", "host": "h", "load_average": [0.0, 0.0, 0.0],
+                   "measured_at": "now"}
+        write_section(tmp_path, section)
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["jobs"] == {"qlora": {"ok": True}} and report["edge_trtllm"]["available"] is False
+    text = (tmp_path / "gpu-check.md").read_text()
+    assert text.startswith("# GPU check\n\nearlier results\n") and text.count("edge_trtllm: begin") == 1
+    assert "Not run" in text and "| bf16 |" in render_section({**section, "available": True})
