@@ -46,9 +46,7 @@ def build_query(question: str, vision: dict | None) -> str:
         parts += confident_labels(vision)
         if vision.get("ocr_text"):
             parts.append(vision["ocr_text"][:200])
-        similar = vision.get("similar_images") or []
-        if similar and similar[0].get("score", 0) >= NEAR_DUPLICATE and similar[0].get("caption"):
-            parts.append(similar[0]["caption"])
+        parts.append(near_duplicate_caption(vision))
     return " ".join(p for p in parts if p)
 
 
@@ -60,11 +58,16 @@ def confident_labels(vision: dict) -> list[str]:
 
 
 def unidentified(vision: dict | None) -> bool:
-    """Vision could not say what the picture shows: not sure, and no stored image that is nearly the same."""
-    if not vision or vision.get("sure") is not False:
-        return False
+    """Vision says it is not sure what the picture shows (its calibrated labels already weigh the nearest stored images)."""
+    return bool(vision) and vision.get("sure") is False
+
+
+def near_duplicate_caption(vision: dict) -> str | None:
+    """The caption of a stored image nearly the same as the upload, unless vision says it is not sure."""
     similar = vision.get("similar_images") or []
-    return not (similar and similar[0].get("score", 0) >= NEAR_DUPLICATE)
+    if unidentified(vision) or not similar or similar[0].get("score", 0) < NEAR_DUPLICATE:
+        return None
+    return similar[0].get("caption") or None
 
 
 def unidentified_image_reply(question: str, vision: dict | None) -> str | None:
@@ -94,9 +97,8 @@ def image_context(vision: dict | None) -> str | None:
         bits.append("the picture could not be identified")
     if ocr_passage(vision, 0) is not None:
         bits.append("it contains text (see the passage titled 'Text in the uploaded image')")
-    similar = vision.get("similar_images") or []
-    if similar and similar[0].get("score", 0) >= NEAR_DUPLICATE and similar[0].get("caption"):
-        bits.append(f"it looks like: {similar[0]['caption']}")
+    if near_duplicate_caption(vision):
+        bits.append(f"it looks like: {near_duplicate_caption(vision)}")
     return "; ".join(bits) or "an image with no recognised content"
 
 

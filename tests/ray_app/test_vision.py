@@ -101,3 +101,25 @@ def png_bytes_of(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_a_question_about_an_unidentified_picture_is_answered_without_a_guess(store, text_embedder, tmp_path):
+    """The ask service with real stages: vision is not sure (a random tower never is), so "what is this?" gets
+    "I could not identify the picture" with the candidates, and the LLM is never called (there is none here)."""
+    import asyncio
+
+    from ray_app.ask.service import AskService
+    from ray_app.ask.stages import CheckOnlyAudit, LocalGenerate, LocalRetrieve, LocalVision
+    from ray_app.models.image import ImageEncoder
+
+    encoder = ImageEncoder(build_random_encoder(tmp_path / "enc"))
+    write_corpus(store, text_embedder, encoder)
+    vision = LocalVision(store, text_embedder)
+    vision._analyzer = VisionAnalyzer(store, text_embedder, encoder)
+    service = AskService(vision, LocalRetrieve(store, text_embedder), LocalGenerate(llm=None), CheckOnlyAudit(), None)
+    service._versions = {"model": "none", "adapter": None}
+    noise = Image.fromarray(np.random.default_rng(2).integers(0, 256, (80, 80, 3), dtype=np.uint8))
+    done = asyncio.run(service.ask("What is this animal and where does it live?", png_bytes_of(noise)))
+    assert done["vision"]["sure"] is False and len(done["vision"]["candidates"]) == 3
+    assert done["answer"].startswith("I could not identify the picture. It might be ")
+    assert all(c in done["answer"] for c in done["vision"]["candidates"])

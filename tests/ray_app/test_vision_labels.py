@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ray_app.ask.retrieval import confident_labels, image_context, unidentified_image_reply
+from ray_app.ask.retrieval import build_query, confident_labels, image_context, unidentified_image_reply
 from ray_app.vision.labels import (
     NEVER_SURE,
     LabelCalibration,
@@ -77,10 +77,13 @@ def test_an_unidentified_picture_gets_a_plain_reply_not_a_guess():
     assert image_context(UNSURE) == "the picture could not be identified"
     # A question that does not point at the picture is answered as usual.
     assert unidentified_image_reply("How do frogs breathe?", UNSURE) is None
-    # Sure, or a stored image that is nearly the same: not unidentified.
     assert unidentified_image_reply("What is this?", {**UNSURE, "sure": True}) is None
+    # A close stored image does not overrule "not sure" (the calibrated labels already weighed it; a weak tower
+    # finds every picture close), and its caption is not offered to retrieval or the prompt either.
     near = {**UNSURE, "similar_images": [{"score": 0.95, "caption": "A frog."}]}
-    assert unidentified_image_reply("What is this?", near) is None
+    assert unidentified_image_reply("What is this?", near) is not None
+    assert "A frog." not in build_query("What is this?", near) and "looks like" not in image_context(near)
+    assert "A frog." in build_query("What is this?", {**near, "sure": True})
     # Vision output without the field (the edge runtime, older servers) keeps the old behaviour.
     assert unidentified_image_reply("What is this?", {"labels": UNSURE["labels"]}) is None
 
