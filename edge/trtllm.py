@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--max-batch", type=int, default=8, help="build_trtllm.sh: --max_batch_size (default 8).")
     parser.add_argument("--max-input-len", type=int, default=1024, help="build_trtllm.sh: --max_input_len (default 1024).")
     parser.add_argument("--max-seq-len", type=int, default=2048, help="build_trtllm.sh: --max_seq_len (default 2048).")
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="Read the checkpoint back (edge.trtllm_reader, fp32 activations, quant_algo emulated) and "
+                             "compare its logits with Hugging Face fp32 on N wiki passages of 96 tokens; the result goes "
+                             "into prism_export.json (default 0: skip).")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="With --verify: also write DIR/trtllm-export.{json,md} (e.g. docs/reports).")
     parser.add_argument("--json", action="store_true", help="Print a summary as one JSON object.")
     return parser.parse_args(argv)
 
@@ -69,9 +75,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_input_len > args.max_seq_len:
         raise InputError("--max-input-len must not exceed --max-seq-len")
+    if args.verify < 0 or (args.report and not args.verify):
+        raise InputError("--verify takes a number of passages >= 1 (and --report needs it)")
     summary = export_trtllm(out, settings, dtype=args.dtype, quant_algo=quant,
                             limits={"max_batch_size": args.max_batch, "max_input_len": args.max_input_len,
-                                    "max_seq_len": args.max_seq_len})
+                                    "max_seq_len": args.max_seq_len}, verify=args.verify)
+    if args.report:
+        from ray_app.reports import write_report
+
+        argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+        write_report(args.report, "trtllm-export", summary, render_report, command=f"prism export trtllm {argv_text}")
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
@@ -263,8 +276,43 @@ def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str |
     return info
 
 
+def verify_checkpoint(folder: Path, model, tokenizer, passages: int, tokens: int = 96) -> dict:
+    """Logits of the checkpoint read back with TensorRT-LLM's semantics (:mod:`edge.trtllm_reader`) against
+    Hugging Face's fp32 ``model``, teacher-forced on the first ``tokens`` tokens of ``passages`` wiki summaries."""
+    import torch
+
+    from edge.trtllm_reader import CheckpointReader
+    from ray_app.corpus.wiki import load_wiki_records
+    from ray_app.reports import load_average
+
+    rows = [ids[:tokens] for r in load_wiki_records() if len(ids := tokenizer(r["text"])["input_ids"]) >= tokens]
+    ids = torch.tensor(rows[:passages])
+    reader = CheckpointReader(folder)
+    started = time.perf_counter()
+    with torch.no_grad():
+        ours = torch.cat([reader(ids[i:i + 4]) for i in range(0, len(ids), 4)])
+        theirs = torch.cat([model.float()(ids[i:i + 4]).logits.float() for i in range(0, len(ids), 4)])
+    return {"passages": len(ids), "tokens": int(ids.numel()), "activations": "float32",
+            "quant_algo_emulated": reader.config["quantization"]["quant_algo"],
+            "max_abs_diff": (ours - theirs).abs().max().item(),
+            "top1_agreement": (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item(),
+            "seconds": round(time.perf_counter() - started, 1), "load_average": load_average()}
+
+
+def render_report(result: dict) -> str:
+    v = result["verified"]
+    return (f"# TensorRT-LLM checkpoint read back (edge.trtllm_reader)\n\n`{result['command']}`; JSON: "
+            f"[trtllm-export.json](trtllm-export.json).\n\n"
+            f"| dtype | quant_algo (emulated) | passages x tokens | max abs logit diff vs HF fp32 | top-1 agreement |\n"
+            f"|---|---|---|---|---|\n| {result['dtype']} | {v['quant_algo_emulated']} | {v['passages']} x "
+            f"{v['tokens'] // max(v['passages'], 1)} | {v['max_abs_diff']:.3g} | {v['top1_agreement']:.4f} |\n\n"
+            f"Adapter: {result['adapter'] or 'none'} ({result['adapter_source']}). Load average {v['load_average']}. "
+            "Nothing TensorRT ran: the reader computes what an engine built from the checkpoint would, with "
+            "fp32 activations; an engine runs fp16/bf16 activations.\n")
+
+
 def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "float16", quant_algo: str | None = "W8A16",
-                  limits: dict | None = None) -> dict:
+                  limits: dict | None = None, verify: int = 0) -> dict:
     """The served LLM (adapter merged when one is configured or trained) as a TensorRT-LLM checkpoint in ``out``.
 
     Returns:
@@ -281,9 +329,13 @@ def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "flo
     llm = load_llm(settings.llm_model, adapter or "", settings, dtype="float32")  # merged in float32, cast below
     source = {"model": settings.llm_model, "adapter": adapter, "adapter_source": adapter_source}
     info = write_checkpoint(llm.model, out, dtype, quant_algo, tokenizer=llm.tokenizer, limits=limits, source=source)
-    return {"checkpoint": str(out), "dtype": dtype, "quant_algo": quant_algo, "adapter": adapter,
-            "adapter_source": adapter_source, "checkpoint_mb": info["checkpoint_mb"], "tensors": info["tensors"],
-            "build": str(out / "build_trtllm.sh")}
+    summary = {"checkpoint": str(out), "dtype": dtype, "quant_algo": quant_algo, "adapter": adapter,
+               "adapter_source": adapter_source, "checkpoint_mb": info["checkpoint_mb"], "tensors": info["tensors"],
+               "build": str(out / "build_trtllm.sh")}
+    if verify:
+        summary["verified"] = info["verified"] = verify_checkpoint(out, llm.model, llm.tokenizer, verify)
+        (out / "prism_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return summary
 
 
 if __name__ == "__main__":
