@@ -630,7 +630,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The job's arguments; every default is :class:`ImageEncoderEvalConfig`'s."""
     p = job_parser(prog, __doc__)
     p.add_argument("--checkpoint", type=Path, default=ImageEncoderEvalConfig.checkpoint, metavar="DIR",
-                   help="Checkpoint folder (default: the demo encoder under PRISM_HOME).")
+                   help="Checkpoint folder (default: the one Serve loads: PRISM_IMAGE_ENCODER, else the newest trained under PRISM_HOME).")
     p.add_argument("--out", type=Path, default=ImageEncoderEvalConfig.out, help="Where image-encoder.{json,md} go.")
     p.add_argument("--curve", type=Path, action="append", default=[], metavar="DIR",
                    help="An earlier checkpoint of the run, for a learning curve (repeatable).")
