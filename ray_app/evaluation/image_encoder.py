@@ -480,6 +480,26 @@ def diagnose(report: dict) -> list[str]:
         f"of the held-out captions into the right category, so an image tower that matched its captions perfectly would "
         f"reach about that zero-shot accuracy (trained: {held['zero_shot_acc']:.3f})."
     )
+    views = report.get("transformed")
+    if views:
+        worst = min(views["by_kind"].items(), key=lambda kv: kv[1]["original_in_top5"])
+        fit_views = report["transformed_train_sample"]
+        notes.append(
+            f"- Transformed views: the original is among the 5 most similar of {report.get('all_stamps')} stamps for "
+            f"{views['original_in_top5']:.3f} of held-out views and {fit_views['original_in_top5']:.3f} of training-stamp "
+            f"views; the hardest kind is '{worst[0]}' ({worst[1]['original_in_top5']:.3f}). Zero-shot category accuracy "
+            f"on the views is {views['zero_shot_acc']:.3f} (on the untouched held-out stamps {held['zero_shot_acc']:.3f})."
+        )
+    cal = report.get("calibration")
+    if cal and cal.get("by_group"):
+        groups = cal["by_group"]
+        notes.append(
+            "- Labels: " + "; ".join(f"{g} pictures get the right name {r['label_top1_acc']:.3f} of the time and are "
+                                      f"'sure' {r['sure_rate']:.3f} of the time" for g, r in groups.items())
+            + ". A picture of something the corpus has no picture of can only be named by the zero-shot scores, "
+            f"which alone name {cal['zero_shot_only']['label_top1_acc']:.3f} of all reported images right among "
+            f"{cal['vocabulary_size']:,} names: the vision output says it is not sure instead."
+        )
     curve = report.get("curve") or []
     if len(curve) >= 2:
         first, last = curve[0], curve[-1]
