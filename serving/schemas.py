@@ -40,10 +40,12 @@ class SearchResponse(BaseModel):
 
 
 class Label(BaseModel):
-    label: str
-    score: float
+    label: str = Field(description="A concrete name: a stored title made short ('A frog.' -> 'frog').")
+    score: float = Field(description="Calibrated probability that the label is right (see docs/reports/image-encoder.md).")
+    category: str | None = Field(None, description="The labelled document's category (e.g. 'animals').")
     cosine: float | None = None
-    source: str | None = Field(None, description="'same_image' (title/category of a stored exact copy) or 'zero_shot'.")
+    source: str | None = Field(None, description="'same_image' (a stored exact copy), 'similar_images' (the nearest "
+                                                 "stored images' titles) or 'zero_shot' (image vs title vectors).")
 
 
 class SimilarImage(BaseModel):
@@ -63,6 +65,9 @@ class VisionOut(BaseModel):
     ocr_text: str
     similar_images: list[SimilarImage]
     notes: list[str] = []
+    sure: bool | None = Field(None, description="False when the top label scores below the calibrated threshold: the "
+                                                "picture was not identified; None without an image encoder.")
+    candidates: list[str] = Field(default_factory=list, description="When not sure: the nearest names to ask about.")
 
 
 class Citation(BaseModel):
