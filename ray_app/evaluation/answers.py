@@ -535,7 +535,8 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
     report = build_report(results, examples, test_path, config.max_new_tokens, config.methods, config.n)
     report["eval"].update(dtype=settings.llm_dtype, engine=settings.llm_engine, batch_size=config.batch_size)
     report["load_average"] = {"start": load, "end": load_average()}
-    report["command"] = report["commands"][-1] = eval_command(config.methods, config.n, config.max_new_tokens, results)
+    report["command"] = report["commands"][-1] = eval_command(config.methods, config.n, config.max_new_tokens, results,
+                                                              config.checkpoints, config.batch_size)
     report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + config.notes
     write_report(config.out.parent, config.out.name, report, render_markdown)
     return report
@@ -602,11 +603,16 @@ def training_notes(results: dict) -> list[str]:
     return notes
 
 
-def eval_command(methods: str, n: int, max_new_tokens: int, results: dict) -> str:
-    """The command line that reproduces this report (with any non-final checkpoints spelled out)."""
+def eval_command(methods: str, n: int, max_new_tokens: int, results: dict, overrides: dict | None = None,
+                 batch_size: int | None = None) -> str:
+    """The command line that reproduces this report (with chosen and non-final checkpoints spelled out)."""
+    overrides = overrides or {}
     extra = "".join(
-        f" --checkpoint {m}={r['checkpoint']}" for m, r in results.items() if r.get("checkpoint") and not r["checkpoint"].endswith("/final")
+        f" --checkpoint {m}={r['checkpoint']}" for m, r in results.items()
+        if r.get("checkpoint") and (m in overrides or not r["checkpoint"].endswith("/final"))
     )
+    if batch_size is not None and batch_size != AnswersEvalConfig.batch_size:
+        extra += f" --batch-size {batch_size}"
     if any(r.get("not_evaluated") for r in results.values()):
         extra += " --skip-missing"
     return f"prism eval answers --json --methods {methods} --n {n} --max-new-tokens {max_new_tokens}{extra}"
