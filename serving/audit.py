@@ -1,4 +1,5 @@
-"""The ``audit`` deployment: grounding + injection checks, then a record appended to the audit chain."""
+"""The ``audit`` deployment: injection screening before generation (rules + the learned detector on its MiniLM);
+grounding + injection checks after it, then a record appended to the audit chain."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from ray import serve
 from ray_app.ask.service import AnswerDraft
 from ray_app.ask.stages import LoggedAudit
 from ray_app.audit.chain import verify_chain
+from ray_app.audit.injection import Defences, Screening
+from ray_app.llm.prompting import Passage
 from serving.health import check_loaded, check_store, ready_store
 
 
@@ -30,6 +33,10 @@ class AuditDeployment:
         """``/readyz``: loaded, and the database answers."""
         self.check_health()
         return ready_store(self.store)
+
+    async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
+        """Screen the question and passages before generation (quarantine, flags)."""
+        return await self.auditor.screen(question, passages, defences)
 
     async def start(self, draft: AnswerDraft) -> None:
         """Log the ``started`` record of an ask about to be generated."""

@@ -235,9 +235,9 @@ async def llm_caller(request: Request) -> Admission:
 
 
 async def metered(events: AsyncIterator[AskEvent], admission: Admission) -> AsyncIterator[AskEvent]:
-    """The ask's events; its ``done`` charges the answer's tokens to the caller's day."""
+    """The ask's events; its ``done`` (or ``flagged``) charges the answer's tokens to the caller's day."""
     async for event in events:
-        if event.kind == "done":
+        if event.kind in ("done", "flagged"):
             await asyncio.to_thread(get_guard().charge_tokens, admission.caller, event.data["usage"]["total_tokens"])
         yield event
 
@@ -288,7 +288,7 @@ async def start_stream(events: AsyncIterator[AskEvent]) -> list[AskEvent]:
     first = [await anext(events)]
     async for event in events:
         first.append(event)
-        if event.kind in ("token", "done"):
+        if event.kind in ("token", "done", "flagged"):
             break
     return first
 
@@ -303,7 +303,7 @@ async def chained(first: list[AskEvent], events: AsyncIterator[AskEvent]) -> Asy
 async def final_response(first: list[AskEvent], events: AsyncIterator[AskEvent]) -> dict:
     """Drain an ask's events and return its ``done`` response."""
     async for event in chained(first, events):
-        if event.kind == "done":
+        if event.kind in ("done", "flagged"):  # flagged: the answer withheld, with why (``withheld: true``)
             return event.data
     raise RuntimeError("the ask pipeline ended without an answer")
 
@@ -371,7 +371,10 @@ def chat_chunk(ask_id: str, model: str, created: int, delta: ChatDelta | None, f
 
 
 def finish_reason(response: dict, max_new_tokens: int) -> str:
-    """``length`` when the answer used its whole token allowance, else ``stop``."""
+    """``content_filter`` when the injection defences withheld the answer, ``length`` when it used its whole token
+    allowance, else ``stop``."""
+    if response.get("withheld"):
+        return "content_filter"
     return "length" if response["usage"]["completion_tokens"] >= max_new_tokens else "stop"
 
 
@@ -385,7 +388,7 @@ async def chat_sse(first: list[AskEvent], events: AsyncIterator[AskEvent], model
             if event.kind == "token":
                 yield chat_chunk(ask_id, model, created, ChatDelta(role=role, content=event.data["text"]))
                 role = None
-            elif event.kind == "done":
+            elif event.kind in ("done", "flagged"):  # flagged: finish_reason content_filter, prism.answer says why
                 yield chat_chunk(ask_id, model, created, ChatDelta(), finish_reason(event.data, max_new_tokens),
                                  event.data)
                 if include_usage:

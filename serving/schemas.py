@@ -102,6 +102,8 @@ class AskResponse(BaseModel):
     audit: AuditOut
     timings_ms: dict[str, float]
     usage: Usage = Field(default_factory=Usage)
+    withheld: bool = Field(default=False, description="True when the injection defences stopped the answer: "
+                                                      "`answer` then says why and `audit.flags` name the checks.")
 
 
 class ImageUrl(BaseModel):
@@ -148,7 +150,7 @@ class ChatResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatResponseMessage
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: Literal["stop", "length", "content_filter"] = "stop"
 
 
 class ChatCompletionResponse(BaseModel):
@@ -169,7 +171,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "error", "content_filter"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

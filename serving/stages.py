@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from ray_app.ask.retrieval import Retrieved
 from ray_app.ask.service import AnswerDraft, AskOptions
 from ray_app.ask.stages import TokenCounter
+from ray_app.audit.injection import Defences, Screening
 from ray_app.llm.prompting import Passage
 from ray_app.settings import get_settings
 from ray_app.vision.analyzer import ImageRejected
@@ -76,3 +77,6 @@ class ServeAudit:
 
     async def record(self, draft: AnswerDraft) -> dict:
         return await faults.call(lambda: self.handle.record.remote(draft), timeout_s(), "audit")
+
+    async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
+        return await faults.call(lambda: self.handle.screen.remote(question, passages, defences), timeout_s(), "audit")

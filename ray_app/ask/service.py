@@ -17,6 +17,13 @@ The question's e-mails, phone numbers, card numbers and SSNs are redacted first
 (:func:`ray_app.audit.pii.redact_pii`): retrieval, the LLM, the audit record and every log see the
 placeholders, and the record's flags say which kinds were found (``pii_redacted:<kind>``).
 
+Injection defences (:class:`ray_app.audit.injection.Defences`, all on by default): before generation the
+audit stage screens the question, every passage and the OCR passage (rules plus the learned detector);
+flagged passages are quarantined, and a flagged question is not answered. After generation, before the
+final event, the answer is checked for URLs and markdown images no source holds and for pieces of the
+system prompt. Either way the ask ends with a ``flagged`` event instead of ``done``: the same response,
+its ``answer`` replaced by a message saying why (``withheld: true``); the audit record keeps what happened.
+
 Every ask that reaches generation is audited twice: a ``started`` record before the first event and a
 ``completed`` one however it ends (answered, or cancelled when the client goes away, timeout, error),
 the latter written under :func:`asyncio.shield` so a cancelled request still finishes its record.
@@ -35,7 +42,14 @@ from typing import Any, Literal, Protocol
 
 from ray_app.ask.admission import AdmissionGate
 from ray_app.ask.retrieval import Retrieved, image_context, unidentified_image_reply
-from ray_app.audit.injection import Screening, screen_inputs
+from ray_app.audit.injection import (
+    ALL_DEFENCES,
+    Defences,
+    Screening,
+    check_output,
+    screen_inputs,
+    withheld_message,
+)
 from ray_app.audit.pii import redact_pii
 from ray_app.errors import InputError, Unavailable
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
@@ -82,9 +96,10 @@ class AskOptions:
 
 @dataclass(frozen=True)
 class AskEvent:
-    """One step of an answer: ``meta``, ``token`` (``data["text"]``) or ``done`` (the response)."""
+    """One step of an answer: ``meta``, ``token`` (``data["text"]``), then ``done`` (the response) or ``flagged``
+    (the response with its answer withheld by the injection defences)."""
 
-    kind: Literal["meta", "token", "done"]
+    kind: Literal["meta", "token", "done", "flagged"]
     data: dict[str, Any]
 
 
@@ -102,7 +117,7 @@ class AnswerDraft:
     timings_ms: dict[str, float] = field(default_factory=dict)
     caller: str | None = None  # the API key id that asked (never the key); None without auth
     usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, total_tokens
-    status: str = "answered"  # or "cancelled", "timeout", "error": how the ask ended
+    status: str = "answered"  # or "withheld", "blocked", "cancelled", "timeout", "error": how the ask ended
     error: str | None = None
     screen_flags: list[str] = field(default_factory=list)  # the pre-generation injection screening's flags
     quarantined: list[Passage] = field(default_factory=list)  # retrieved, flagged, left out of the prompt
@@ -157,6 +172,9 @@ class AuditStage(Protocol):
     async def record(self, draft: AnswerDraft) -> dict:
         """Check and log one answer (``draft.status`` says how it ended): ``{"grounded", "flags", "citations"}``."""
 
+    async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
+        """The pre-generation injection screening (optional: without it the service runs the rules alone)."""
+
 
 def check_question(question: str | None) -> str:
     """Return the stripped question or raise :class:`AskInputError`."""
@@ -183,13 +201,16 @@ class AskService:
         settings: limits (``max_new_tokens``).
         gate: admission control; an ask holds a place from before vision until its last event
             (None: every ask is admitted).
+        defences: the injection defences that run (default: all; the injection evaluation switches them).
     """
 
     def __init__(self, vision: VisionStage | None, retrieve: RetrieveStage, generate: GenerateStage,
-                 audit: AuditStage, settings: Settings | None = None, gate: AdmissionGate | None = None):
+                 audit: AuditStage, settings: Settings | None = None, gate: AdmissionGate | None = None,
+                 defences: Defences = ALL_DEFENCES):
         self.vision, self.retriever, self.generator, self.auditor = vision, retrieve, generate, audit
         self.settings = settings or get_settings()
         self.gate = gate
+        self.defences = defences
         self._versions: dict | None = None
 
     async def versions(self, with_image: bool) -> dict[str, str | None]:
@@ -251,7 +272,7 @@ class AskService:
         t1 = time.perf_counter()
         retrieved = await self.retriever.retrieve(question, vision, options)
         timings["retrieval_ms"] = _ms(t1)
-        screening = screen_inputs(question, retrieved.passages)  # flagged passages never reach the prompt
+        screening = await self._screen(question, retrieved.passages)  # flagged passages never reach the prompt
         passages = screening.kept
         ask_id = new_ask_id()
         draft = AnswerDraft(ask_id, question, "", passages, vision, options.k, await self.versions(image is not None),
@@ -261,6 +282,12 @@ class AskService:
         trace.draft = draft
         yield AskEvent("meta", {"id": ask_id, "vision": vision, "passages": [asdict(p) for p in passages],
                                 "quarantined": quarantine_notes(screening)})
+        if "prompt_injection:question" in screening.flags:  # not answered: the LLM never sees it
+            trace.closed = True
+            draft = replace(draft, status="blocked", usage=await self._usage(question, [], vision, ""))
+            verdict = await asyncio.shield(self.auditor.record(draft))
+            yield AskEvent("flagged", withheld_response(draft, verdict, 0.0))
+            return
 
         t2 = time.perf_counter()
         async for piece in self._answer_pieces(question, passages, vision, options.max_new_tokens):
@@ -273,15 +300,29 @@ class AskService:
 
         answer = trace.answer
         draft = replace(draft, answer=answer.strip(), usage=await self._usage(question, passages, vision, answer))
+        output = check_output(answer, passages, image_context(vision)) if self.defences.output else []
+        if output:  # withheld: logged with its reasons, never shown
+            draft = replace(draft, status="withheld", screen_flags=[*draft.screen_flags, *output])
         trace.closed = True
         t3 = time.perf_counter()
         verdict = await asyncio.shield(self.auditor.record(draft))
-        yield AskEvent("done", build_response(draft, verdict, audit_ms=_ms(t3)))
+        if output:
+            yield AskEvent("flagged", withheld_response(draft, verdict, audit_ms=_ms(t3)))
+        else:
+            yield AskEvent("done", build_response(draft, verdict, audit_ms=_ms(t3)))
+
+    async def _screen(self, question: str, passages: list[Passage]) -> Screening:
+        """The audit stage's screening (rules + detector) when it has one, else the rules here."""
+        if not (self.defences.rules or self.defences.detector):
+            return Screening(kept=list(passages))
+        if hasattr(self.auditor, "screen"):
+            return await self.auditor.screen(question, passages, self.defences)
+        return screen_inputs(question, passages, rules=self.defences.rules)
 
     async def ask(self, question: str, image: bytes | None = None, options: AskOptions | None = None) -> dict:
-        """Run the pipeline to the end and return the ``/v1/ask`` response."""
+        """Run the pipeline to the end and return the ``/v1/ask`` response (``withheld`` when flagged)."""
         async for event in self.stream(question, image, options):
-            if event.kind == "done":
+            if event.kind in ("done", "flagged"):
                 return event.data
         raise RuntimeError("the ask pipeline ended without an answer")
 
@@ -338,6 +379,12 @@ def build_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:
         "timings_ms": dict(draft.timings_ms, audit_ms=audit_ms),
         "usage": dict(draft.usage) or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
+
+
+def withheld_response(draft: AnswerDraft, verdict: dict, audit_ms: float) -> dict:
+    """The response of an ask the injection defences stopped: the answer replaced by why, no citations."""
+    response = build_response(draft, verdict, audit_ms)
+    return dict(response, answer=withheld_message(verdict["flags"]), citations=[], withheld=True)
 
 
 def _ms(start: float) -> float:

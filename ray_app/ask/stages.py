@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from ray_app.ask.retrieval import Retrieved, retrieve_passages
 from ray_app.ask.service import AnswerDraft, AskOptions, AskService
 from ray_app.audit.chain import audit_answer, build_citations, merge_flags, record_answer, record_started
+from ray_app.audit.detector import load_detector
+from ray_app.audit.injection import Defences, Screening, screen_inputs
 from ray_app.llm.generate import count_tokens, generate_answer, model_versions, render_prompt
 from ray_app.llm.prompting import Passage
 from ray_app.settings import Settings, get_settings
@@ -138,11 +140,31 @@ class BatchedGenerate:
         return await self.counter.acount(question, passages, context, answer)
 
 
-class LoggedAudit:
-    """Grounding and injection checks, then a record appended to the tamper-evident audit log."""
+class InjectionScreen:
+    """The pre-generation screening with the rules and the learned detector (:mod:`ray_app.audit.detector`, over
+    the audit stage's MiniLM, loaded on first use), in a worker thread."""
+
+    def __init__(self, embedder=None):
+        self.embedder = embedder
+        self._detector: list = []  # [detector or None] once loaded
+
+    def detector(self):
+        if not self._detector:
+            self._detector.append(load_detector(self.embedder))
+        return self._detector[0]
+
+    async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
+        detector = self.detector() if defences.detector else None
+        return await asyncio.to_thread(screen_inputs, question, passages, detector, defences.rules)
+
+
+class LoggedAudit(InjectionScreen):
+    """Injection screening before generation; grounding and injection checks after it, then a record appended to
+    the tamper-evident audit log."""
 
     def __init__(self, store, embedder=None):
-        self.store, self.embedder = store, embedder
+        super().__init__(embedder)
+        self.store = store
 
     async def start(self, draft: AnswerDraft) -> None:
         await asyncio.to_thread(
@@ -158,11 +180,8 @@ class LoggedAudit:
             error=draft.error, extra_flags=draft.screen_flags, quarantined=draft.quarantined)
 
 
-class CheckOnlyAudit:
+class CheckOnlyAudit(InjectionScreen):
     """The same checks without a log record (evaluation answers are not served to anyone)."""
-
-    def __init__(self, embedder=None):
-        self.embedder = embedder
 
     async def start(self, draft: AnswerDraft) -> None:
         return None

@@ -1,9 +1,14 @@
-"""Prompt-injection rules, checked on the question, every passage and the OCR passage before generation.
+"""Prompt-injection defences around generation: rules and a learned detector before it, output checks after.
 
 Text is normalised before the rules run, so the usual disguises do not hide an instruction: Unicode
 compatibility forms (NFKC: fullwidth letters), zero-width and other format characters removed, runs of
-whitespace collapsed, and base64 blobs decoded and checked as well. :func:`screen_inputs` quarantines
-the passages a rule flags: they never reach the prompt, and the audit records why.
+whitespace collapsed, and base64 blobs decoded and checked as well. :func:`screen_inputs` checks the
+question and every passage (OCR included) with the rules and, when given one, the learned detector
+(:mod:`ray_app.audit.detector`): flagged passages are quarantined (they never reach the prompt) and a
+flagged question is not answered. :func:`check_output` looks at a finished answer before its final event:
+a URL or markdown image that no source contains, or a piece of the system prompt, withholds it.
+:class:`Defences` switches each of the three on or off (the injection evaluation measures every mix;
+Serve runs all three).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from ray_app.llm.prompting import Passage
+from ray_app.llm.prompting import NOT_IN_SOURCES, SYSTEM_PROMPT, Passage
 
 # name -> pattern; a name is what the audit records (``prompt_injection:passage:3`` + the rule names).
 INJECTION_RULES: dict[str, re.Pattern] = {
@@ -96,23 +101,123 @@ class Screening:
     rules: dict[str, list[str]] = field(default_factory=dict)  # "question" / "passage:<n>" -> rule names
 
 
-def screen_inputs(question: str, passages: list[Passage]) -> Screening:
+@dataclass(frozen=True)
+class Defences:
+    """Which injection defences run: the rules and the learned detector before generation, the output checks
+    after it. Untrusted text is neutralised and delimited in the prompt whatever these say."""
+
+    rules: bool = True
+    detector: bool = True
+    output: bool = True
+
+    @property
+    def name(self) -> str:
+        on = [n for n in ("rules", "detector", "output") if getattr(self, n)]
+        return "+".join(on) if on else "none"
+
+
+ALL_DEFENCES = Defences()
+NO_DEFENCES = Defences(False, False, False)
+
+
+def screen_inputs(question: str, passages: list[Passage], detector=None, rules: bool = True) -> Screening:
     """Check the question and every passage (OCR included) before generation; quarantine flagged passages.
 
-    A passage flagged by a rule (checked on its title and text) is left out of the prompt and noted as
-    ``prompt_injection:passage:<n>`` and ``quarantined:passage:<n>``; the others keep their numbers.
-    A flagged question is noted (``prompt_injection:question``) and still answered from the passages.
+    A passage flagged by a rule or by ``detector`` (checked on its title and text) is left out of the prompt
+    and noted as ``prompt_injection:passage:<n>`` and ``quarantined:passage:<n>``; the others keep their
+    numbers. A flagged question is noted (``prompt_injection:question``): the service does not answer it.
+
+    Args:
+        detector: a :class:`ray_app.audit.detector.InjectionDetector` (None: rules only).
+        rules: run the rules (off only to measure the detector alone).
     """
     screening = Screening(kept=[])
-    if rules := injection_rules(question):
-        screening.rules["question"] = rules
+    texts = [question] + [f"{p.title}\n{p.text}" for p in passages]
+    found = [injection_rules(t) if rules else [] for t in texts]
+    if detector is not None:
+        for names, hit in zip(found, detector.flag(texts), strict=True):
+            if hit:
+                names.append("detector")
+    if found[0]:
+        screening.rules["question"] = found[0]
         screening.flags.append("prompt_injection:question")
-    for p in passages:
-        rules = injection_rules(f"{p.title}\n{p.text}")
-        if not rules:
+    for p, rules_hit in zip(passages, found[1:], strict=True):
+        if not rules_hit:
             screening.kept.append(p)
             continue
         screening.quarantined.append(p)
-        screening.rules[f"passage:{p.n}"] = rules
+        screening.rules[f"passage:{p.n}"] = rules_hit
         screening.flags += [f"prompt_injection:passage:{p.n}", f"quarantined:passage:{p.n}"]
     return screening
+
+
+# ---------------------------------------------------------------- after generation
+
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>()\[\]\"']+", re.IGNORECASE)
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*([^)\s]*)")
+_WORD = re.compile(r"[a-z0-9]+")
+LEAK_WORDS = 6  # this many consecutive words of the system prompt in an answer is a leak
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _prompt_shingles(n: int = LEAK_WORDS) -> set[tuple[str, ...]]:
+    """Every ``n``-word run of the system prompt, except the one reply it allows (:data:`NOT_IN_SOURCES`)."""
+    words = _words(SYSTEM_PROMPT.replace(NOT_IN_SOURCES, " "))
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+_SHINGLES = _prompt_shingles()
+
+
+def leaks_system_prompt(answer: str) -> bool:
+    """True when ``answer`` repeats :data:`LEAK_WORDS` consecutive words of the system prompt."""
+    words = _words(answer)
+    return any(tuple(words[i:i + LEAK_WORDS]) in _SHINGLES for i in range(len(words) - LEAK_WORDS + 1))
+
+
+def _host(url: str) -> str:
+    url = re.sub(r"^(https?://)?(www\.)?", "", url.lower())
+    return url.split("/", 1)[0].split("?", 1)[0].rstrip(".,;:")
+
+
+def output_flags(answer: str, sources: list[str]) -> list[str]:
+    """What withholds an answer: ``output:url`` (a URL whose host no source mentions), ``output:markdown_image``
+    (an image whose address no source holds: rendering it would send a request to that address) and
+    ``output:system_prompt`` (the answer repeats the system prompt)."""
+    plain = normalise_for_rules(answer)
+    corpus = normalise_for_rules(" ".join(sources)).lower()
+    flags = []
+    if any(_host(u) and _host(u) not in corpus for u in _URL.findall(plain)):
+        flags.append("output:url")
+    if any(not target or target.lower() not in corpus for target in _MD_IMAGE.findall(plain)):
+        flags.append("output:markdown_image")
+    if leaks_system_prompt(plain):
+        flags.append("output:system_prompt")
+    return flags
+
+
+def check_output(answer: str, passages: list[Passage], image_context: str | None = None) -> list[str]:
+    """:func:`output_flags` against the sources the answer was written from (passages, their titles, the image line)."""
+    sources = [f"{p.title} {p.text}" for p in passages] + ([image_context] if image_context else [])
+    return output_flags(answer, sources)
+
+
+OUTPUT_REASONS = {
+    "output:url": "it contained a link that none of the sources contains",
+    "output:markdown_image": "it contained an image that none of the sources contains (showing it would contact "
+                             "that address)",
+    "output:system_prompt": "it repeated Prism's own instructions",
+}
+QUESTION_WITHHELD = ("Prism did not answer: the question looks like an attempt to change its instructions "
+                     "(prompt injection). Ask about the topic itself.")
+
+
+def withheld_message(flags: list[str]) -> str:
+    """What a user is told instead of an answer the defences stopped (the question, or the answer's own text)."""
+    reasons = [OUTPUT_REASONS[f] for f in flags if f in OUTPUT_REASONS]
+    if not reasons:
+        return QUESTION_WITHHELD
+    return f"Prism withheld this answer because {' and '.join(reasons)}. The audit log keeps the record."

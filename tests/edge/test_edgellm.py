@@ -109,11 +109,18 @@ def test_onnx_graph_inputs_and_outputs(exported, hf_smollm2):
     info = json.loads((out / "prism_export.json").read_text())
     assert [i["name"] for i in info["onnx"]["inputs"]] == list(inputs) == summary["inputs"]
     assert [o["name"] for o in info["onnx"]["outputs"]] == list(outputs) == summary["outputs"]
-    assert any("logits" in name for name in outputs), list(outputs)
-    # The decoder takes embeddings (the runtime looks tokens up in embedding.safetensors) and a KV cache per layer.
-    assert any("embeds" in name or "input_ids" in name for name in inputs), list(inputs)
-    kv_inputs = [name for name in inputs if "kv_cache" in name or "past_key" in name]
-    assert len(kv_inputs) in (config.num_hidden_layers, 2 * config.num_hidden_layers), list(inputs)
+    signature = {i["name"]: i for i in info["onnx"]["inputs"] + info["onnx"]["outputs"]}
+    layers, kv_heads, head = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    # The decoder takes embeddings (the runtime looks tokens up in embedding.safetensors), one paged KV cache
+    # per layer ([k|v, pages, 128 tokens, kv heads, head dim]) and returns the logits and the updated caches.
+    assert signature["inputs_embeds"]["shape"] == ["physical_tokens", config.hidden_size]
+    for n in range(layers):
+        for name in (f"past_key_values_{n}", f"present_key_values_{n}"):
+            assert signature[name]["type"] == "FLOAT16" and signature[name]["shape"][2:] == [128, kv_heads, head]
+    assert f"past_key_values_{layers}" not in inputs
+    assert signature["logits"]["type"] == "FLOAT" and signature["logits"]["shape"] == ["num_sequences", config.vocab_size]
+    assert {"positions", "rope_rotary_cos_sin", "kv_page_table"} <= set(inputs)
+    assert list(outputs)[0] == "logits" and len(outputs) == 1 + layers
     assert (out / "llm" / "model.onnx.data").stat().st_size > 100 * 2**20  # 135 M parameters in fp16
 
 

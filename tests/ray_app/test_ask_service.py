@@ -174,7 +174,9 @@ def test_timeouts_and_errors_are_audited(store, llm):
     from ray_app.settings import Settings
 
     settings = Settings(ask_timeout_s=0.3, max_new_tokens=400)
-    slow = AskService(None, FixedPassages(FROG_PASSAGES), LocalGenerate(llm, settings), LoggedAudit(store), settings)
+    audit = LoggedAudit(store)
+    audit.detector()  # loaded before the clock starts: the time limit is for the answer, not MiniLM's first load
+    slow = AskService(None, FixedPassages(FROG_PASSAGES), LocalGenerate(llm, settings), audit, settings)
     no_model = dataclasses.replace(llm, model=None)  # the LLM's weights are gone: it fails on first use
     broken = AskService(None, FixedPassages(FROG_PASSAGES), LocalGenerate(no_model), LoggedAudit(store))
     ids = []
@@ -203,7 +205,7 @@ def test_a_planted_injection_is_quarantined_before_generation_and_audited(store,
     events = collect(service, "Where do frogs live?", max_new_tokens=8)
     meta, done = events[0].data, events[-1].data
     assert [q["chunk_id"] for q in meta["quarantined"]] == ["planted:0"]
-    assert meta["quarantined"][0]["rules"] == ["addressed_to_ai"]
+    assert "addressed_to_ai" in meta["quarantined"][0]["rules"]
     assert [p["chunk_id"] for p in meta["passages"]] == ["frog:0"]
     n = meta["quarantined"][0]["n"]
     assert {f"prompt_injection:passage:{n}", f"quarantined:passage:{n}"} <= set(done["audit"]["flags"])
