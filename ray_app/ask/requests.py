@@ -23,6 +23,8 @@ class InvalidImage(InputError):
 def not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    if "\x00" in value:  # no text column or search in Postgres can hold one
+        raise ValueError("must not contain NUL characters")
     return value.strip()
 
 

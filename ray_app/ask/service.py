@@ -181,6 +181,8 @@ def check_question(question: str | None) -> str:
     question = (question or "").strip()
     if not question:
         raise AskInputError("the question is empty")
+    if "\x00" in question:  # no text column or search in Postgres can hold one
+        raise AskInputError("the question contains a NUL character")
     if len(question) > MAX_QUESTION_CHARS:
         raise AskInputError(f"the question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
     return question

@@ -130,3 +130,17 @@ def test_keys_from_the_environment(store, monkeypatch):
     assert "do not open" in ask_records(store, "env")[0]["texts"]["error"]
     with pytest.raises(SealingError):
         parse_keys(["k1:abcd"], ENV_KEYS)
+
+
+def test_nul_characters_are_input_errors_not_database_errors():
+    """A NUL cannot go into a Postgres text parameter: found by the fuzz run as a 500, now refused as bad input."""
+    from pydantic import ValidationError
+
+    from ray_app.ask.requests import AskRequest, SearchRequest
+    from ray_app.ask.service import AskInputError, check_question
+
+    with pytest.raises(AskInputError, match="NUL"):
+        check_question("where do frogs\x00 live?")
+    for model, field in ((AskRequest, "question"), (SearchRequest, "query")):
+        with pytest.raises(ValidationError, match="NUL"):
+            model.model_validate({field: "frogs\x00"})
