@@ -49,7 +49,7 @@ _GROUPS = {
     "train": ("training.cli", "Ray Train jobs: image encoder (clip), LLM SFT and DPO."),
     "tune": ("training.tune_cli", "Ray Tune sweeps."),
     "serve": ("serving.cli", "Run the Ray Serve application (HTTP API + web page)."),
-    "export": ("edge.cli", "Export Prism for other runtimes: an offline edge bundle (ONNX, INT8/INT4, index)."),
+    "export": ("edge.cli", "Export Prism for other runtimes: an offline edge bundle (ONNX, INT8/INT4, index), a TensorRT-LLM checkpoint, a TensorRT Edge-LLM ONNX export."),
     "edge": ("edge.runtime_cli", "Run Prism from an edge bundle: no Ray, no Postgres, no network."),
 }
 
