@@ -86,6 +86,8 @@ class InjectionEvalConfig:
         for name in self.model_names:
             if name not in MODELS:
                 raise InputError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        if not Path(self.suite).is_file():
+            raise InputError(f"no injection suite at {self.suite} (run from the project root, or pass --suite)")
 
     @property
     def model_names(self) -> list[str]:
