@@ -179,7 +179,7 @@ def read_answer(r, start: float) -> tuple[str, float | None, dict | None, int]:
                 passages = len(data.get("passages") or [])
             elif event == "token" and first is None:
                 first = since(start)
-            elif event == "done":
+            elif event in ("done", "flagged"):  # flagged: an answer the injection defences withheld
                 done = data
             elif event == "error":
                 r.failure(f"stream error: {data}")

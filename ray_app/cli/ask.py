@@ -38,6 +38,8 @@ def command(
         emit(response, True)
     else:
         sys.stdout.write("\n")
+        if response.get("withheld"):  # the injection defences stopped it: say so instead of what streamed
+            console.print(f"[bold red]withheld:[/] {response['answer']}")
         _print_sources(response)
 
 
@@ -47,7 +49,7 @@ async def _run(service: AskService, question: str, image: bytes | None, options:
         if event.kind == "token" and not quiet:
             sys.stdout.write(event.data["text"])
             sys.stdout.flush()
-        elif event.kind == "done":
+        elif event.kind in ("done", "flagged"):  # flagged: the answer withheld (``withheld``)
             return event.data
     raise RuntimeError("the ask pipeline ended without an answer")
 
