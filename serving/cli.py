@@ -136,8 +136,16 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
         ray.shutdown()
 
 
+PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+
+
 def start_ray(num_cpus: int, **init_kwargs) -> None:
-    """A private local Ray (never a cluster from RAY_ADDRESS) in the "serve" namespace."""
+    """A private local Ray (never a cluster from RAY_ADDRESS) in the "serve" namespace.
+
+    Its Serve HTTP proxy gets Prism's body limit (:class:`serving.http_limits.ProxyBodyLimit`) through Serve's
+    proxy callback, so an oversized body is cut off in the proxy, not queued there.
+    """
+    os.environ.setdefault(PROXY_CALLBACK, "serving.http_limits:proxy_middlewares")
     init_ray(num_cpus=num_cpus, join=False, namespace="serve", **init_kwargs)
 
 

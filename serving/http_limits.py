@@ -167,3 +167,62 @@ class RequestLimits:
                    (b"connection", b"close")] + self.extra_headers(scope)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class ProxyBodyLimit:
+    """The body limit again, in front of Serve's HTTP proxy: the proxy reads a request body from the client
+    as fast as it comes and queues it for the replica, so without this a 100 MB body sits in the proxy's
+    memory even though the ingress refuses it after 16 MB. Here the proxy stops reading at the limit (its
+    receive sees the client gone) and the client gets the same 413.
+
+    Installed by :func:`proxy_middlewares` through Serve's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
+    (``serving.cli.start_ray`` sets it for every Ray that Prism starts).
+    """
+
+    def __init__(self, app):
+        self.app, self.max_body = app, get_settings().max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > self.max_body:
+            return await self.respond(scope, send)
+        state = {"received": 0, "too_large": False, "started": False}
+
+        async def limited_receive():
+            if state["too_large"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body:
+                    state["too_large"] = True
+                    return {"type": "http.disconnect"}  # the proxy stops reading and cancels the request
+            return message
+
+        async def guarded_send(message):
+            if state["too_large"] and not state["started"]:
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if state["too_large"] and not state["started"]:
+            await self.respond(scope, send)
+
+    async def respond(self, scope, send) -> None:
+        message = f"the request body is larger than {self.max_body:,} bytes (PRISM_MAX_BODY_BYTES)"
+        body = json.dumps(error_body(route_path(scope), 413, "body_too_large", message)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")] + [(k.encode(), v.encode()) for k, v in COMMON_HEADERS.items()]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list:
+    """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serving.http_limits:proxy_middlewares``)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProxyBodyLimit)]

@@ -213,3 +213,65 @@ def test_rate_limits_hold_across_two_ingress_replicas(prism_app):
         assert len(refused) == 20 and refused[0].json()["error"]["type"] == "requests"  # OpenAI shape under /two
     finally:
         serve.delete("prism-two")
+
+
+def _serve_processes() -> list:
+    """This session's Serve HTTP proxy and ingress replica processes (children of the Ray this process started)."""
+    import os
+
+    import psutil
+
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "ProxyActor" in title or "ServeReplica:prism:ingress" in title:
+            found.append(proc)
+    return found
+
+
+def test_oversized_bodies_keep_server_memory_bounded(prism_app):
+    """While a 100 MB body, 1,000 multipart parts and 10,000 chat messages are refused (413), the resident memory of
+    Serve's proxy and the ingress replica grows by far less than the bodies: they are not buffered whole."""
+    import threading
+    import time
+
+    processes = _serve_processes()
+    assert processes, "no proxy or ingress process found"
+
+    def rss() -> dict[int, int]:
+        sizes = {}
+        for proc in processes:
+            try:
+                sizes[proc.pid] = proc.memory_info().rss
+            except Exception:  # a process that went away
+                pass
+        return sizes
+
+    baseline, stop = rss(), threading.Event()
+    peak = dict(baseline)
+
+    def sample():
+        while not stop.is_set():
+            for pid, size in rss().items():
+                peak[pid] = max(peak.get(pid, 0), size)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        image_part = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+                      b"Content-Type: image/png\r\n\r\n")
+        status, _, _ = _chunked_request(prism_app, "/v1/ask", "multipart/form-data; boundary=x", 100, image_part)
+        assert status == 413
+        status, _, _ = _chunked_request(prism_app, "/v1/search", "application/json", 100)
+        assert status == 413
+        test_multipart_parts_and_chat_messages(prism_app)
+    finally:
+        stop.set()
+        sampler.join()
+    growth_mb = {" ".join(p.cmdline())[:40]: round((peak[p.pid] - baseline.get(p.pid, 0)) / 2**20)
+                 for p in processes if p.pid in peak}
+    assert all(g < 48 for g in growth_mb.values()), f"peak growth (MB) while refusing the bodies: {growth_mb}"
