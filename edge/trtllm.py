@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--quant", choices=QUANT_ALGOS, default="W8A16",
                         help="quantization.quant_algo: trtllm-build quantizes the linear weights to int8 (W8A16) or "
                              "int4 (W4A16) per output channel; none keeps --dtype (default W8A16).")
+    parser.add_argument("--keep-fp16", action="append", default=None, metavar="PATTERN",
+                        help="Keep the linears whose names match PATTERN (fnmatch, e.g. 'transformer.layers.11.*') "
+                             "unquantized: quantization.exclude_modules; repeatable.")
     parser.add_argument("--max-batch", type=int, default=8, help="build_trtllm.sh: --max_batch_size (default 8).")
     parser.add_argument("--max-input-len", type=int, default=1024, help="build_trtllm.sh: --max_input_len (default 1024).")
     parser.add_argument("--max-seq-len", type=int, default=2048, help="build_trtllm.sh: --max_seq_len (default 2048).")
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         raise InputError("--verify takes a number of passages >= 1 (and --report needs it)")
     summary = export_trtllm(out, settings, dtype=args.dtype, quant_algo=quant,
                             limits={"max_batch_size": args.max_batch, "max_input_len": args.max_input_len,
-                                    "max_seq_len": args.max_seq_len}, verify=args.verify)
+                                    "max_seq_len": args.max_seq_len}, verify=args.verify,
+                            exclude_modules=args.keep_fp16)
     if args.report:
         from ray_app.reports import write_report
 
@@ -113,7 +117,7 @@ def rope_settings(hf_config) -> tuple[float, dict | None]:
     return float(theta if theta is not None else 10000.0), None
 
 
-def checkpoint_config(hf_config, dtype: str, quant_algo: str | None) -> dict:
+def checkpoint_config(hf_config, dtype: str, quant_algo: str | None, exclude_modules: list[str] | None = None) -> dict:
     """The ``config.json`` of a TensorRT-LLM ``LlamaForCausalLM`` checkpoint for a Hugging Face Llama config.
 
     The fields are those ``LLaMAConfig.from_hugging_face`` sets (names as ``PretrainedConfig.to_dict`` writes
@@ -156,7 +160,8 @@ def checkpoint_config(hf_config, dtype: str, quant_algo: str | None) -> dict:
         "attn_bias": False,
         "mlp_bias": False,
         "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None},
+        "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None,
+                         **({"exclude_modules": list(exclude_modules)} if quant_algo and exclude_modules else {})},
     }
 
 
@@ -227,7 +232,8 @@ echo "try it: python3 <TensorRT-LLM>/examples/run.py --engine_dir $ENGINE --toke
 
 
 def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str | None = "W8A16", tokenizer=None,
-                     limits: dict | None = None, source: dict | None = None) -> dict:
+                     limits: dict | None = None, source: dict | None = None,
+                     exclude_modules: list[str] | None = None) -> dict:
     """Write ``model`` (a Hugging Face ``LlamaForCausalLM``) as a TensorRT-LLM checkpoint into ``out``, atomically.
 
     Args:
@@ -238,6 +244,7 @@ def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str |
         tokenizer: saved under ``tokenizer/`` when given.
         limits: ``max_batch_size``, ``max_input_len``, ``max_seq_len`` for ``build_trtllm.sh``.
         source: what the weights are (model, adapter), recorded in ``prism_export.json``.
+        exclude_modules: fnmatch patterns of linears ``trtllm-build`` leaves unquantized.
 
     Returns:
         The contents of ``prism_export.json``.
@@ -248,7 +255,7 @@ def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str |
 
     started = time.perf_counter()
     limits = limits or {"max_batch_size": 8, "max_input_len": 1024, "max_seq_len": 2048}
-    config = checkpoint_config(model.config, dtype, quant_algo)
+    config = checkpoint_config(model.config, dtype, quant_algo, exclude_modules)
     weights = convert_weights(model.state_dict(), config)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -262,7 +269,7 @@ def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str |
     script.chmod(0o755)
     files = file_entries(tmp)
     info = {"format": "tensorrt-llm checkpoint", "architecture": config["architecture"], "dtype": dtype,
-            "quant_algo": quant_algo, **(source or {}), "limits": limits, "tensors": len(weights),
+            "quant_algo": quant_algo, "exclude_modules": config["quantization"].get("exclude_modules", []), **(source or {}), "limits": limits, "tensors": len(weights),
             "parameters": int(sum(t.numel() for t in weights.values())),
             "checkpoint_mb": round(sum(files[n]["bytes"] for n in CHECKPOINT_FILES) / 2**20, 1),
             "trtllm_sources": TRTLLM_SOURCES, "versions": package_versions(), "files": files,
@@ -306,13 +313,14 @@ def render_report(result: dict) -> str:
             f"| dtype | quant_algo (emulated) | passages x tokens | max abs logit diff vs HF fp32 | top-1 agreement |\n"
             f"|---|---|---|---|---|\n| {result['dtype']} | {v['quant_algo_emulated']} | {v['passages']} x "
             f"{v['tokens'] // max(v['passages'], 1)} | {v['max_abs_diff']:.3g} | {v['top1_agreement']:.4f} |\n\n"
+            f"Kept unquantized (quantization.exclude_modules): {', '.join(result['exclude_modules']) or 'none'}. "
             f"Adapter: {result['adapter'] or 'none'} ({result['adapter_source']}). Load average {v['load_average']}. "
             "Nothing TensorRT ran: the reader computes what an engine built from the checkpoint would, with "
             "fp32 activations; an engine runs fp16/bf16 activations.\n")
 
 
 def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "float16", quant_algo: str | None = "W8A16",
-                  limits: dict | None = None, verify: int = 0) -> dict:
+                  limits: dict | None = None, verify: int = 0, exclude_modules: list[str] | None = None) -> dict:
     """The served LLM (adapter merged when one is configured or trained) as a TensorRT-LLM checkpoint in ``out``.
 
     Returns:
@@ -328,8 +336,10 @@ def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "flo
     adapter, adapter_source = resolve_adapter(settings)
     llm = load_llm(settings.llm_model, adapter or "", settings, dtype="float32")  # merged in float32, cast below
     source = {"model": settings.llm_model, "adapter": adapter, "adapter_source": adapter_source}
-    info = write_checkpoint(llm.model, out, dtype, quant_algo, tokenizer=llm.tokenizer, limits=limits, source=source)
-    summary = {"checkpoint": str(out), "dtype": dtype, "quant_algo": quant_algo, "adapter": adapter,
+    info = write_checkpoint(llm.model, out, dtype, quant_algo, tokenizer=llm.tokenizer, limits=limits, source=source,
+                            exclude_modules=exclude_modules)
+    summary = {"checkpoint": str(out), "dtype": dtype, "quant_algo": quant_algo,
+               "exclude_modules": info["exclude_modules"], "adapter": adapter,
                "adapter_source": adapter_source, "checkpoint_mb": info["checkpoint_mb"], "tensors": info["tensors"],
                "build": str(out / "build_trtllm.sh")}
     if verify:

@@ -18,6 +18,7 @@ The tests compare its logits with Hugging Face's; ``edge/gpu_check.py`` runs it 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -62,12 +63,21 @@ class CheckpointReader:
         bits = QUANT_BITS.get(self.config["quantization"].get("quant_algo")) if quantize else None
         self.weights = {}
         for name, tensor in raw.items():
-            if bits and name.endswith(".weight") and any(f".{kind}.weight" in name for kind in LINEARS):
+            if bits and self.quantized(name):
                 tensor = weight_only_roundtrip(tensor, bits)
             self.weights[name] = tensor.to(device=device, dtype=self.dtype)
         c = self.config
         half = c["head_size"] // 2
         self.inv_freq = 1.0 / (c["rotary_base"] ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+
+    def quantized(self, name: str) -> bool:
+        """Whether ``trtllm-build`` quantizes the weight ``name``: one of the five linears, not matched (fnmatch, as
+        TensorRT-LLM matches them) by ``quantization.exclude_modules`` on the tensor or its module name."""
+        if not (name.endswith(".weight") and any(f".{kind}.weight" in name for kind in LINEARS)):
+            return False
+        excluded = self.config["quantization"].get("exclude_modules") or []
+        module = name.rsplit(".", 1)[0]
+        return not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(module, p) for p in excluded)
 
     @staticmethod
     def check_config(c: dict) -> None:
@@ -163,7 +173,7 @@ class CheckpointReader:
         for name, tensor in self.weights.items():
             if name == "transformer.vocab_embedding.weight":
                 total += tensor.shape[1] * tensor.element_size()  # one row per token
-            elif bits and any(f".{kind}.weight" in name for kind in LINEARS):
+            elif bits and self.quantized(name):
                 total += tensor.numel() * bits // 8
             else:
                 total += tensor.numel() * tensor.element_size()

@@ -169,6 +169,23 @@ def test_w8a16_emulation_keeps_top1_and_w4a16_costs_more(tmp_path):
     assert 1e-4 < error["W8A16"] < error["W4A16"]  # the emulation does quantize, int4 more coarsely
 
 
+def test_kept_modules_stay_unquantized(tiny, tiny_ids, tmp_path):
+    from edge.trtllm import write_checkpoint
+    from edge.trtllm_reader import CheckpointReader
+
+    out = tmp_path / "keep"
+    write_checkpoint(tiny, out, "float32", "W8A16", exclude_modules=["transformer.layers.1.*"])
+    assert json.loads((out / "config.json").read_text())["quantization"]["exclude_modules"] == ["transformer.layers.1.*"]
+    reader = CheckpointReader(out)
+    assert reader.quantized("transformer.layers.0.mlp.fc.weight") and not reader.quantized("transformer.layers.1.mlp.fc.weight")
+    assert not reader.quantized("lm_head.weight") and not reader.quantized("transformer.layers.0.input_layernorm.weight")
+    everything = CheckpointReader(export(tiny, tmp_path, "all", "float32", "W8A16"))
+    with torch.no_grad():
+        theirs = hf_logits(tiny, tiny_ids)
+        kept, quantized = (reader(tiny_ids) - theirs).abs().max(), (everything(tiny_ids) - theirs).abs().max()
+    assert 0 < kept < quantized
+
+
 def test_weight_only_roundtrip_is_per_output_channel_symmetric():
     from edge.trtllm_reader import weight_only_roundtrip
 
