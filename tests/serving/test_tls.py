@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -95,7 +96,8 @@ def test_serve_speaks_https_with_a_configured_certificate(tmp_path):
                 time.sleep(1)
         assert response is not None, proc.stdout.read() if proc.poll() is not None else "no answer over https"
         assert response.status_code == 200 and response.json() == {"ok": True}
-        assert response.extensions["network_stream"].get_extra_info("ssl_object").version().startswith("TLS")
+        served = ssl.get_server_certificate(("127.0.0.1", port))  # the certificate configured, over a TLS handshake
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
         with pytest.raises(httpx.HTTPError):  # plain http to the TLS port gets no HTTP answer
             r = httpx.get(f"http://127.0.0.1:{port}/noop", timeout=10)
             r.raise_for_status()
