@@ -396,14 +396,13 @@ def study_detector(suite: Path, wiki_n: int, embedder, write: bool) -> dict:
 
     train, test = load_suite(suite, "train"), load_suite(suite, "test")
     carriers, payloads, benign = detector_texts(train)
-    benign += BENIGN_MENTIONS["train"]
     wiki_train, wiki_test = wiki_texts(wiki_n)
     # Positives: the instructions themselves and questions that carry one; a planted passage is mostly the
     # document's own text, so its payload stands for it.
     questions = [c["question"] for c in train if c["attack"] and c["carrier"] == "question"]
     attacks_train = list(dict.fromkeys(payloads + questions))
     test_carriers, _, test_benign = detector_texts(test)
-    test_benign += BENIGN_MENTIONS["test"]
+    test_benign += BENIGN_MENTIONS
     test_attack_cases = [c for c in test if c["attack"]]
     study = {"trained_on": {"attacks": len(attacks_train), "benign_suite": len(benign), "benign_wiki": len(wiki_train)},
              "measured_on": {"attacks": len(test_carriers), "benign_suite": len(test_benign),
