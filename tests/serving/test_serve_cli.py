@@ -65,7 +65,9 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_e
     deploy_file.write_text(yaml.safe_dump(config))
     # Replicas inherit the raylet's environment: the database and the models of this test session.
     # Token auth (Ray's default for new clusters); the same variables make the `serve deploy` client send it.
-    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()), **ray_token_env)
+    # Serve's proxy gets Prism's body limit as docs/security.md says to set it on a cluster Prism did not start.
+    env = dict(os.environ, DATABASE_URL=database_url, RAY_ADDRESS="", PYTHONPATH=str(Path.cwd()), **ray_token_env,
+               RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="serving.http_limits:proxy_middlewares")
     ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     # --block keeps `ray start` in the foreground; its own process group holds the whole cluster, so the
     # test stops exactly this cluster (`ray stop` would stop every Ray on the machine).
@@ -78,6 +80,10 @@ def test_serve_deploy_onto_a_running_cluster(database_url, tmp_path, ray_token_e
     url, dashboard = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{dashboard_port}"
     try:
         _wait_for_dashboard(dashboard, 300)
+        # the owner migrates first: replicas connect as the serving role and never change the schema
+        migrated = subprocess.run([str(bin_dir / "prism"), "db", "migrate", "--json"], env=env, capture_output=True,
+                                  text=True, timeout=120)
+        assert migrated.returncode == 0 and json.loads(migrated.stdout)["applied"], migrated.stderr[-2000:]
         deploy = subprocess.run([str(bin_dir / "serve"), "deploy", str(deploy_file), "-a", dashboard],
                                 env=env, capture_output=True, text=True, timeout=300)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
