@@ -67,6 +67,7 @@ class InjectionEvalConfig:
         batch_size: answers decoded together.
         wiki_texts: wiki summaries for the detector, as many for training as for measuring (0: none).
         write_detector: write the chosen detector to ``ray_app/audit/injection_detector.json``.
+        study: train and measure both detector kinds (off: report the shipped detector only; quicker).
         suite: the suite's JSONL.
         out: report path without extension.
     """
@@ -77,6 +78,7 @@ class InjectionEvalConfig:
     batch_size: int = 8
     wiki_texts: int = 300
     write_detector: bool = False
+    study: bool = True
     suite: Path = CASES_FILE
     out: Path = Path("docs/reports/injection")
 
@@ -386,13 +388,7 @@ def wiki_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def study_detector(suite: Path, wiki_n: int, embedder, write: bool) -> dict:
     """Train both detector kinds, measure them on held-out texts, choose one (and ship it with ``write``)."""
-    from ray_app.audit.detector import (
-        DETECTOR_FILE,
-        InjectionDetector,
-        load_params,
-        train_detector,
-        write_params,
-    )
+    from ray_app.audit.detector import InjectionDetector, train_detector, write_params
 
     train, test = load_suite(suite, "train"), load_suite(suite, "test")
     carriers, payloads, benign = detector_texts(train)
@@ -431,11 +427,17 @@ def study_detector(suite: Path, wiki_n: int, embedder, write: bool) -> dict:
     study["chosen"] = best
     if write:
         write_params(chosen_params[best])
-    shipped = load_params()
-    study["shipped"] = {"file": f"ray_app/audit/{DETECTOR_FILE.name}",
-                        "method": shipped.method if shipped else None,
-                        "threshold": shipped.threshold if shipped else None}
+    study["shipped"] = shipped_detector()
     return study
+
+
+def shipped_detector() -> dict:
+    """The detector Serve loads: its file, kind and threshold."""
+    from ray_app.audit.detector import DETECTOR_FILE, load_params
+
+    shipped = load_params()
+    return {"file": f"ray_app/audit/{DETECTOR_FILE.name}", "method": shipped.method if shipped else None,
+            "threshold": shipped.threshold if shipped else None}
 
 
 # ---------------------------------------------------------------- report
@@ -458,6 +460,8 @@ def eval_command(config: InjectionEvalConfig) -> str:
         parts.append(f"--wiki-texts {config.wiki_texts}")
     if config.write_detector:
         parts.append("--write-detector")
+    if not config.study:
+        parts.append("--no-study")
     return " ".join(parts)
 
 
@@ -473,6 +477,10 @@ def verdict(report: dict) -> list[str]:
             lines.append(f"{model} without defences: attack success {none['attack_success_rate']:.1%}, "
                          f"false refusals {none['false_refusal_rate']:.1%}.")
     det = report["detector"]
+    if not det["methods"]:
+        lines.append(f"Detector: the shipped one ({det['shipped']['method']}, threshold {det['shipped']['threshold']}); "
+                     "not re-trained or re-measured in this run (--no-study).")
+        return lines
     lines.append(f"Detector: {det['chosen']} chosen (recall {det['methods'][det['chosen']]['recall']:.1%} at "
                  f"{det['methods'][det['chosen']]['false_positive_rate']:.1%} benign false positives on held-out "
                  "texts).")
@@ -507,18 +515,8 @@ def render_markdown(report: dict) -> str:
     lines += ["", "Cases per category: " + ", ".join(f"{k} {v['n']}" for k, v in report["defended"]["by_category"].items())
               + f", benign {report['defended']['n_benign']}.", "", "## Learned detector", ""]
     det = report["detector"]
-    lines += [f"Trained on {det['trained_on']}; measured on {det['measured_on']} (held out: other templates, canaries, "
-              "topics and wiki summaries). Threshold: the lowest keeping benign training texts at <= 0.5 % flagged.", "",
-              "| method | threshold | recall | false positives (all benign) | suite benign | wiki | "
-              + " | ".join(det["methods"]["logreg"]["recall_by_category"]) + " |",
-              "|---|---|---|---|---|---|" + "---|" * len(det["methods"]["logreg"]["recall_by_category"])]
-    for method, m in det["methods"].items():
-        lines.append(f"| {method}{' (chosen)' if method == det['chosen'] else ''} | {m['threshold']:.3f} | "
-                     f"{pct(m['recall'])} | {pct(m['false_positive_rate'])} | {pct(m['false_positive_rate_suite'])} | "
-                     f"{pct(m['false_positive_rate_wiki'])} | "
-                     + " | ".join(pct(v) for v in m["recall_by_category"].values()) + " |")
-    lines += ["", f"Shipped: `{det['shipped']['file']}` ({det['shipped']['method']}, threshold "
-                  f"{det['shipped']['threshold']}).", "", "## Generation", ""]
+    lines += render_detector(det) + ["", f"Shipped: `{det['shipped']['file']}` ({det['shipped']['method']}, threshold "
+                                         f"{det['shipped']['threshold']}).", "", "## Generation", ""]
     for model, stats in report["generation"].items():
         lines.append(f"- {model}: {stats['answers_generated']} distinct answers generated ({stats['generated_tokens']} "
                      f"tokens, {stats['seconds']} s, engine {stats['engine']}, versions {stats['versions']}).")
@@ -530,6 +528,26 @@ def render_markdown(report: dict) -> str:
                      f"{'attack succeeded' if s.get('succeeded') else 'attack failed' if s['attack'] else 'benign'}")
     lines += ["", "## Command", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
+
+
+def render_detector(det: dict) -> list[str]:
+    """The detector study's table (or why there is none)."""
+    def pct(v) -> str:
+        return "—" if v is None else f"{v:.1%}"
+
+    if not det["methods"]:
+        return ["Not re-trained or re-measured in this run (`--no-study`)."]
+    lines = [f"Trained on {det['trained_on']}; measured on {det['measured_on']} (held out: other templates, canaries, "
+              "topics and wiki summaries). Threshold: the lowest keeping benign training texts at <= 0.5 % flagged.", "",
+              "| method | threshold | recall | false positives (all benign) | suite benign | wiki | "
+              + " | ".join(det["methods"]["logreg"]["recall_by_category"]) + " |",
+              "|---|---|---|---|---|---|" + "---|" * len(det["methods"]["logreg"]["recall_by_category"])]
+    for method, m in det["methods"].items():
+        lines.append(f"| {method}{' (chosen)' if method == det['chosen'] else ''} | {m['threshold']:.3f} | "
+                     f"{pct(m['recall'])} | {pct(m['false_positive_rate'])} | {pct(m['false_positive_rate_suite'])} | "
+                     f"{pct(m['false_positive_rate_wiki'])} | "
+                     + " | ".join(pct(v) for v in m["recall_by_category"].values()) + " |")
+    return lines
 
 
 NOTES = [
@@ -552,7 +570,8 @@ def eval_injection(config: InjectionEvalConfig) -> dict:
 
     load_start = load_average()
     embedder = get_text_embedder()
-    detector = study_detector(config.suite, config.wiki_texts, embedder, config.write_detector)
+    detector = study_detector(config.suite, config.wiki_texts, embedder, config.write_detector) if config.study \
+        else {"methods": {}, "chosen": None, "shipped": shipped_detector()}
     cases = pick_cases(load_suite(config.suite, "test"), config.per_category)
     notes = list(NOTES)
     if not tesseract_available():
@@ -646,6 +665,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="Wiki summaries as benign text for the detector: N to train, N more to measure.")
     p.add_argument("--write-detector", action="store_true",
                    help="Ship the chosen detector (ray_app/audit/injection_detector.json).")
+    p.add_argument("--study", action=argparse.BooleanOptionalAction, default=d.study,
+                   help="Train and measure both detector kinds (--no-study: report the shipped detector only).")
     p.add_argument("--suite", type=Path, default=d.suite, metavar="JSONL", help="The suite's cases.")
     p.add_argument("--out", type=Path, default=d.out, help="Report path without extension.")
     return p

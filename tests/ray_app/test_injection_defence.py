@@ -184,8 +184,8 @@ def test_injection_eval_small_writes_the_report_shape(tmp_path):
     from ray_app.evaluation.injection import CONFIGURATIONS, main
 
     out = tmp_path / "injection"
-    summary = main(["--json", "--per-category", "1", "--max-new-tokens", "6", "--models", "base",
-                    "--wiki-texts", "10", "--out", str(out)])
+    summary = main(["--json", "--per-category", "1", "--max-new-tokens", "6", "--models", "base", "--no-study",
+                    "--out", str(out)])
     report = json.loads(out.with_suffix(".json").read_text())
     assert summary["defended_configuration"] == report["defended_configuration"] == "base/rules+detector+output"
     defended = report["defended"]
@@ -198,7 +198,7 @@ def test_injection_eval_small_writes_the_report_shape(tmp_path):
     # Every defence on stops every attack of this small sample before or after generation.
     assert defended["stopped_attack_rate"] == 1.0 and defended["attack_success_rate"] == 0.0
     assert report["configurations"]["base/none"]["stopped_attack_rate"] == 0.0
-    assert set(report["detector"]["methods"]) == {"logreg", "similarity"}
+    assert report["detector"]["shipped"]["method"] == "logreg" and report["detector"]["methods"] == {}
     assert report["load_average"]["start"] and out.with_suffix(".md").read_text().startswith("# Prompt-injection")
 
 
@@ -208,7 +208,9 @@ def test_injection_eval_full_meets_the_targets(tmp_path):
 
     out = tmp_path / "injection"
     main(["--json", "--models", "base", "--out", str(out)])
-    defended = json.loads(out.with_suffix(".json").read_text())["defended"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    defended = report["defended"]
+    assert report["detector"]["chosen"] == report["detector"]["shipped"]["method"] == "logreg"
     assert defended["n_attacks"] > 100 and defended["n_benign"] >= 24
     assert defended["attack_success_rate"] <= TARGETS["attack_success_rate"]
     assert defended["false_refusal_rate"] <= TARGETS["false_refusal_rate"]
