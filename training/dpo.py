@@ -73,7 +73,7 @@ class DPOConfig(StrictModel):
         0.0, ge=0,
         description="Weight of the chosen answers' mean per-token NLL added to the DPO loss (the 'DPO + SFT' / RPO "
                     "term): keeps the policy a good generator of the preferred answers instead of only widening the "
-                    "margin, which without it degenerated into repeated citations here (docs/reports/fine-tuning.md).")
+                    "margin, which without it degenerated into repeated citations here (docs/reports/fine-tuning-methods-70q.md).")
     strategy: Literal["ddp", "deepspeed"] = Field("ddp", description="Data parallelism: torch DDP or DeepSpeed ZeRO.")
     deepspeed_config: str | None = Field(
         None, description="strategy=deepspeed only: a DeepSpeed JSON (relative paths resolve against the current "
