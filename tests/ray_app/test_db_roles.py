@@ -98,3 +98,23 @@ def test_the_serving_store_uses_the_role_and_falls_back_to_the_owner_only_withou
         assert "serving on the owner's connection" in caplog.text
     finally:
         close_serving_store()
+
+
+def test_the_serving_role_searches_and_reads_like_the_owner(store, database_url, text_embedder):
+    from ray_app.store import ChunkRow, DocumentRow, content_hash
+
+    texts = ["Frogs live in ponds and marshes.", "Tigers live in forests of Asia.", "The Moon orbits the Earth."]
+    docs = [DocumentRow(f"d{i}", "wiki", t.split()[0], content_hash(t), 1) for i, t in enumerate(texts)]
+    chunks = [ChunkRow(f"d{i}", 0, t, v) for i, (t, v) in enumerate(zip(texts, text_embedder.embed(texts), strict=True))]
+    store.write(docs, chunks)
+    vector = text_embedder.embed(["where do frogs live"])[0]
+    with Store(serving_url(database_url), migrate=False) as serving:
+        with serving.pool.connection() as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "prism_serving"
+        for owner_hits, serving_hits in [
+            (store.search_text("frogs ponds", 3), serving.search_text("frogs ponds", 3)),
+            (store.search_vector(vector, 3), serving.search_vector(vector, 3)),
+            (store.search_hybrid("where do frogs live", vector, 3), serving.search_hybrid("where do frogs live", vector, 3)),
+        ]:
+            assert [h.id for h in serving_hits] == [h.id for h in owner_hits] and serving_hits
+        assert serving.get_document("d0")["title"] == "Frogs"
