@@ -212,3 +212,28 @@ def test_tune_sweep_reports_the_best_trial(ray_local, workdir, data_path):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["already_finished"] is True
+
+
+def test_bf16_autocast_trains_and_says_so(ray_local, workdir, data_path):
+    """``train.precision=bf16``: forward passes under bfloat16 autocast, the loss still falls, float32 adapter saved."""
+    from safetensors.torch import load_file
+
+    from training.sft import main
+
+    summary = main(["--config", str(TINY_LORA), f"data.train_path={data_path}", f"run.storage_path={workdir / 'runs'}",
+                    "run.name=bf16", "train.max_steps=4", "train.precision=bf16"])  # fmt: skip
+    assert summary["precision"] == "bfloat16"
+    assert all(math.isfinite(x) for x in summary["losses"]) and summary["losses"][-1] < summary["losses"][0]
+    weights = load_file(str(Path(summary["checkpoint"]) / "adapter_model.safetensors"))
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+
+
+def test_auto_precision_follows_the_cpus_bf16_kernels():
+    import torch
+
+    from ray_app.models.llm import cpu_has_bf16_kernels
+    from training.common import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_bf16_kernels() else None)
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
