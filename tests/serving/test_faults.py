@@ -205,3 +205,56 @@ def test_the_ingress_answers_wrapped_failures_by_cause():
     assert answer(ActorDiedError())[:2] == (503, "replica_unavailable")
     assert answer(wrapped(StoreInputError("k must be an integer in 1..1000")))[:2] == (422, "invalid_request")
     assert answer(wrapped(ZeroDivisionError("a bug")))[:2] == (500, "internal_error")
+
+
+def test_real_serve_replica_killed_under_calls_is_retried_and_a_hung_call_times_out():
+    """Two replicas of a small deployment in a private Ray: calls in flight on a replica that ``ray.kill`` ends
+    are retried on the other (all answered), where bare handle calls lose them; a hung call and a silent stream
+    end with StageTimeout."""
+    import ray
+    from ray import serve
+
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
+    class Echo:
+        async def hello(self, delay: float = 0.0) -> str:
+            await asyncio.sleep(delay)
+            return serve.get_replica_context().replica_id.unique_id
+
+        async def pieces(self, n: int, delay: float = 0.0):
+            await asyncio.sleep(delay)
+            for i in range(n):
+                yield i
+
+    def kill_one() -> None:
+        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("SERVE_REPLICA::faults#Echo#"))
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+
+    async def scenario(handle) -> dict:
+        bare = [handle.hello.remote(2.0) for _ in range(6)]
+        await asyncio.sleep(0.8)
+        kill_one()
+        bare_out = await asyncio.gather(*bare, return_exceptions=True)
+        await asyncio.sleep(0.5)
+        calls = [asyncio.create_task(faults.call(lambda: handle.hello.remote(2.0), 30, "echo")) for _ in range(6)]
+        await asyncio.sleep(0.8)
+        kill_one()
+        retried = await asyncio.gather(*calls, return_exceptions=True)
+        streamed = [p async for p in faults.stream(lambda: handle.options(stream=True).pieces.remote(3), 30, "echo")]
+        with pytest.raises(faults.StageTimeout):
+            await faults.call(lambda: handle.hello.remote(5.0), 0.3, "echo")
+        with pytest.raises(faults.StageTimeout):
+            [p async for p in faults.stream(lambda: handle.options(stream=True).pieces.remote(3, 5.0), 0.3, "echo")]
+        return {"bare": bare_out, "retried": retried, "streamed": streamed}
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="faults-test", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 0})
+        out = asyncio.run(scenario(serve.run(Echo.bind(), name="faults", route_prefix=None)))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    lost = [r for r in out["bare"] if isinstance(r, Exception)]
+    assert lost and all(faults.classify(r, 2.0).code == "replica_unavailable" for r in lost)  # what a kill does
+    assert all(isinstance(r, str) for r in out["retried"]), out["retried"]  # nothing lost through faults.call
+    assert out["streamed"] == [0, 1, 2]
