@@ -258,3 +258,57 @@ def test_real_serve_replica_killed_under_calls_is_retried_and_a_hung_call_times_
     assert lost and all(faults.classify(r, 2.0).code == "replica_unavailable" for r in lost)  # what a kill does
     assert all(isinstance(r, str) for r in out["retried"]), out["retried"]  # nothing lost through faults.call
     assert out["streamed"] == [0, 1, 2]
+
+
+def test_drain_outlasts_an_ask_in_the_config_and_the_deployments():
+    """A replica replaced by a redeploy finishes what it holds: longer than an ask may run for ingress and fusion
+    (they hold streamed answers), longer than one handle call for the others."""
+    from ray_app.settings import get_settings
+    from serving.app import DEPLOYMENTS, load_config
+
+    settings = get_settings()
+    config = {d.name: d for d in load_config().applications[0].deployments}
+    assert set(config) == set(DEPLOYMENTS)
+    for name, dep in config.items():
+        needed = settings.ask_timeout_s if name in ("ingress", "fusion") else settings.handle_timeout_s
+        assert dep.graceful_shutdown_timeout_s > needed, name
+
+
+def test_real_serve_redeploy_drains_in_flight_calls():
+    """``serve.run`` of a new version while calls are in flight: the old replica finishes them (graceful
+    shutdown) and calls made during the rollout are answered too; nothing is lost."""
+    import ray
+    from ray import serve
+
+    def build(generation: str):
+        @serve.deployment(name="Slow", graceful_shutdown_timeout_s=30, graceful_shutdown_wait_loop_s=1,
+                          ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"GENERATION": generation}}})
+        class Slow:
+            async def answer(self, delay: float) -> str:
+                import os
+
+                await asyncio.sleep(delay)
+                return os.environ["GENERATION"]
+
+        return Slow.bind()
+
+    async def scenario(handle) -> tuple[list, list]:
+        in_flight = [asyncio.create_task(faults.call(lambda: handle.answer.remote(4.0), 60, "slow")) for _ in range(4)]
+        await asyncio.sleep(1.0)
+        rollout = asyncio.create_task(asyncio.to_thread(serve.run, build("2"), name="drain", route_prefix=None))
+        during = []
+        while not rollout.done():
+            during.append(await faults.call(lambda: handle.answer.remote(0.1), 60, "slow"))
+        await rollout
+        return await asyncio.gather(*in_flight, return_exceptions=True), during
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="drain-test", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 0})
+        first, during = asyncio.run(scenario(serve.run(build("1"), name="drain", route_prefix=None)))
+        after = serve.get_deployment_handle("Slow", app_name="drain").answer.remote(0.0).result(timeout_s=60)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    assert first == ["1"] * 4, first  # answered by the old replica while it drained
+    assert during and set(during) <= {"1", "2"} and after == "2"
