@@ -26,6 +26,8 @@ class FusionParams:
     Attributes:
         method: ``zscore`` or ``minmax`` (convex combination of normalised scores) or ``rrf``.
         text_weight: the BM25 list's weight; the vector list weighs ``1 - text_weight`` (convex) or 1 (rrf).
+        sharpness: per query, lean on the list whose best hit stands out (convex methods; 0: fixed weights;
+            :func:`ray_app.store.rows.fuse_convex`).
         rrf_k: the reciprocal-rank constant (``rrf`` only).
         depth: candidates each list contributes (at least ``4 * k``).
         chosen_on: where the values were chosen (the command and split), for the record.
@@ -33,6 +35,7 @@ class FusionParams:
 
     method: str = "zscore"
     text_weight: float = 0.5
+    sharpness: float = 0.0
     rrf_k: int = 60
     depth: int = 40
     chosen_on: dict = field(default_factory=dict, compare=False)
@@ -42,6 +45,8 @@ class FusionParams:
             raise ValueError(f"fusion method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 <= self.text_weight <= 1.0:
             raise ValueError(f"fusion text_weight must be in [0, 1], got {self.text_weight}")
+        if self.sharpness < 0:
+            raise ValueError(f"fusion sharpness must be >= 0, got {self.sharpness}")
 
     def fuse(self, vector_hits: Sequence[SearchHit], text_hits: Sequence[SearchHit], k: int) -> list[SearchHit]:
         """The fused top ``k`` of the two lists."""
@@ -49,7 +54,7 @@ class FusionParams:
             return fuse_rrf([vector_hits, text_hits], k, self.rrf_k, weights=(1.0, self.text_weight))
         # a chunk that BM25 did not return scores at most what it returned; one without any query term scores 0
         return fuse_convex([vector_hits, text_hits], k, (1.0 - self.text_weight, self.text_weight), self.method,
-                           floors=(None, 0.0))
+                           floors=(None, 0.0), sharpness=self.sharpness)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +66,7 @@ def load_fusion_params(path: Path | None = None) -> FusionParams:
     if not path.exists():
         return FusionParams()
     data = json.loads(path.read_text())
-    return FusionParams(**{k: data[k] for k in ("method", "text_weight", "rrf_k", "depth", "chosen_on") if k in data})
+    return FusionParams(**{k: data[k] for k in ("method", "text_weight", "sharpness", "rrf_k", "depth", "chosen_on") if k in data})
 
 
 def save_fusion_params(params: FusionParams, path: Path | None = None) -> Path:

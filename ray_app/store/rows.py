@@ -145,7 +145,8 @@ def normalise_scores(scores: Sequence[float], how: str = "zscore") -> np.ndarray
 
 
 def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequence[float],
-                norm: str = "zscore", floors: Sequence[float | None] | None = None) -> list[SearchHit]:
+                norm: str = "zscore", floors: Sequence[float | None] | None = None,
+                sharpness: float = 0.0) -> list[SearchHit]:
     """Merge scored lists by a weighted sum of per-list normalised scores (a convex combination when
     the weights sum to 1); keeps the first-seen hit per id.
 
@@ -153,6 +154,10 @@ def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequen
     item the list left out (BM25's is 0, what a chunk without a query term scores), or, when None,
     the list's lowest score. A floor below the list's scores takes part in its normalisation, so a
     list of one hit still lifts that hit. An empty list adds nothing. Ties go to the smaller id.
+
+    ``sharpness`` > 0 lets each query lean on the list that is sure of itself: list i's weight is
+    multiplied by ``(1 + gap_i) ** sharpness``, where ``gap_i`` is how far (in normalised units) its best
+    hit stands above its second, and the weights are scaled back to their sum (still convex).
     """
     scores: dict[str, float] = {}
     hits: dict[str, SearchHit] = {}
@@ -160,17 +165,34 @@ def fuse_convex(rankings: Sequence[Sequence[SearchHit]], k: int, weights: Sequen
         for hit in ranking:
             hits.setdefault(hit.id, hit)
             scores.setdefault(hit.id, 0.0)
-    for ranking, weight, floor in zip(rankings, weights, floors or [None] * len(rankings), strict=True):
-        if not ranking:
+    lists = [_normalised_list(ranking, floor, norm)
+             for ranking, floor in zip(rankings, floors or [None] * len(rankings), strict=True)]
+    weights = list(weights)
+    if sharpness:
+        scaled = [w * (1.0 + (lst[2] if lst else 0.0)) ** sharpness for w, lst in zip(weights, lists, strict=True)]
+        weights = [w * sum(weights) / (sum(scaled) or 1.0) for w in scaled]
+    for lst, weight in zip(lists, weights, strict=True):
+        if lst is None:
             continue
-        raw = [h.score for h in ranking]
-        floor = min(raw) if floor is None or floor >= min(raw) else floor
-        normalised = normalise_scores([*raw, floor] if floor < min(raw) else raw, norm)
-        best: dict[str, float] = {}
-        for hit, value in zip(ranking, normalised, strict=False):
-            best[hit.id] = max(best.get(hit.id, -np.inf), float(value))
-        missing = float(normalised[-1]) if floor < min(raw) else min(best.values())
+        best, missing, _ = lst
         for i in scores:
             scores[i] += weight * best.get(i, missing)
     order = sorted(scores, key=lambda i: (-scores[i], i))[:k]
     return [SearchHit(**{**hits[i].__dict__, "score": scores[i]}) for i in order]
+
+
+def _normalised_list(ranking: Sequence[SearchHit], floor: float | None,
+                     norm: str) -> tuple[dict[str, float], float, float] | None:
+    """``({id: normalised score}, the missing hits' score, the best hit's gap to the second)``; None when empty."""
+    if not ranking:
+        return None
+    raw = [h.score for h in ranking]
+    below = floor is not None and floor < min(raw)
+    normalised = normalise_scores([*raw, floor] if below else raw, norm)
+    best: dict[str, float] = {}
+    for hit, value in zip(ranking, normalised, strict=False):
+        best[hit.id] = max(best.get(hit.id, -np.inf), float(value))
+    missing = float(normalised[-1]) if below else min(best.values())
+    top = sorted(normalised[: len(raw)], reverse=True)
+    gap = float(top[0] - (top[1] if len(top) > 1 else missing))
+    return best, missing, gap
