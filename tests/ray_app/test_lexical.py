@@ -155,6 +155,10 @@ def test_convex_fusion_of_normalised_scores():
     assert [h.id for h in fuse_convex([vector, one_hit], 3, (0.5, 0.5))] == ["a", "b", "c"]  # no floor: no lift
     assert [h.id for h in fuse_convex([vector, one_hit], 3, (0.5, 0.5), floors=(None, 0.0))] == ["a", "c", "b"]
     assert [h.id for h in FusionParams(method="zscore", text_weight=0.5).fuse(vector, one_hit, 3)] == ["a", "c", "b"]
+    # sharpness: the BM25 list whose best hit stands far above the rest outweighs a flat vector list
+    flat, standout = hits({"a": 0.60, "b": 0.51, "c": 0.50, "d": 0.2}), hits({"c": 30.0, "e": 2.0, "a": 1.0})
+    assert [h.id for h in fuse_convex([flat, standout], 2, (0.9, 0.1), floors=(None, 0.0))] == ["a", "c"]
+    assert [h.id for h in fuse_convex([flat, standout], 2, (0.9, 0.1), floors=(None, 0.0), sharpness=2)] == ["c", "a"]
     params = FusionParams(method="rrf", text_weight=0.0)
     assert [h.id for h in params.fuse(vector, text, 3)] == ["a", "b", "c"]
 
