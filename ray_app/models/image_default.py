@@ -21,7 +21,7 @@ def resolve_image_encoder() -> tuple[Path, str]:
     Returns:
         ``(folder, source)``; source is ``"PRISM_IMAGE_ENCODER"``, ``"newest under <dir>"`` or ``"none found"``.
     """
-    from ray_app.llm.checkpoints import finished_runs
+    from ray_app.models.trained import finished_runs
 
     settings = get_settings()
     if settings.image_encoder is not None:

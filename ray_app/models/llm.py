@@ -87,7 +87,7 @@ def resolve_adapter(settings: Settings | None = None) -> tuple[str | None, str]:
     Returns:
         ``(folder or None, source)``; source is ``"PRISM_LLM_ADAPTER"``, ``"newest under <dir>"`` or ``"none found"``.
     """
-    from ray_app.llm.checkpoints import newest_adapter
+    from ray_app.models.trained import newest_adapter
 
     settings = settings or get_settings()
     if settings.llm_adapter is not None:
