@@ -57,7 +57,9 @@ def test_an_ask_retried_with_its_idempotency_key_is_answered_once(prism_app):
     streamed = httpx.post(prism_app.url + "/v1/ask", json=body | {"stream": True}, headers=headers, timeout=300)
     events = [line[7:] for line in streamed.text.splitlines() if line.startswith("event: ")]
     done = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
-    assert events[0] == "meta" and events[-1] == "done" and done == answer
+    assert events[0] == "meta" and events[-1] == "done"
+    assert {k: done[k] for k in ("id", "answer", "citations", "usage")} == \
+        {k: answer[k] for k in ("id", "answer", "citations", "usage")}
     assert _tokens_used(prism_app.database_url, row.id) == charged  # no second charge
     assert _records(prism_app.database_url, answer["id"]) == ["started", "completed"]  # no second ask
     with psycopg.connect(prism_app.database_url) as conn:
