@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Outcome:
     start: float
     end: float = 0.0
     statuses: list = field(default_factory=list)  # HTTP status, "dropped" or "in_band_error" per attempt
+    errors: list = field(default_factory=list)  # "status:code" of each failed attempt (what to look into)
     answered: bool = False
     shed: bool = False  # refused by admission control on both attempts: not a fault
     ask_id: str | None = None
@@ -90,6 +92,8 @@ class Load:
         for attempt in (1, 2):
             status, code, ask_id = self._attempt(client, body, headers)
             outcome.statuses.append(status)
+            if not (status == 200 and ask_id):
+                outcome.errors.append(f"{status}:{code}")
             if status == 200 and ask_id:
                 outcome.answered, outcome.ask_id = True, ask_id
                 break
@@ -217,6 +221,7 @@ def summarise(outcomes: list[Outcome], store) -> dict:
             "errors_500": sum(1 for s in statuses if isinstance(s, int) and s >= 500 and s != 503),
             "dropped": statuses.count("dropped"), "in_band_errors": statuses.count("in_band_error"),
             "answers_without_audit": missing,
+            "error_codes": dict(Counter(e for o in outcomes for e in o.errors)),
             "p95_ms": p95([o.latency_ms for o in outcomes if o.answered])}
 
 
