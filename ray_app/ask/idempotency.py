@@ -7,15 +7,23 @@ charge to the key's tokens per day. State lives in Postgres (``ask_idempotency``
 land on any ingress replica. While the first ask still runs, a retry gets 409 with ``Retry-After``; a
 key reused for another request gets 422. An ask that fails gives its key back (the retry runs anew);
 a claim whose ingress died is taken over once it is older than ``PRISM_ASK_TIMEOUT_S``.
+
+Nothing in the table reads in clear: the stored response is sealed with the audit log's text keys
+(AES-256-GCM, :mod:`ray_app.audit.sealing`, bound to its caller and key), and the request hash is an
+HMAC under the audit chain's key, so a guessed question cannot be confirmed from the table.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 
+from ray_app.audit.chain import chain_files, chain_key
+from ray_app.audit.checkpoint import mac_hex
+from ray_app.audit.sealing import load_keys, seal, unseal
 from ray_app.errors import InputError, PrismError
 from ray_app.settings import Settings, get_settings
 
@@ -83,6 +91,19 @@ class IdempotencyStore:
     def __init__(self, store, settings: Settings | None = None):
         self.store, self.settings = store, settings or get_settings()
 
+    def _keyed(self, req_hash: str) -> str:
+        return mac_hex(chain_key(chain_files(self.store)[0]), "idempotency-request:" + req_hash)
+
+    def _seal(self, caller: str, key: str, response: dict) -> dict:
+        kid, blob = seal(load_keys(self.settings.audit_text_key_path()), _bound(caller, key),
+                         {"response": json.dumps(response)})
+        return {"kid": kid, "sealed": base64.b64encode(blob).decode()}
+
+    def _unseal(self, caller: str, key: str, stored: dict) -> dict:
+        keys = load_keys(self.settings.audit_text_key_path())
+        texts = unseal(keys, _bound(caller, key), stored["kid"], base64.b64decode(stored["sealed"]))
+        return json.loads(texts["response"])
+
     def claim(self, caller: str | None, key: str, req_hash: str) -> Claim:
         """Claim ``key`` for a new ask, or return the stored answer of the ask that already completed with it.
 
@@ -91,7 +112,8 @@ class IdempotencyStore:
             IdempotencyKeyReused: the key belongs to another request.
         """
         caller = caller or ""
-        params = {"caller": caller, "key": key, "hash": req_hash, "ttl_s": self.settings.idempotency_ttl_s,
+        keyed_hash = self._keyed(req_hash)
+        params = {"caller": caller, "key": key, "hash": keyed_hash, "ttl_s": self.settings.idempotency_ttl_s,
                   "stale_s": self.settings.ask_timeout_s + 30}
         with self.store.pool.connection() as conn:
             if conn.execute(_CLAIM, params).fetchone() is not None:
@@ -101,12 +123,12 @@ class IdempotencyStore:
         if row is None:  # released between the two statements: claim again
             return self.claim(caller or None, key, req_hash)
         stored_hash, state, response = row
-        if stored_hash != req_hash:
+        if stored_hash != keyed_hash:
             raise IdempotencyKeyReused(f"the Idempotency-Key {key!r} was used for a different request")
         if state == "pending":
             raise IdempotencyConflict(f"an ask with the Idempotency-Key {key!r} is still running; retry later",
                                       self.settings.retry_after_s)
-        return Claim(caller, key, response)
+        return Claim(caller, key, self._unseal(caller, key, response))
 
     def complete(self, claim: Claim, response: dict) -> None:
         """Store the answer of the claimed ask."""
@@ -114,10 +136,15 @@ class IdempotencyStore:
 
         with self.store.pool.connection() as conn:
             conn.execute("UPDATE ask_idempotency SET state = 'done', response = %s, updated_at = now()"
-                         " WHERE caller = %s AND key = %s", (Jsonb(response), claim.caller, claim.key))
+                         " WHERE caller = %s AND key = %s", (Jsonb(self._seal(claim.caller, claim.key, response)), claim.caller, claim.key))
 
     def release(self, claim: Claim) -> None:
         """Give the key back after the ask failed (a retry runs it anew)."""
         with self.store.pool.connection() as conn:
             conn.execute("DELETE FROM ask_idempotency WHERE caller = %s AND key = %s AND state = 'pending'",
                          (claim.caller, claim.key))
+
+
+def _bound(caller: str, key: str) -> str:
+    """What a sealed response is bound to (the AEAD's associated data): it opens only in its own row."""
+    return f"idempotency:{caller}:{key}"

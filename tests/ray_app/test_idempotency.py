@@ -10,6 +10,7 @@ from ray_app.ask.idempotency import (
     check_key,
     request_hash,
 )
+from ray_app.audit.sealing import SealingError
 from ray_app.errors import InputError
 
 
@@ -45,3 +46,20 @@ def test_bad_keys_are_input_errors(bad):
     with pytest.raises(InputError):
         check_key(bad)
     assert check_key("  7c4e-retry_1  ") == "7c4e-retry_1"
+
+
+def test_the_table_holds_no_answer_or_question_in_clear(store):
+    keys = IdempotencyStore(store)
+    ask = request_hash({"question": "Where does Zanthor Quillby live?", "k": 3}, None)
+    claim = keys.claim("key1", "sealed-1", ask)
+    keys.complete(claim, {"id": "a2", "answer": "Zanthor Quillby lives in Vexmoor [1]."})
+    with store.pool.connection() as conn:
+        row = conn.execute("SELECT request_hash, response::text FROM ask_idempotency WHERE key = 'sealed-1'").fetchone()
+    assert "Zanthor" not in row[1] and "Vexmoor" not in row[1]
+    assert row[0] != ask  # keyed: the plain sha256 of the request cannot be matched against the table
+    assert keys.claim("key1", "sealed-1", ask).response["answer"] == "Zanthor Quillby lives in Vexmoor [1]."
+    with store.pool.connection() as conn:  # a sealed answer moved to another row does not open there
+        conn.execute("INSERT INTO ask_idempotency (caller, key, request_hash, state, response) "
+                     "SELECT caller, 'sealed-2', request_hash, state, response FROM ask_idempotency WHERE key = 'sealed-1'")
+    with pytest.raises(SealingError, match="do not open"):
+        keys.claim("key1", "sealed-2", ask)
