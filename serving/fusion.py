@@ -61,6 +61,10 @@ class FusionDeployment:
         async for piece in self.generator.generate(question, passages, context, limit):
             yield piece
 
+    async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
+        """Per answer sentence, the passages ranked by ablation on this replica's model (``explain: true``)."""
+        return await self.generator.attribute(question, passages, context, answer)
+
     def __del__(self):
         if getattr(self, "engine", None) is not None:
             self.engine.close()

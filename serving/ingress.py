@@ -526,7 +526,7 @@ class Ingress:
     async def ask(self, request: Request, admission: Admission = Depends(llm_caller)):
         """An ask; with an ``Idempotency-Key`` header a retry gets the first answer back (no second ask)."""
         body, image = await parse_ask(request)
-        options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens)
+        options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens, explain=body.explain)
         key = request.headers.get("idempotency-key")
         claim = None
         if key is not None:
@@ -547,7 +547,7 @@ class Ingress:
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest, admission: Admission = Depends(llm_caller)):
         question, image = chat_question(body)
-        options = AskOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens)
+        options = AskOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens, explain=body.explain)
         limit = min(options.max_new_tokens or self.settings.max_new_tokens, self.settings.max_new_tokens)
         events = metered(self.service.stream(question, image, options, caller=admission.caller), admission)
         first = await start_stream(events)

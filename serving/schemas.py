@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from ray_app.ask.requests import AskRequest, SearchRequest  # noqa: F401  (the API's request bodies)
+from ray_app.ask.requests import AskRequest, SearchRequest, strict_bool  # noqa: F401  (the API's request bodies)
 
 
 class ErrorBody(BaseModel):
@@ -94,6 +94,32 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class PassageAttribution(BaseModel):
+    n: int = Field(description="The passage's citation number.")
+    chunk_id: str | None
+    score: float = Field(description="Drop in the sentence's log-probability (nats) when the passage is removed.")
+
+
+class SentenceAttribution(BaseModel):
+    sentence: str
+    passages: list[PassageAttribution] = Field(description="Ranked by score, highest first.")
+
+
+class Explanation(BaseModel):
+    """``explain: true``: what each answer sentence depends on, and where in the image the label was seen."""
+
+    passages: list[SentenceAttribution] = Field(description="Per answer sentence (at most 6; at most 8 passages "
+                                                            "scored), the passages ranked by ablation.")
+    image_saliency: str | None = Field(None, description="When an image was sent: a PNG data URL, an RGBA heatmap "
+                                                         "with the image's aspect ratio to lay over it.")
+    image_label: str | None = Field(None, description="The label the map explains (the top one, or the nearest "
+                                                      "candidate when vision is not sure).")
+    ms: float = Field(description="Milliseconds the explanation added after the answer was written.")
+    cost: dict[str, float] = Field(default_factory=dict, description="Each part's ms, forward passes, evaluations.")
+    method: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list, description="Why a part is missing, when one is.")
+
+
 class AskResponse(BaseModel):
     id: str
     answer: str
@@ -104,6 +130,7 @@ class AskResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     withheld: bool = Field(default=False, description="True when the injection defences stopped the answer: "
                                                       "`answer` then says why and `audit.flags` name the checks.")
+    explanation: Explanation | None = Field(None, description="Only with `explain: true`.")
 
 
 class ImageUrl(BaseModel):
@@ -138,6 +165,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = None
     n: int | None = Field(None, ge=1, le=1)
     user: str | None = None
+    explain: bool = Field(False, description="Prism's extension: `prism.explanation` as on /v1/ask.")
+
+    _explain = field_validator("explain", mode="before")(strict_bool)
 
     model_config = {"extra": "allow"}
 

@@ -37,6 +37,12 @@ class ServeVision:
     async def version(self) -> str | None:
         return await faults.call(lambda: self.handle.version.remote(), timeout_s(), "vision")
 
+    async def saliency(self, image: bytes, label: str) -> dict:
+        out = await faults.call(lambda: self.handle.saliency.remote(image, label), timeout_s(), "vision")
+        if "error" in out:
+            raise ImageRejected(out["error"]["code"], out["error"]["message"])
+        return out
+
 
 class ServeRetrieve:
     def __init__(self, handle):
@@ -63,6 +69,11 @@ class ServeGenerate:
 
     async def versions(self) -> dict[str, str | None]:
         return await faults.call(lambda: self.handle.versions.remote(), timeout_s(), "fusion")
+
+    async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
+        """Passage attribution on the fusion replica's model (``FusionDeployment.attribute``)."""
+        return await faults.call(lambda: self.handle.attribute.remote(question, passages, context, answer),
+                                 timeout_s(), "fusion")
 
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         return await self.counter.acount(question, passages, context, answer)

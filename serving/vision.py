@@ -38,3 +38,10 @@ class VisionDeployment:
         except ImageRejected as exc:
             return {"error": {"code": exc.code, "message": str(exc)}}
         return {"vision": result.public()}
+
+    def saliency(self, data: bytes, label: str) -> dict:
+        """The image encoder's occlusion saliency map for ``label`` (``explain: true``), or ``{"error"}``."""
+        try:
+            return self.analyzer.saliency(data, label)
+        except ImageRejected as exc:
+            return {"error": {"code": exc.code, "message": str(exc)}}

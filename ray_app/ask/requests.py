@@ -28,6 +28,15 @@ def not_blank(value: str) -> str:
     return value.strip()
 
 
+def strict_bool(value):
+    """A JSON boolean, or ``"true"``/``"false"`` (a multipart form sends text); anything else is refused (422)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError("must be a boolean (true or false)")
+
+
 class SearchRequest(BaseModel):
     query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
     k: int = Field(5, ge=1, le=50, description="Results to return.")
@@ -43,8 +52,12 @@ class AskRequest(BaseModel):
     k: int = Field(5, ge=1, le=20, description="Passages to retrieve.")
     max_new_tokens: int | None = Field(None, ge=1, le=2048, description="Answer length limit (capped by the server).")
     stream: bool = Field(False, description="Server-sent events: meta, token..., done.")
+    explain: bool = Field(False, description="Add `explanation`: per answer sentence the passages ranked by "
+                                             "ablation, and an image saliency map when an image is sent (costs "
+                                             "`timings_ms.explain_ms`).")
 
     _strip = field_validator("question")(not_blank)
+    _explain = field_validator("explain", mode="before")(strict_bool)
 
 
 def decode_image(value: str) -> bytes:

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from ray_app.ask.admission import AdmissionGate
+from ray_app.ask.explain import explain_answer, start_saliency
 from ray_app.ask.retrieval import Retrieved, image_context, unidentified_image_reply
 from ray_app.audit.injection import (
     ALL_DEFENCES,
@@ -78,6 +79,7 @@ class AskOptions:
     k: int = 5
     max_new_tokens: int | None = None
     min_relevance: float = 0.25
+    explain: bool = False  # add an ``explanation`` (ray_app.ask.explain) to the answer
 
     def check(self, settings: Settings) -> AskOptions:
         """A copy with the limits applied.
@@ -91,7 +93,7 @@ class AskOptions:
         wanted = self.max_new_tokens or limit
         if wanted < 1:
             raise AskInputError(f"max_new_tokens must be at least 1, got {wanted}")
-        return AskOptions(self.k, min(wanted, limit), self.min_relevance)
+        return AskOptions(self.k, min(wanted, limit), self.min_relevance, self.explain)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,9 @@ class VisionStage(Protocol):
     async def version(self) -> str | None:
         """The image encoder's version for the audit record."""
 
+    async def saliency(self, image: bytes, label: str) -> dict:
+        """Where in the image the encoder's match with ``label`` lies (optional; ``ray_app.ask.explain``)."""
+
 
 class RetrieveStage(Protocol):
     async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
@@ -163,6 +168,9 @@ class GenerateStage(Protocol):
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         """``{"prompt_tokens", "completion_tokens"}``: the rendered prompt and the answer in the LLM's tokenizer
         (optional: a generator without it reports zeros)."""
+
+    async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
+        """Per answer sentence, the passages ranked by ablation (optional; ``ray_app.llm.attribution``)."""
 
 
 class AuditStage(Protocol):
@@ -271,6 +279,7 @@ class AskService:
         if image is not None:
             vision = await self.vision.analyze(image)
             timings["vision_ms"] = _ms(start)
+        saliency = start_saliency(self.vision, image, vision) if options.explain else None  # overlaps generation
         t1 = time.perf_counter()
         retrieved = await self.retriever.retrieve(question, vision, options)
         timings["retrieval_ms"] = _ms(t1)
@@ -305,13 +314,21 @@ class AskService:
         output = check_output(answer, passages, image_context(vision)) if self.defences.output else []
         if output:  # withheld: logged with its reasons, never shown
             draft = replace(draft, status="withheld", screen_flags=[*draft.screen_flags, *output])
+        explanation = None
+        if options.explain and not output:
+            explanation = await explain_answer(self.generator, question, passages, vision, draft.answer, saliency,
+                                               image is not None)
+            timings["explain_ms"] = explanation["ms"]
         trace.closed = True
         t3 = time.perf_counter()
         verdict = await asyncio.shield(self.auditor.record(draft))
         if output:
             yield AskEvent("flagged", withheld_response(draft, verdict, audit_ms=_ms(t3)))
         else:
-            yield AskEvent("done", build_response(draft, verdict, audit_ms=_ms(t3)))
+            response = build_response(draft, verdict, audit_ms=_ms(t3))
+            if explanation is not None:
+                response["explanation"] = explanation
+            yield AskEvent("done", response)
 
     async def _screen(self, question: str, passages: list[Passage]) -> Screening:
         """The audit stage's screening (rules + detector) when it has one, else the rules here."""

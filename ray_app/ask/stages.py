@@ -15,6 +15,7 @@ from ray_app.ask.service import AnswerDraft, AskOptions, AskService
 from ray_app.audit.chain import audit_answer, build_citations, merge_flags, record_answer, record_started
 from ray_app.audit.detector import load_detector
 from ray_app.audit.injection import Defences, Screening, screen_inputs
+from ray_app.llm.attribution import attribute_passages
 from ray_app.llm.generate import count_tokens, generate_answer, model_versions, render_prompt
 from ray_app.llm.prompting import Passage
 from ray_app.settings import Settings, get_settings
@@ -42,6 +43,9 @@ class LocalVision:
 
     async def version(self) -> str | None:
         return self.analyzer().encoder_version
+
+    async def saliency(self, image: bytes, label: str) -> dict:
+        return await asyncio.to_thread(self.analyzer().saliency, image, label)
 
 
 class LocalRetrieve:
@@ -112,6 +116,10 @@ class LocalGenerate:
     async def versions(self) -> dict[str, str | None]:
         return model_versions(self.llm, self.settings)
 
+    async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
+        return await asyncio.to_thread(attribute_passages, self.llm, question, passages, context, answer,
+                                       self.settings.prompt_token_budget)
+
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         return await self.counter.acount(question, passages, context, answer)
 
@@ -122,6 +130,7 @@ class BatchedGenerate:
     def __init__(self, engine, settings: Settings | None = None):
         self.engine, self.settings = engine, settings or get_settings()
         self.counter = TokenCounter(self.settings, engine.tokenizer)
+        self._attributing = asyncio.Semaphore(1)
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
@@ -135,6 +144,17 @@ class BatchedGenerate:
 
     async def versions(self) -> dict[str, str | None]:
         return self.engine.versions()
+
+    async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
+        """Passage attribution on the engine's own model, one ask at a time per replica (it shares the CPU with
+        the decode loop); an engine without a torch model (ct2, llama.cpp) returns no sentences and a note."""
+        llm = getattr(self.engine, "llm", None)
+        if llm is None:
+            return {"sentences": [], "note": f"no passage attribution: the {self.engine.name} engine has no torch "
+                                             "model to score passages with (PRISM_LLM_ENGINE=torch has)"}
+        async with self._attributing:
+            return await asyncio.to_thread(attribute_passages, llm, question, passages, context, answer,
+                                           self.settings.prompt_token_budget)
 
     async def usage(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:
         return await self.counter.acount(question, passages, context, answer)

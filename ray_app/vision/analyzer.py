@@ -240,7 +240,7 @@ class VisionAnalyzer:
 
     def __init__(self, store, embedder, encoder=None, settings: Settings | None = None):
         self.settings = settings or get_settings()
-        self.store = store
+        self.store, self.embedder = store, embedder
         self.encoder = encoder if encoder is not None else _try_default_encoder()
         self.labels = None
         self.calibration = read_calibration(self.encoder.folder if self.encoder is not None else None)
@@ -279,6 +279,24 @@ class VisionAnalyzer:
         if ocr:
             result.ocr_text = _read_text(image, result.notes)
         return result
+
+
+    def saliency(self, data: bytes, label: str) -> dict:
+        """Where in the image the encoder's match with ``label`` lies (:func:`ray_app.vision.saliency.explain_image`):
+        ``{"image_saliency": PNG data URL, "label", "cosine", "method", "evaluations"}``; without an image encoder
+        ``image_saliency`` is None and ``note`` says why.
+
+        Raises:
+            ImageRejected: the bytes are not an acceptable image.
+        """
+        from ray_app.vision.saliency import explain_image
+
+        image = load_image(data, self.settings)
+        if self.encoder is None:
+            return {"image_saliency": None, "label": label, "note": "no image encoder trained yet: no saliency map"}
+        i = self.labels.index_of(label)
+        vector = self.labels.vectors[i] if i is not None else self.embedder.embed([label])[0]
+        return explain_image(self.encoder, image, vector, label)
 
 
 def category_prompts() -> dict[str, tuple[str, ...]]:
