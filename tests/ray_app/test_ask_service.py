@@ -105,13 +105,26 @@ def test_fixed_passages_and_check_only_audit_write_no_log(store, llm):
     assert last_records(store, 1) == []
 
 
+class SlowGenerate(LocalGenerate):
+    """The real LLM stage, each piece held back ``delay_s``: an answer that certainly outlasts the time limit."""
+
+    delay_s = 0.5
+
+    async def generate(self, *args, **kwargs):
+        async for piece in super().generate(*args, **kwargs):
+            await asyncio.sleep(self.delay_s)
+            yield piece
+
+
 def test_an_ask_past_the_servers_time_limit_ends_with_a_timeout(store, llm):
     from ray_app.ask.service import AskTimeout
     from ray_app.settings import Settings
 
     passages = [Passage(1, "Frog", FROG.removeprefix("Frog: "), "frog", "frog:0", 1.0)]
-    settings = Settings(ask_timeout_s=0.3, max_new_tokens=400)
-    service = AskService(None, FixedPassages(passages), LocalGenerate(llm, settings), CheckOnlyAudit(), settings)
+    # The limit leaves ample time for `meta` (screening, no model call) on a busy machine; the answer cannot
+    # finish within it (at most 4 s / 0.5 s = 8 pieces), so the limit, not the machine's speed, ends it.
+    settings = Settings(ask_timeout_s=4.0, max_new_tokens=400)
+    service = AskService(None, FixedPassages(passages), SlowGenerate(llm, settings), CheckOnlyAudit(), settings)
     seen = []
 
     async def run():
