@@ -1,4 +1,4 @@
-"""`prism bench ingest|embed|serve|llm|edge|demo|precision|clip|chaos`: benchmarks that compare against a bare baseline in the same run.
+"""`prism bench ingest|embed|serve|llm|edge|demo|precision|clip|chaos|explain`: benchmarks that compare against a bare baseline in the same run.
 
 ``ingest``, ``embed``, ``serve`` and ``llm`` are their jobs' ``main(argv)`` (:mod:`ray_app.benchmarks`): each
 job owns its options and ``--help``, and ``python -m ray_app.benchmarks.<job>`` takes the same ones.
@@ -27,6 +27,9 @@ job_command(app, "lexical", "ray_app.benchmarks.lexical",
 job_command(app, "chaos", "serving.chaos",
             "Kill a fusion, rag and ingress replica, restart Postgres and redeploy under load: requests lost, "
             "5xx, recovery time, audit completeness.")
+job_command(app, "explain", "ray_app.benchmarks.explain",
+            "What explain: true costs: passage attribution per answer and saliency maps per image, and whether they "
+            "point at the gold passage / the object's corner.")
 job_command(app, "demo", "ray_app.benchmarks.demo",
             "Time `prism demo` on a fresh PRISM_HOME and again (reused); report what it serves.")
 job_command(app, "precision", "training.bench_precision",

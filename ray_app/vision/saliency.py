@@ -1,8 +1,8 @@
 """Image saliency: which regions of a picture the image encoder's match with a label depends on.
 
-Occlusion (captum's :class:`~captum.attr.Occlusion`): square windows of the encoder's input are replaced
-by the normalisation mean (0 after normalising: a grey patch), and each window's score is how much the
-cosine between the image vector and the label's text vector drops. Windows are a quarter of the input's
+Occlusion (captum's :class:`~captum.attr.Occlusion`): square windows of the encoder's input are painted
+over with the picture's background (the median colour of its border, :func:`background`), and each window's
+score is how much the cosine between the image vector and the label's text vector drops. Windows are a quarter of the input's
 side, sliding by an eighth: 7 x 7 = 49 occluded copies, run in batches, whatever the encoder's size.
 
 The map covers what the encoder sees (the centre square of the picture, :func:`open_clip`'s eval
@@ -47,15 +47,26 @@ def occlusion_map(encoder, image, text_vector: np.ndarray, window_div: int = WIN
 
     x = encoder.preprocess(image.convert("RGB")).unsqueeze(0)
     side = x.shape[-1]
+    baseline = background(x)
     window, stride = max(side // window_div, 1), max(side // stride_div, 1)
     with torch.inference_mode():
         base = float(cosine(x)[0])
     with torch.no_grad():
         attribution = Occlusion(cosine).attribute(x, sliding_window_shapes=(3, window, window),
-                                                  strides=(3, stride, stride), baselines=0.0,
+                                                  strides=(3, stride, stride), baselines=baseline,
                                                   perturbations_per_eval=PER_EVAL)
     steps = ((side - window) // stride + 1) ** 2
     return attribution[0].sum(0).numpy(), base, steps
+
+
+def background(x):
+    """The picture's own background, to paint over a region: the per-channel median of the input's border pixels
+    (normalised), broadcast to the input's shape. Clip art on white is hidden with white, a photo with its edges'
+    colour; a grey patch on white would itself look like an object."""
+    import torch
+
+    border = torch.cat([x[0, :, 0, :], x[0, :, -1, :], x[0, :, :, 0], x[0, :, :, -1]], dim=1)
+    return border.median(dim=1).values.view(1, -1, 1, 1).expand_as(x).contiguous()
 
 
 def heatmap_png(attribution: np.ndarray, size: tuple[int, int], max_side: int = MAX_SIDE) -> bytes:
@@ -93,5 +104,6 @@ def explain_image(encoder, image, text_vector: np.ndarray, label: str) -> dict:
     attribution, cosine, steps = occlusion_map(encoder, image, text_vector)
     return {"image_saliency": data_url(heatmap_png(attribution, image.size)), "label": label,
             "cosine": round(cosine, 4), "evaluations": steps,
-            "method": f"occlusion (captum): drop in cos(image, '{label}') when a 1/{WINDOW_DIV}-side grey square "
+            "method": f"occlusion (captum): drop in cos(image, '{label}') when a 1/{WINDOW_DIV}-side square "
+                      "painted in the picture's border colour "
                       f"hides each region, stride 1/{STRIDE_DIV}"}

@@ -92,6 +92,10 @@ def test_not_sure_offers_candidates_and_asks_again_about_one(prism_app, tmp_path
         candidates = page.locator("#unsure button.candidate").all_inner_texts()
         assert len(candidates) == 3, candidates
         assert page.inner_text("#answer").startswith("I could not identify the picture.")
+        # explain is on by default: the image encoder's saliency map for the nearest candidate lies over the picture
+        assert page.locator("#saliency").is_visible()
+        assert page.get_attribute("#saliency", "src").startswith("data:image/png;base64,")
+        assert candidates[0] in page.inner_text("#saliencynote")
         page.locator("#unsure button.candidate").first.click()
         assert page.input_value("#question") == f"About {candidates[0]}: What is this?"
         sync_api.expect(page.locator("#status")).to_have_text("done", timeout=300_000)  # no eval: the page's CSP forbids it

@@ -162,3 +162,16 @@ def test_trained_encoder_finds_the_frog_for_the_label_frog(corner):
     h, w = alpha.shape
     quadrant = alpha[: h // 2, : w // 2] if corner == "top_left" else alpha[h // 2 :, w // 2 :]
     assert quadrant.sum() / alpha.sum() > 0.5
+
+
+def test_bench_explain_on_small_data(tmp_path):
+    """`prism bench explain` on two held-out questions (and no image encoder in the test home: the image part says
+    why it was skipped) writes its JSON and Markdown."""
+    from ray_app.benchmarks.explain import main
+
+    result = main(["--questions", "2", "--images", "1", "--out", str(tmp_path), "--json"])
+    attribution = result["attribution"]
+    assert attribution["answers"] == 2 and attribution["sentences_scored"] >= 2
+    assert 0 <= attribution["top1_is_gold_rate"] <= 1 and attribution["forward_passes_mean"] == 2
+    assert "skipped" in result["saliency"] or result["saliency"]["images"] == 1
+    assert (tmp_path / "explain.json").is_file() and "Passage attribution" in (tmp_path / "explain.md").read_text()
