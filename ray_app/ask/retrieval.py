@@ -51,10 +51,25 @@ def build_query(question: str, vision: dict | None) -> str:
 
 
 def confident_labels(vision: dict) -> list[str]:
-    """Up to three labels the zero-shot classifier is reasonably sure of (none when vision says it is not sure)."""
+    """The names of a stored exact copy of the upload when there is one; otherwise up to three labels the
+    zero-shot classifier is reasonably sure of (none when vision says it is not sure).
+
+    An exact copy says what the picture is: a zero-shot guess beside it would only pull passages about
+    something else into the prompt.
+    """
+    labels = vision.get("labels", [])
+    copies = [item["label"] for item in labels if item.get("source") == "same_image"]
+    if copies:
+        return copies[:3]
     if vision.get("sure") is False:
         return []
-    return [item["label"] for item in vision.get("labels", [])[:3] if item.get("score", 0) >= LABEL_MIN_SCORE]
+    return [item["label"] for item in labels[:3] if item.get("score", 0) >= LABEL_MIN_SCORE]
+
+
+def identified_picture(vision: dict | None) -> str | None:
+    """What the picture shows, for the grounding check: the first confident label (None: no picture, or unsure)."""
+    names = confident_labels(vision) if vision else []
+    return names[0] if names else None
 
 
 def unidentified(vision: dict | None) -> bool:

@@ -55,6 +55,7 @@ from ray_app.audit.pii import redact_pii
 from ray_app.errors import InputError, Unavailable
 from ray_app.llm.prompting import NOT_IN_SOURCES, Passage
 from ray_app.settings import Settings, get_settings
+from ray_app.telemetry.logs import ASK_ID
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class AnswerDraft:
     error: str | None = None
     screen_flags: list[str] = field(default_factory=list)  # the pre-generation injection screening's flags
     quarantined: list[Passage] = field(default_factory=list)  # retrieved, flagged, left out of the prompt
+    trace_id: str | None = None  # the request's OpenTelemetry trace id (ray_app.telemetry.tracing), when traced
 
 
 @dataclass
@@ -247,18 +249,26 @@ class AskService:
             raise AskInputError("this service answers questions without images")
         async with self.gate.place() if self.gate is not None else nullcontext():
             trace, status, error = AskTrace(), "cancelled", None  # a consumer that goes away: cancelled
+            start, ended = time.perf_counter(), "cancelled"
             try:
                 async for event in within(self._events(question, image, options, caller, trace, redaction.flags),
                                           self.settings.ask_timeout_s):
+                    ended = event.kind if event.kind in ("done", "flagged") else ended
                     yield event
             except AskTimeout as exc:
                 status, error = "timeout", str(exc)
+                ended = status
                 raise
             except Exception as exc:
                 status, error = "error", f"{type(exc).__name__}: {exc}"
+                ended = type(exc).__name__
                 raise
             finally:
                 await self._log_unfinished(trace, status, error)
+                # ids, outcome and time only: never the question or the answer (tests/serving/test_privacy.py)
+                ask_id = trace.draft.ask_id if trace.draft else None
+                log.info("ask %s ended: %s", ask_id or "-", ended,
+                         extra={"ask_id": ask_id, "outcome": ended, "ms": _ms(start)})
 
     async def _log_unfinished(self, trace: AskTrace, status: str, error: str | None) -> None:
         """The ``completed`` record of an ask that ended early, shielded from the request's cancellation."""
@@ -286,6 +296,7 @@ class AskService:
         screening = await self._screen(question, retrieved.passages)  # flagged passages never reach the prompt
         passages = screening.kept
         ask_id = new_ask_id()
+        ASK_ID.set(ask_id)  # every record logged for the rest of this ask carries it (ray_app/telemetry/logs.py)
         draft = AnswerDraft(ask_id, question, "", passages, vision, options.k, await self.versions(image is not None),
                             timings, caller, screen_flags=[*pii_flags, *screening.flags],
                             quarantined=screening.quarantined)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from ray_app.ask.retrieval import Retrieved, retrieve_passages
+from ray_app.ask.retrieval import Retrieved, identified_picture, retrieve_passages
 from ray_app.ask.service import AnswerDraft, AskOptions, AskService
 from ray_app.audit.chain import audit_answer, build_citations, merge_flags, record_answer, record_started
 from ray_app.audit.detector import load_detector
@@ -190,14 +190,15 @@ class LoggedAudit(InjectionScreen):
         await asyncio.to_thread(
             record_started, self.store, ask_id=draft.ask_id, question=draft.question, passages=draft.passages,
             vision=draft.vision, k=draft.k, versions=draft.versions, caller=draft.caller,
-            extra_flags=draft.screen_flags, quarantined=draft.quarantined)
+            extra_flags=draft.screen_flags, quarantined=draft.quarantined, trace_id=draft.trace_id)
 
     async def record(self, draft: AnswerDraft) -> dict:
         return await asyncio.to_thread(
             record_answer, self.store, ask_id=draft.ask_id, question=draft.question, answer=draft.answer,
             passages=draft.passages, vision=draft.vision, k=draft.k, versions=draft.versions,
             timings_ms=draft.timings_ms, embedder=self.embedder, caller=draft.caller, status=draft.status,
-            error=draft.error, extra_flags=draft.screen_flags, quarantined=draft.quarantined)
+            error=draft.error, extra_flags=draft.screen_flags, quarantined=draft.quarantined,
+            trace_id=draft.trace_id, picture=identified_picture(draft.vision))
 
 
 class CheckOnlyAudit(InjectionScreen):
@@ -207,7 +208,8 @@ class CheckOnlyAudit(InjectionScreen):
         return None
 
     async def record(self, draft: AnswerDraft) -> dict:
-        verdict = audit_answer(draft.question, draft.answer, draft.passages, self.embedder)
+        verdict = audit_answer(draft.question, draft.answer, draft.passages, self.embedder,
+                               identified_picture(draft.vision))
         return {"grounded": verdict.grounded, "flags": merge_flags(draft.screen_flags, verdict.flags),
                 "citations": build_citations(draft.passages, verdict.grounding)}
 

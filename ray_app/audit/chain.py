@@ -75,14 +75,17 @@ class AnswerAudit:
     grounding: GroundingReport
 
 
-def audit_answer(question: str, answer: str, passages: list[Passage], embedder=None) -> AnswerAudit:
+def audit_answer(question: str, answer: str, passages: list[Passage], embedder=None,
+                 picture: str | None = None) -> AnswerAudit:
     """Check an answer: citations exist, sentences supported (grounding), injection attempts.
+
+    ``picture`` is what vision identified the uploaded picture as (see :func:`check_grounding`).
 
     Flags: ``not_in_sources``, ``no_passages``, ``invalid_citation:<n>``, ``citations_attributed``
     (the model left sentences uncited and they were attributed post hoc), ``unsupported_sentence``,
     ``prompt_injection:...``.
     """
-    report = check_grounding(answer, passages, embedder)
+    report = check_grounding(answer, passages, embedder, picture=picture)
     flags = injection_flags(question, passages)
     if report.not_in_sources:
         flags.append("not_in_sources")
@@ -143,9 +146,10 @@ class AuditEntry:
     error: str | None = None
     quarantined: list[dict] = field(default_factory=list)  # passages left out of the prompt (injection rules)
     texts: dict[str, str | None] | None = None  # the question (and answer), sealed into the row, never in the record
+    trace_id: str | None = None  # the request's OpenTelemetry trace id; the key is absent from records without one
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "audit_id": self.audit_id,
             "ask_id": self.ask_id or self.audit_id,
             "event": self.event,
@@ -165,6 +169,9 @@ class AuditEntry:
             "caller": self.caller,
             "error": self.error,
         }
+        if self.trace_id is not None:  # only when set: a record written without a trace is as it always was
+            record["trace_id"] = self.trace_id
+        return record
 
 
 _keys: dict[Path, bytes] = {}
@@ -422,7 +429,7 @@ def passage_digests(passages: list[Passage]) -> list[dict]:
 
 
 def _base_entry(store, *, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
-                versions: dict, caller: str | None, quarantined: list[Passage]) -> dict:
+                versions: dict, caller: str | None, quarantined: list[Passage], trace_id: str | None = None) -> dict:
     similar_ids = [s["id"] for s in (vision or {}).get("similar_images", [])]
     return dict(
         request_hash=request_hash(chain_key(chain_files(store)[0]), question, (vision or {}).get("image_sha256"), k),
@@ -434,17 +441,18 @@ def _base_entry(store, *, ask_id: str, question: str, passages: list[Passage], v
         image_encoder=versions.get("image_encoder"),
         ask_id=ask_id,
         caller=caller,
+        trace_id=trace_id,
     )
 
 
 def record_started(store, *, ask_id: str, question: str, passages: list[Passage], vision: dict | None, k: int,
                    versions: dict, caller: str | None = None, extra_flags: list[str] = (),
-                   quarantined: list[Passage] = ()) -> dict:
+                   quarantined: list[Passage] = (), trace_id: str | None = None) -> dict:
     """Log that an answer is about to be generated (audit id ``<ask_id>:started``), with the passages' hashes
     and the injection flags of its inputs (``extra_flags``: the pre-generation screening's)."""
     return append_record(store, AuditEntry(
         **_base_entry(store, ask_id=ask_id, question=question, passages=passages, vision=vision, k=k,
-                      versions=versions, caller=caller, quarantined=list(quarantined)),
+                      versions=versions, caller=caller, quarantined=list(quarantined), trace_id=trace_id),
         answer_hash=None, flags=merge_flags(extra_flags, injection_flags(question, passages)), grounded=None,
         timings_ms={}, audit_id=f"{ask_id}:started", event="started", status="started",
         texts={"question": question}))
@@ -458,21 +466,21 @@ def merge_flags(*groups) -> list[str]:
 def record_answer(store, *, ask_id: str, question: str, answer: str, passages: list[Passage], vision: dict | None,
                   k: int, versions: dict, timings_ms: dict, embedder=None, caller: str | None = None,
                   status: str = "answered", error: str | None = None, extra_flags: list[str] = (),
-                  quarantined: list[Passage] = ()) -> dict:
+                  quarantined: list[Passage] = (), trace_id: str | None = None, picture: str | None = None) -> dict:
     """Audit one answer and append its ``completed`` record; returns ``{"grounded", "flags", "citations"}``.
 
     An answer that did not finish (``status`` ``cancelled``, ``timeout`` or ``error``) is logged with its
     partial text's hash and the injection flags, without the grounding check.
     """
     if status in ("answered", "withheld"):  # withheld: written in full, stopped by the output checks
-        verdict = audit_answer(question, answer, passages, embedder)
+        verdict = audit_answer(question, answer, passages, embedder, picture)
         grounded, flags, citations = verdict.grounded, verdict.flags, build_citations(passages, verdict.grounding)
     else:
         grounded, flags, citations = None, injection_flags(question, passages) + [f"incomplete:{status}"], []
     flags = merge_flags(extra_flags, flags)
     append_record(store, AuditEntry(
         **_base_entry(store, ask_id=ask_id, question=question, passages=passages, vision=vision, k=k,
-                      versions=versions, caller=caller, quarantined=list(quarantined)),
+                      versions=versions, caller=caller, quarantined=list(quarantined), trace_id=trace_id),
         answer_hash=answer_hash(chain_key(chain_files(store)[0]), answer), flags=flags, grounded=grounded,
         timings_ms=timings_ms, audit_id=ask_id, status=status, error=error,
         texts={"question": question, "answer": answer}))

@@ -16,6 +16,11 @@ is:" does not count) is a claim, checked against the passage it cites (title and
 * **embedding cosine** (with an embedder) — MiniLM cosine between sentence and passage; with
   ``rules.min_cosine`` set, a cosine at or above it also counts as support (the baseline rule).
 
+For an ask with a picture that vision identified (``picture``, e.g. "frog"), a sentence whose subject
+is the picture itself ("This animal lives in ponds", "It is an amphibian") is checked with that name in
+place of the subject: the name came from vision, the rest of the claim must come from a passage. An
+identification alone ("This animal is a frog.") is then no passage claim.
+
 A sentence is supported when the checks pass against one passage it cites. A sentence the model
 left uncited is *attributed* to the passage that supports it best (post-hoc attribution, reported as
 such, never silently); when no passage supports it, it is unsupported. The answer is ``grounded``
@@ -46,6 +51,11 @@ _TOKEN = re.compile(r"\w+")
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d{3})")
 _SUBJECT_END = re.compile(r"\s(?:is|was|are|were|has|had|have|lies|remains|consists|comprises)\s|[,:;(]")
 SUBJECT_MAX_WORDS = 8
+# A sentence about the uploaded picture: "This animal ...", "The picture shows ...", "It is ...".
+PICTURE_SUBJECT = re.compile(
+    r"^\s*(?:(?:this|that|the)\s+(?:animal|creature|picture|image|photo|photograph|drawing|stamp|object|thing|bird|"
+    r"plant|fish|insect)|it|this|that)\b(?=\s+(?:is|was|are|has|have|lives|live|can|eats|belongs|looks|shows|appears)\b)",
+    re.IGNORECASE)
 STOP_WORDS = frozenset(
     """a an the and or but if then than so of to in on at by for with from into onto about as is are was were be
     been being it its this that these those there their they them he she his her we our you your i me my not no
@@ -188,7 +198,8 @@ def subject_words(sentence: str) -> set[str]:
     return content_words(head, drop_filler=True)
 
 
-def check_grounding(answer: str, passages: list[Passage], embedder=None, rules: GroundingRules = DEFAULT_RULES) -> GroundingReport:
+def check_grounding(answer: str, passages: list[Passage], embedder=None, rules: GroundingRules = DEFAULT_RULES,
+                    picture: str | None = None) -> GroundingReport:
     """Check every answer sentence against the passages it cites (see the module docstring).
 
     Args:
@@ -196,6 +207,7 @@ def check_grounding(answer: str, passages: list[Passage], embedder=None, rules: 
         passages: the numbered passages the model saw.
         embedder: optional text embedder with ``embed(list[str]) -> (n, d)`` unit vectors.
         rules: the thresholds (:data:`DEFAULT_RULES`; :data:`BASELINE_RULES` is the earlier check).
+        picture: what vision identified the uploaded picture as (None: no picture, or not identified).
 
     Returns:
         A :class:`GroundingReport`.
@@ -207,6 +219,8 @@ def check_grounding(answer: str, passages: list[Passage], embedder=None, rules: 
     if refused and not rules.check_claims_beside_refusal:
         return GroundingReport(grounded=not invalid, cited=cited, invalid_citations=invalid, not_in_sources=True)
     split = split_sentences(answer)
+    if picture:
+        split = [resolved for s in split if (resolved := about_picture(s, picture))]
     sentences = [s for s in (drop_cut_word(split) if rules.ignore_cut_word else split)
                  if not says_not_in_sources(s) and len(content_words(s, rules.drop_filler)) >= MIN_CONTENT_WORDS]
     # The cosine is computed only where a rule uses it: the default rules need no embedding pass.
@@ -216,6 +230,15 @@ def check_grounding(answer: str, passages: list[Passage], embedder=None, rules: 
     attributed = sorted({r.best_n for r in results if r.attributed and r.best_n is not None})
     grounded = (bool(results) or refused) and not invalid and all(r.supported for r in results)
     return GroundingReport(grounded, results, cited, invalid, attributed, not_in_sources=refused)
+
+
+def about_picture(sentence: str, picture: str) -> str:
+    """``sentence`` with a subject that points at the picture ("This animal", "It") replaced by ``picture``;
+    an identification of the picture as ``picture`` itself ("This animal is a frog.") becomes empty."""
+    resolved = PICTURE_SUBJECT.sub(picture, sentence, count=1)
+    if resolved != sentence and content_words(_CITATION.sub(" ", resolved)) <= content_words(picture):
+        return ""
+    return resolved
 
 
 def _cosine_matrix(sentences: list[str], passages: list[Passage], embedder) -> np.ndarray | None:

@@ -141,3 +141,19 @@ def test_issue_16_guinea_fowl_answer_with_the_passages_a_small_store_retrieves(t
     assert check_grounding(answer, passages, text_embedder, BASELINE_RULES).grounded
     report = check_grounding(answer, passages, text_embedder)
     assert not report.grounded and not report.sentences[0].supported
+
+
+def test_a_sentence_about_the_identified_picture_is_checked_with_its_name():
+    """An image ask whose picture vision identified as a frog: "This animal lives in ponds" is a claim about frogs
+    (the name from vision, the rest from a passage); the identification alone is no passage claim; a wrong
+    identification stays unsupported; without a picture the deictic subject finds no passage."""
+    answer = "This animal is a frog. It lives in ponds and marshes."
+    with_picture = check_grounding(answer, [FROG, MOON], picture="frog")
+    assert with_picture.grounded and with_picture.attributed == [1]
+    assert [s.text for s in with_picture.sentences] == ["frog lives in ponds and marshes."]
+    assert not check_grounding(answer, [FROG, MOON]).grounded
+    wrong = check_grounding("This animal is a toad. It lives in ponds.", [FROG, MOON], picture="frog")
+    assert not wrong.grounded and not wrong.sentences[0].supported
+    assert check_grounding("This is a frog [1].", [FROG, MOON], picture="frog").cited == [1]
+    # A subject that is not the picture is left alone.
+    assert check_grounding("The Moon lives in ponds.", [FROG, MOON], picture="frog").sentences[0].text.startswith("The Moon")

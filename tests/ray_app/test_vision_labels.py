@@ -88,6 +88,20 @@ def test_an_unidentified_picture_gets_a_plain_reply_not_a_guess():
     assert unidentified_image_reply("What is this?", {"labels": UNSURE["labels"]}) is None
 
 
+def test_an_exact_stored_copy_names_the_picture_alone():
+    """A zero-shot guess beside an exact copy's name (a random tower's "Fish" at 0.48 beside the frog stamp)
+    would pull another animal's passages into the prompt: only the copy's names steer retrieval."""
+    vision = {"sure": True, "labels": [{"label": "frog", "score": 1.0, "source": "same_image"},
+                                       {"label": "Fish", "score": 0.48, "source": "zero_shot"}],
+              "similar_images": [{"score": 1.0, "caption": "A frog."}]}
+    assert confident_labels(vision) == ["frog"]
+    assert build_query("What is this?", vision) == "What is this? frog A frog."
+    assert image_context(vision) == "it shows: frog; it looks like: A frog."
+    zero_shot = {"sure": True, "labels": [{"label": "Fish", "score": 0.48, "source": "zero_shot"},
+                                          {"label": "Moon", "score": 0.2, "source": "zero_shot"}]}
+    assert confident_labels(zero_shot) == ["Fish"]
+
+
 def test_near_stored_neighbours_name_the_picture_and_far_ones_leave_it_to_zero_shot():
     from ray_app.vision.labels import label_probabilities
 
