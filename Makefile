@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.prism-installed
-APT_PACKAGES := tesseract-ocr tuxpaint-stamps-default chromium openclipart-png fonts-noto-color-emoji
+APT_PACKAGES := tesseract-ocr tuxpaint-stamps-default chromium openclipart-png fonts-noto-color-emoji prometheus
 
 .PHONY: setup demo test test-slow lint clean apt edge-tools
 

@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         default=["127.0.0.1", "localhost", "::1"],
         description="Host header names the ingress answers (any port); '*' allows every host. JSON list in "
                     "PRISM_ALLOWED_HOSTS.")
+    trace_file: Path | None = Field(
+        default=None, description="Append every ask's OpenTelemetry spans to this JSONL file (one span a line); "
+                                  "OTEL_EXPORTER_OTLP_ENDPOINT sends them to an OTLP/HTTP collector instead or too.")
+    metrics_export_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port where the local Ray started by `prism serve up` exports "
+                                                   "Prism's and Ray's metrics in Prometheus text format "
+                                                   "(default: a free port Ray chooses).")
 
     @field_validator("database_url", "serving_database_url")
     @classmethod

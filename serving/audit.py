@@ -3,6 +3,8 @@ grounding + injection checks after it, then a record appended to the audit chain
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ray import serve
 
 from ray_app.ask.service import AnswerDraft
@@ -10,6 +12,7 @@ from ray_app.ask.stages import LoggedAudit
 from ray_app.audit.chain import verify_chain
 from ray_app.audit.injection import Defences, Screening
 from ray_app.llm.prompting import Passage
+from ray_app.telemetry.tracing import stage_span, trace_id_of
 from serving.health import check_loaded, check_store, ready_store
 
 
@@ -34,17 +37,21 @@ class AuditDeployment:
         self.check_health()
         return ready_store(self.store)
 
-    async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
+    async def screen(self, question: str, passages: list[Passage], defences: Defences,
+                     traceparent: str | None = None) -> Screening:
         """Screen the question and passages before generation (quarantine, flags)."""
-        return await self.auditor.screen(question, passages, defences)
+        with stage_span("audit.screen", traceparent):
+            return await self.auditor.screen(question, passages, defences)
 
-    async def start(self, draft: AnswerDraft) -> None:
-        """Log the ``started`` record of an ask about to be generated."""
-        await self.auditor.start(draft)
+    async def start(self, draft: AnswerDraft, traceparent: str | None = None) -> None:
+        """Log the ``started`` record of an ask about to be generated (with the request's trace id)."""
+        with stage_span("audit.start", traceparent, **{"prism.ask_id": draft.ask_id}):
+            await self.auditor.start(replace(draft, trace_id=trace_id_of(traceparent) or draft.trace_id))
 
-    async def record(self, draft: AnswerDraft) -> dict:
+    async def record(self, draft: AnswerDraft, traceparent: str | None = None) -> dict:
         """Audit and log one answer (however it ended): ``{"grounded", "flags", "citations"}``."""
-        return await self.auditor.record(draft)
+        with stage_span("audit.record", traceparent, **{"prism.ask_id": draft.ask_id, "prism.status": draft.status}):
+            return await self.auditor.record(replace(draft, trace_id=trace_id_of(traceparent) or draft.trace_id))
 
     def verify(self) -> dict:
         return verify_chain(self.store)

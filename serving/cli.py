@@ -2,12 +2,15 @@
 
     prism serve up                 foreground; Ctrl-C stops it
     prism serve up --detach        returns once /healthz answers, prints the URL
-    prism serve status [--json]
+    prism serve status [--json]     replicas, queue depth, where the metrics and the dashboard are
     prism serve down
 
 ``up`` starts a private local Ray instance (no dashboard) in a driver process, starts Serve with the
 config's HTTP options and deploys the application; ``--detach`` runs that driver in the background
 (its own process group, logs under ``$PRISM_HOME/serve/``) and records it so ``down`` can stop it.
+While it runs, the driver writes what Serve says about the application (``serve.status()``: replicas per
+deployment and their states) and where Ray exports metrics to ``$PRISM_HOME/serve/driver.json`` every few
+seconds; ``status`` reads that file, the metrics export (the fusion replicas' decode queue) and ``/healthz``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from ray_app.raystart import init_ray
 from ray_app.settings import get_settings
 
 app = typer.Typer(help="Run the Ray Serve application (HTTP API + web page).", no_args_is_help=True)
+DASHBOARD = "deploy/grafana/prism.json"  # the Grafana dashboard, in the repository
+SNAPSHOT_EVERY_S = 5.0
 CONFIG_OPTION = typer.Option(None, "--config", help="A serve-build YAML (default: serving/config.yaml).")
 
 
@@ -43,6 +48,44 @@ def state_file() -> Path:
 def read_state() -> dict | None:
     path = state_file()
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def snapshot_file() -> Path:
+    return state_dir() / "driver.json"
+
+
+def metrics_url() -> str | None:
+    """Where this Ray node exports metrics (Prism's ``ray_prism_*`` and Ray's) in Prometheus text format."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+            return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    return None
+
+
+def serve_snapshot() -> dict:
+    """What the driver knows: each application's deployments (status, replicas by state) and the metrics URL."""
+    from ray import serve
+
+    applications = {}
+    for name, application in serve.status().applications.items():
+        deployments = {dep: {"status": str(getattr(d.status, "value", d.status)),
+                             "replicas": {str(getattr(s, "value", s)): n for s, n in d.replica_states.items()}}
+                       for dep, d in application.deployments.items()}
+        applications[name] = {"status": str(getattr(application.status, "value", application.status)),
+                              "deployments": deployments}
+    return {"updated": time.time(), "metrics_url": metrics_url(), "applications": applications}
+
+
+def write_snapshot(path: Path | None = None) -> None:
+    """Write :func:`serve_snapshot` (atomically) for ``prism serve status``."""
+    path = path or snapshot_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(serve_snapshot()))
+    tmp.replace(path)
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,7 +162,8 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
     for line in describe_models(models):
         logging.getLogger(__name__).warning("%s", line)  # the serve log says what is served
     os.environ.setdefault("DATABASE_URL", _database_url())
-    start_ray(num_cpus or max(os.cpu_count() or 2, 2))
+    port = get_settings().metrics_export_port
+    start_ray(num_cpus or max(os.cpu_count() or 2, 2), **({"_metrics_export_port": port} if port else {}))
     deploy_config(config)
     stop = {"now": False}
 
@@ -128,10 +172,18 @@ def run_driver(config_path: Path | None, host: str | None, port: int | None, num
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    written = 0.0
     try:
         while not stop["now"]:
+            if time.monotonic() - written > SNAPSHOT_EVERY_S:
+                written = time.monotonic()
+                try:
+                    write_snapshot()
+                except Exception:  # noqa: BLE001 - status is informative; serving goes on
+                    logging.getLogger(__name__).warning("could not write %s", snapshot_file(), exc_info=True)
             time.sleep(0.5)
     finally:
+        snapshot_file().unlink(missing_ok=True)
         serve.shutdown()
         ray.shutdown()
 
@@ -260,15 +312,87 @@ def _stop_group(pid: int, timeout_s: float = 60) -> None:
 @app.command("status")
 @handle_errors
 def status(json_out: bool = JSON_OPTION) -> None:
-    """Is the app running and healthy?"""
-    state = read_state()
+    """Is the app running and healthy? Its replicas, queue depth, and where its metrics and dashboard are."""
+    emit(status_report(read_state(), read_snapshot()), json_out, print_status)
+
+
+def read_snapshot() -> dict | None:
+    path = snapshot_file()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status_report(state: dict | None, snapshot: dict | None) -> dict:
+    """``prism serve status``: the driver's state, ``/healthz``, the driver's Serve snapshot and the metrics export.
+
+    Returns:
+        ``{"running", "healthy", "url", "pid", "versions", "replicas": {deployment: running replicas},
+        "deployments": {deployment: {"status", "replicas": {state: n}}}, "queue": {"decode_rows", "decode_waiting",
+        "asks_active", "asks_waiting"}, "metrics_url", "dashboard", "snapshot_age_s"}`` (None where unknown).
+    """
     running = bool(state and pid_alive(state["pid"]))
     health = healthz(state["url"]) if running else None
-    out = {"running": running, "healthy": health is not None, "url": state["url"] if state else None,
-           "pid": state["pid"] if state else None, "versions": (health or {}).get("versions")}
-    emit(out, json_out, lambda o: console.print(
-        f"{'healthy' if o['healthy'] else 'running (not healthy yet)' if o['running'] else 'not running'}"
-        + (f" at {o['url']}" if o["running"] else "")))
+    snapshot = snapshot if running and snapshot else {}
+    found = {dep: info for application in (snapshot.get("applications") or {}).values()
+             for dep, info in application["deployments"].items()}
+    deployments = {dep: found[dep] for dep in sorted(found, key=_pipeline_order)}
+    admission = (health or {}).get("admission") or {}
+    queue = {**decode_queue(snapshot.get("metrics_url")), "asks_active": admission.get("active"),
+             "asks_waiting": admission.get("waiting")}
+    dashboard = Path.cwd() / DASHBOARD
+    return {"running": running, "healthy": health is not None, "url": state["url"] if state else None,
+            "pid": state["pid"] if state else None, "versions": (health or {}).get("versions"),
+            "replicas": {dep: info["replicas"].get("RUNNING", 0) for dep, info in deployments.items()} or None,
+            "deployments": deployments or None, "queue": queue, "metrics_url": snapshot.get("metrics_url"),
+            "dashboard": str(dashboard) if dashboard.exists() else DASHBOARD,
+            "snapshot_age_s": round(time.time() - snapshot["updated"], 1) if snapshot.get("updated") else None}
+
+
+def _pipeline_order(deployment: str) -> tuple[int, str]:
+    order = ("ingress", "vision", "rag", "fusion", "audit")
+    return (order.index(deployment) if deployment in order else len(order), deployment)
+
+
+def decode_queue(url: str | None) -> dict:
+    """The fusion replicas' decode queue from the metrics export: rows decoding + waiting, and waiting alone."""
+    out: dict = {"decode_rows": None, "decode_waiting": None}
+    if not url:
+        return out
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return out
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {"ray_prism_decode_queue_depth": "decode_rows", "ray_prism_decode_waiting": "decode_waiting"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                key = names[sample.name]
+                out[key] = (out[key] or 0.0) + sample.value
+    return out
+
+
+def print_status(o: dict) -> None:
+    console.print(f"{'healthy' if o['healthy'] else 'running (not healthy yet)' if o['running'] else 'not running'}"
+                  + (f" at {o['url']} (pid {o['pid']})" if o["running"] else ""), markup=False, soft_wrap=True)
+    if not o["running"]:
+        return
+    replicas = ", ".join(f"{d} {n}" for d, n in (o["replicas"] or {}).items()) or "unknown (no driver snapshot yet)"
+    q = o["queue"]
+    console.print(f"replicas: {replicas}", markup=False, soft_wrap=True)
+    console.print(f"queue: fusion rows decoding+waiting {_known(q['decode_rows'])} (waiting {_known(q['decode_waiting'])}); "
+                  f"asks in flight {_known(q['asks_active'])}, waiting {_known(q['asks_waiting'])} (this ingress replica)",
+                  markup=False, soft_wrap=True)
+    console.print(f"metrics: {o['metrics_url'] or 'unknown'} (Prometheus text; Prism's series are ray_prism_*)",
+                  markup=False, soft_wrap=True)
+    console.print(f"dashboard: {o['dashboard']} (Grafana: Dashboards > New > Import)", markup=False, soft_wrap=True)
+
+
+def _known(value) -> str:
+    return "?" if value is None else f"{value:g}"
 
 
 @app.command("_driver", hidden=True)

@@ -14,6 +14,8 @@ from ray import serve
 from ray_app.ask.stages import BatchedGenerate
 from ray_app.llm.prompting import Passage
 from ray_app.settings import get_settings
+from ray_app.telemetry import metrics
+from ray_app.telemetry.tracing import stage_span
 
 
 @serve.deployment(name="fusion", graceful_shutdown_timeout_s=130, graceful_shutdown_wait_loop_s=2)
@@ -49,17 +51,24 @@ class FusionDeployment:
         """Queue depth for the autoscaling policy (``serving/autoscaling.py``): rows decoding plus requests
         waiting for a batch slot, and the waiting ones alone."""
         stats = self.engine.stats()
-        return {"decode_rows": float(stats["running"] + stats["waiting"]), "decode_waiting": float(stats["waiting"])}
+        rows, waiting = float(stats["running"] + stats["waiting"]), float(stats["waiting"])
+        metrics.set_decode_queue(rows, waiting)  # the same numbers for Prometheus (prism_decode_queue_depth)
+        return {"decode_rows": rows, "decode_waiting": waiting}
 
     def stats(self) -> dict:
         """The engine's rows and queue (load, and whether a gone client's row was freed)."""
         return {"engine": self.engine.name, **self.engine.stats()}
 
-    async def generate(self, question: str, passages: list[Passage], context: str | None, max_new_tokens: int):
+    async def generate(self, question: str, passages: list[Passage], context: str | None, max_new_tokens: int,
+                       traceparent: str | None = None):
         """Stream the answer's text pieces (use with ``handle.options(stream=True)``)."""
         limit = max(1, min(int(max_new_tokens), self.settings.max_new_tokens))
-        async for piece in self.generator.generate(question, passages, context, limit):
-            yield piece
+        with stage_span("fusion", traceparent, **{"prism.max_new_tokens": limit}) as span:
+            pieces = 0
+            async for piece in self.generator.generate(question, passages, context, limit):
+                pieces += 1
+                yield piece
+            span.set_attribute("prism.pieces", pieces)
 
     async def attribute(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict:
         """Per answer sentence, the passages ranked by ablation on this replica's model (``explain: true``)."""

@@ -158,7 +158,8 @@ class RequestLimits:
             headers["content-security-policy"] = self.page_csp
         elif not path.startswith(("/docs", "/redoc")):  # Swagger UI loads its own scripts
             headers["content-security-policy"] = JSON_CSP
-        headers |= (scope.get("state") or {}).get("rate_headers", {})
+        state = scope.get("state") or {}
+        headers |= state.get("rate_headers", {}) | state.get("trace_headers", {})
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def respond(self, scope, send, status: int, code: str, message: str) -> None:

@@ -45,6 +45,7 @@ from ray_app.auth.guard import Admission, Guard, RateLimited
 from ray_app.auth.keys import MissingKey, RevokedKey
 from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.settings import get_settings
+from ray_app.telemetry import metrics, tracing
 from ray_app.vision.analyzer import ImageRejected
 from serving import faults
 from serving.health import readiness
@@ -96,6 +97,7 @@ def error_json(request: Request, status: int, code: str, message: str, retry_aft
     headers = dict(headers or {})
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    metrics.record_refusal(status, code, kind)  # counted when it is a refusal (auth, 429, overload)
     return JSONResponse(error_body(route_path(request.scope), status, code, message, param, kind), status_code=status,
                         headers=headers or None)
 
@@ -221,6 +223,7 @@ def get_guard() -> Guard:
 async def admit(request: Request, uses_llm: bool) -> Admission:
     admission = await asyncio.to_thread(get_guard().admit, request.headers.get("authorization"), uses_llm)
     request.state.rate_headers = admission.headers  # RequestLimits adds them to the response
+    metrics.record_request(admission.caller)
     return admission
 
 
@@ -239,6 +242,7 @@ async def metered(events: AsyncIterator[AskEvent], admission: Admission) -> Asyn
     async for event in events:
         if event.kind in ("done", "flagged"):
             await asyncio.to_thread(get_guard().charge_tokens, admission.caller, event.data["usage"]["total_tokens"])
+            metrics.record_answer(event.data, admission.caller)  # once per ask, never per token
         yield event
 
 
@@ -427,6 +431,13 @@ def chat_question(body: ChatCompletionRequest) -> tuple[str, bytes | None]:
     return " ".join(texts), image
 
 
+def traced(request: Request, name: str, events: AsyncIterator[AskEvent]) -> AsyncIterator[AskEvent]:
+    """The ask's events under the request's root span (its trace id in ``X-Trace-Id``; the stages pass it on)."""
+    span = tracing.start_request(name, request.headers.get("traceparent"))
+    request.state.trace_headers = tracing.response_headers(span)  # RequestLimits adds them to the response
+    return tracing.traced(events, span)
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
@@ -539,17 +550,20 @@ class Ingress:
             events = metered(self.service.stream(body.question, image, options, caller=admission.caller), admission)
             if claim is not None:
                 events = recorded(events, claim, self.idempotency())
+        events = traced(request, "POST /v1/ask", events)
         first = await start_stream(events)
         if body.stream:
             return StreamingResponse(ask_sse(first, events), media_type="text/event-stream")
         return await final_response(first, events)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
-    async def chat_completions(self, body: ChatCompletionRequest, admission: Admission = Depends(llm_caller)):
+    async def chat_completions(self, request: Request, body: ChatCompletionRequest,
+                               admission: Admission = Depends(llm_caller)):
         question, image = chat_question(body)
         options = AskOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens, explain=body.explain)
         limit = min(options.max_new_tokens or self.settings.max_new_tokens, self.settings.max_new_tokens)
         events = metered(self.service.stream(question, image, options, caller=admission.caller), admission)
+        events = traced(request, "POST /v1/chat/completions", events)
         first = await start_stream(events)
         model = body.model or MODEL_ID
         if body.stream:

@@ -6,6 +6,7 @@ from ray import serve
 
 from ray_app.ask.retrieval import Retrieved, retrieve_passages, search_corpus
 from ray_app.ask.service import AskOptions
+from ray_app.telemetry.tracing import stage_span
 from serving.health import check_loaded, check_store, ready_store
 
 
@@ -31,9 +32,11 @@ class RagDeployment:
         self.check_health()
         return ready_store(self.store)
 
-    def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
+    def retrieve(self, question: str, vision: dict | None, options: AskOptions,
+                 traceparent: str | None = None) -> Retrieved:
         """The passages the LLM will see (the ask service's retrieve stage)."""
-        return retrieve_passages(question, vision, options.k, self.store, self.embedder, options.min_relevance)
+        with stage_span("rag", traceparent, **{"prism.k": options.k}):
+            return retrieve_passages(question, vision, options.k, self.store, self.embedder, options.min_relevance)
 
     def search(self, query: str, k: int, mode: str, sources: list[str] | None) -> list[dict]:
         """Chunk search by mode (hybrid, vector or BM25 text), in the public hit shape."""

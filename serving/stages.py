@@ -3,7 +3,8 @@
 :class:`ray_app.ask.service.AskService` runs in the ingress over these; the deployments hold the
 models (``serving/vision.py``, ``rag.py``, ``fusion.py``, ``audit.py``). Every call is bounded by
 ``PRISM_HANDLE_TIMEOUT_S`` and made once more when its replica failed before answering
-(:mod:`serving.faults`).
+(:mod:`serving.faults`). Each call hands the request's W3C ``traceparent`` to the deployment, which opens
+its stage's span as a child of the request's (:mod:`ray_app.telemetry.tracing`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ray_app.ask.stages import TokenCounter
 from ray_app.audit.injection import Defences, Screening
 from ray_app.llm.prompting import Passage
 from ray_app.settings import get_settings
+from ray_app.telemetry.tracing import current_traceparent
 from ray_app.vision.analyzer import ImageRejected
 from serving import faults
 
@@ -29,7 +31,8 @@ class ServeVision:
         self.handle = handle
 
     async def analyze(self, image: bytes) -> dict:
-        out = await faults.call(lambda: self.handle.analyze.remote(image), timeout_s(), "vision")
+        tp = current_traceparent.get()
+        out = await faults.call(lambda: self.handle.analyze.remote(image, traceparent=tp), timeout_s(), "vision")
         if "error" in out:  # rebuilt here: the code does not survive Ray's exception wrapping
             raise ImageRejected(out["error"]["code"], out["error"]["message"])
         return out["vision"]
@@ -49,7 +52,9 @@ class ServeRetrieve:
         self.handle = handle
 
     async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
-        return await faults.call(lambda: self.handle.retrieve.remote(question, vision, options), timeout_s(), "rag")
+        tp = current_traceparent.get()
+        return await faults.call(lambda: self.handle.retrieve.remote(question, vision, options, traceparent=tp),
+                                 timeout_s(), "rag")
 
 
 class ServeGenerate:
@@ -61,8 +66,11 @@ class ServeGenerate:
 
     async def generate(self, question: str, passages: list[Passage], context: str | None,
                        max_new_tokens: int) -> AsyncIterator[str]:
+        tp = current_traceparent.get()
+
         def make():
-            return self.handle.options(stream=True).generate.remote(question, passages, context, max_new_tokens)
+            return self.handle.options(stream=True).generate.remote(question, passages, context, max_new_tokens,
+                                                                    traceparent=tp)
 
         async for piece in faults.stream(make, timeout_s(), "fusion"):
             yield piece
@@ -84,10 +92,14 @@ class ServeAudit:
         self.handle = handle
 
     async def start(self, draft: AnswerDraft) -> None:
-        await faults.call(lambda: self.handle.start.remote(draft), timeout_s(), "audit")
+        tp = current_traceparent.get()
+        await faults.call(lambda: self.handle.start.remote(draft, traceparent=tp), timeout_s(), "audit")
 
     async def record(self, draft: AnswerDraft) -> dict:
-        return await faults.call(lambda: self.handle.record.remote(draft), timeout_s(), "audit")
+        tp = current_traceparent.get()
+        return await faults.call(lambda: self.handle.record.remote(draft, traceparent=tp), timeout_s(), "audit")
 
     async def screen(self, question: str, passages: list[Passage], defences: Defences) -> Screening:
-        return await faults.call(lambda: self.handle.screen.remote(question, passages, defences), timeout_s(), "audit")
+        tp = current_traceparent.get()
+        return await faults.call(lambda: self.handle.screen.remote(question, passages, defences, traceparent=tp),
+                                 timeout_s(), "audit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from ray_app.telemetry.tracing import stage_span
 from ray_app.vision.analyzer import ImageRejected, VisionAnalyzer
 from serving.health import check_loaded, check_store, ready_store
 
@@ -31,13 +32,15 @@ class VisionDeployment:
         self.check_health()
         return ready_store(self.analyzer.store) | {"image_encoder": self.analyzer.encoder_version}
 
-    def analyze(self, data: bytes) -> dict:
+    def analyze(self, data: bytes, traceparent: str | None = None) -> dict:
         """``{"vision": {...}}`` or ``{"error": {"code", "message"}}`` for a rejected image."""
-        try:
-            result = self.analyzer.analyze(data)
-        except ImageRejected as exc:
-            return {"error": {"code": exc.code, "message": str(exc)}}
-        return {"vision": result.public()}
+        with stage_span("vision", traceparent) as span:
+            try:
+                result = self.analyzer.analyze(data)
+            except ImageRejected as exc:
+                span.set_attribute("prism.rejected", exc.code)
+                return {"error": {"code": exc.code, "message": str(exc)}}
+            return {"vision": result.public()}
 
     def saliency(self, data: bytes, label: str) -> dict:
         """The image encoder's occlusion saliency map for ``label`` (``explain: true``), or ``{"error"}``."""

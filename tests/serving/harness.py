@@ -24,7 +24,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from serving.cli import start_ray
+from serving.cli import metrics_url, start_ray
 
 REPO = Path(__file__).resolve().parents[2]
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -152,6 +152,8 @@ class ServeApp:
     trained_encoder: bool
     key: str = ""
     key_id: str = ""
+    metrics_url: str = ""  # where Ray exports Prism's and Serve's metrics (Prometheus text format)
+    trace_file: str = ""  # PRISM_TRACE_FILE: every process of the app appends its spans here
 
     @property
     def headers(self) -> dict[str, str]:
@@ -193,8 +195,10 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_a
     url = pg_server_url.replace("/postgres?", f"/{name}?")
     trained = trained_encoder_dir()
     encoder_dir = trained or build_random_encoder(tmp_dir / "random-encoder")
+    trace_file = tmp_dir / "traces.jsonl"
     env = {"DATABASE_URL": url, "PRISM_IMAGE_ENCODER": str(encoder_dir), "PRISM_MAX_NEW_TOKENS": str(max_new_tokens),
-           "PRISM_ASK_MAX_ACTIVE": str(max_active), "PRISM_ASK_MAX_WAITING": str(max_waiting), "PRISM_ASK_WAIT_S": "1"}
+           "PRISM_ASK_MAX_ACTIVE": str(max_active), "PRISM_ASK_MAX_WAITING": str(max_waiting), "PRISM_ASK_WAIT_S": "1",
+           "PRISM_TRACE_FILE": str(trace_file)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reset_settings()
@@ -210,12 +214,14 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_a
         # The test machine is shared: don't let Ray's node-wide memory monitor kill our replicas
         # because other processes use memory (the kernel's OOM killer still applies).
         os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-        start_ray(2, log_to_driver=False)
+        metrics_port = free_port()
+        start_ray(2, log_to_driver=False, _metrics_export_port=metrics_port)
         port = free_port()
         deploy_config(load_config(host="127.0.0.1", port=port))
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
-        yield ServeApp(base, url, ids, trained is not None, key, row.id)
+        yield ServeApp(base, url, ids, trained is not None, key, row.id,
+                       metrics_url=metrics_url(), trace_file=str(trace_file))
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()

@@ -1,0 +1,1 @@
+"""Operations telemetry: Prism's metrics (through Ray's metrics API) and per-ask tracing (OpenTelemetry)."""
