@@ -15,6 +15,8 @@ import logging
 import os
 import time
 
+from ray_app.telemetry import logs
+
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = "timed out during startup"
 
@@ -40,6 +42,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, join: bool
     address = address or (os.environ.get("RAY_ADDRESS") if join else None)
     if "://" not in (address or ""):  # a Ray Client (ray://) would forward the setting to the server
         init_kwargs.setdefault("logging_level", logging.WARNING)  # not "Started a local Ray instance..." every run
+        if (config := logs.ray_logging_config()) is not None:  # PRISM_LOG_FORMAT=json: the workers too
+            init_kwargs.setdefault("logging_config", config)
+    handlers = list(logging.getLogger().handlers)
+    try:
+        return _init(ray, address, num_cpus, attempts, init_kwargs)
+    finally:
+        logs.keep_own_handler(handlers)
+
+
+def _init(ray, address: str | None, num_cpus: int | None, attempts: int, init_kwargs: dict) -> bool:
     if address:
         ray.init(address=address, **init_kwargs)
         return True

@@ -9,11 +9,13 @@ and ``ray_actor_options`` per deployment; :func:`deploy_config` applies it from 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from ray_app.telemetry import logs
 from serving.audit import AuditDeployment
 from serving.fusion import FusionDeployment
 from serving.ingress import Ingress
@@ -59,6 +61,8 @@ def load_config(path: Path = CONFIG_PATH, host: str | None = None, port: int | N
         raw.setdefault("http_options", {})["host"] = host
     if port is not None:
         raw.setdefault("http_options", {})["port"] = port
+    if os.environ.get(logs.FORMAT_ENV):  # PRISM_LOG_FORMAT=json|text overrides the YAML's encoding
+        raw.setdefault("logging_config", {})["encoding"] = logs.log_format().upper()
     if min_replicas is not None:
         for application in raw["applications"]:
             for dep in application.get("deployments", []):
@@ -99,6 +103,8 @@ def deploy_config(config: ServeDeploySchema) -> None:
     """
     from ray import serve
 
-    serve.start(http_options=http_options(config), proxy_location=config.proxy_location)
+    serve.start(http_options=http_options(config), proxy_location=config.proxy_location,
+                logging_config=config.logging_config)
     application = config.applications[0]
-    serve.run(build_app(config), name=application.name, route_prefix=application.route_prefix)
+    serve.run(build_app(config), name=application.name, route_prefix=application.route_prefix,
+              logging_config=application.logging_config or config.logging_config)

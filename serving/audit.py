@@ -12,6 +12,7 @@ from ray_app.ask.stages import LoggedAudit
 from ray_app.audit.chain import verify_chain
 from ray_app.audit.injection import Defences, Screening
 from ray_app.llm.prompting import Passage
+from ray_app.telemetry.logs import attach_to_serve
 from ray_app.telemetry.tracing import stage_span, trace_id_of
 from serving.health import check_loaded, check_store, ready_store
 
@@ -24,6 +25,7 @@ class AuditDeployment:
         from ray_app.models.text import get_text_embedder
         from ray_app.store import get_store
 
+        attach_to_serve()  # Prism's loggers write through Serve's (JSON, with the request id)
         self.store = get_store()
         self.auditor = LoggedAudit(self.store, get_text_embedder())
 

@@ -15,6 +15,7 @@ from ray_app.ask.stages import BatchedGenerate
 from ray_app.llm.prompting import Passage
 from ray_app.settings import get_settings
 from ray_app.telemetry import metrics
+from ray_app.telemetry.logs import attach_to_serve
 from ray_app.telemetry.tracing import stage_span
 
 
@@ -23,6 +24,7 @@ class FusionDeployment:
     """One LLM engine (``PRISM_LLM_ENGINE``, model + ``PRISM_LLM_ADAPTER``) per replica."""
 
     def __init__(self, threads: int | None = None, max_batch_size: int | None = None):
+        attach_to_serve()  # Prism's loggers write through Serve's (JSON, with the request id)
         import torch
 
         from ray_app.llm.engines import build_engine

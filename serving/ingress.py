@@ -46,6 +46,7 @@ from ray_app.auth.keys import MissingKey, RevokedKey
 from ray_app.errors import InputError, NotFound, PrismError
 from ray_app.settings import get_settings
 from ray_app.telemetry import metrics, tracing
+from ray_app.telemetry.logs import attach_to_serve
 from ray_app.vision.analyzer import ImageRejected
 from serving import faults
 from serving.health import readiness
@@ -450,6 +451,7 @@ class Ingress:
     """Maps HTTP to the ask service (whose stages call vision, rag, fusion and audit) and back."""
 
     def __init__(self, vision, rag, fusion, audit):
+        attach_to_serve()  # Prism's loggers write through Serve's (JSON, with the request id)
         self.rag = rag
         self.handles = {"vision": vision, "rag": rag, "fusion": fusion, "audit": audit}
         self._versions: dict | None = None

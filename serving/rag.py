@@ -6,6 +6,7 @@ from ray import serve
 
 from ray_app.ask.retrieval import Retrieved, retrieve_passages, search_corpus
 from ray_app.ask.service import AskOptions
+from ray_app.telemetry.logs import attach_to_serve
 from ray_app.telemetry.tracing import stage_span
 from serving.health import check_loaded, check_store, ready_store
 
@@ -18,6 +19,7 @@ class RagDeployment:
         from ray_app.models.text import get_text_embedder
         from ray_app.store import get_store
 
+        attach_to_serve()  # Prism's loggers write through Serve's (JSON, with the request id)
         self.store = get_store()
         self.store.lexical_index()  # the BM25 index: built at start, not by the first text query
         self.embedder = get_text_embedder()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from ray_app.telemetry.logs import attach_to_serve
 from ray_app.telemetry.tracing import stage_span
 from ray_app.vision.analyzer import ImageRejected, VisionAnalyzer
 from serving.health import check_loaded, check_store, ready_store
@@ -17,6 +18,7 @@ class VisionDeployment:
         from ray_app.models.text import get_text_embedder
         from ray_app.store import get_store
 
+        attach_to_serve()  # Prism's loggers write through Serve's (JSON, with the request id)
         self.analyzer = VisionAnalyzer(get_store(), get_text_embedder())
 
     def version(self) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from rich.progress import (
 
 from ray_app.errors import PrismError
 from ray_app.settings import Settings
+from ray_app.telemetry import logs
 
 console = Console(stderr=True)
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
@@ -93,11 +93,11 @@ def progress(quiet: bool = False) -> Progress:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Logs on stderr: INFO with ``--verbose``, else WARNING; text, or JSON lines with ``PRISM_LOG_FORMAT=json``."""
+    try:
+        logs.setup_logging(verbose)
+    except PrismError as exc:
+        fail(str(exc))
 
 
 def job_command(app: typer.Typer, name: str, module: str, help: str) -> None:

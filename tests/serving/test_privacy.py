@@ -1,6 +1,6 @@
 """Privacy over real HTTP on the real Serve app: the PII canary (made-up name and PII through /v1/ask and the chat
 endpoint, then no trace of them in any file under $PRISM_HOME, Postgres data folder included, in Ray's logs or in
-any Postgres table), the audit texts readable only through `prism audit show`, and the serving role."""
+any Postgres table; Serve's JSON logs decoded too), the audit texts readable only through `prism audit show`, and the serving role."""
 
 import json
 import os
@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ray_app.settings import get_settings
 from tests.conftest import TEST_HOME
 from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `prism_app`)
+from tests.serving.test_logs import serve_log_records
 
 NAME = "Quillon Marbleworth"
 PII = {"email": "quillon.marbleworth@frogmail.example", "phone": "+1 (555) 013-4477", "card": "4539 1488 0343 6467",
@@ -69,6 +70,15 @@ def _files_with(needles: list[str], *folders: Path) -> str:
     return found.stdout
 
 
+def _json_logs_with(needles: list[str], ask_ids: list[str]) -> tuple[list[str], set[str]]:
+    """Serve's JSON log records (decoded, every string value) holding a needle, and which of ``ask_ids`` they log."""
+    records = serve_log_records()
+    lowered = [n.lower() for n in needles]
+    hits = [f"{r['_file']}: {needle}" for r in records for value in r.values() if isinstance(value, str)
+            for needle in lowered if needle in value.lower()]
+    return hits, {r["ask_id"] for r in records if r.get("ask_id") in ask_ids}
+
+
 def _tables_with(database_url: str, needles: list[str], seen: dict) -> list[str]:
     """``table: needle`` for every row of every table (as text, bytea as hex) holding a needle; counts the tables
     and rows searched into ``seen``."""
@@ -98,9 +108,13 @@ def test_pii_canary_leaves_no_trace(prism_app, pg_server_url):
     assert ray_logs.is_dir() and any(ray_logs.iterdir())
     file_hits, seen = _files_with(NEEDLES, TEST_HOME, ray_logs), {}
     table_hits = _tables_with(prism_app.database_url, NEEDLES, seen)
+    json_hits, json_asks = _json_logs_with(NEEDLES, ids)
     write_report(ids, file_hits, table_hits, seen, ray_logs)
     assert file_hits == ""
     assert table_hits == []
+    # the structured logs were searched too, decoded, and they did log these asks (by id only)
+    assert json_asks == set(ids), json_asks
+    assert json_hits == []
     # ... yet the operator can read what was asked (redacted) and answered
     from ray_app.audit.chain import ask_records
     from ray_app.store import Store
