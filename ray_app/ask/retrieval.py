@@ -118,12 +118,15 @@ def image_context(vision: dict | None) -> str | None:
 
 
 def retrieve_passages(
-    question: str, vision: dict | None, k: int, store: Store, embedder, min_relevance: float = 0.25
+    question: str, vision: dict | None, k: int, store: Store, embedder, min_relevance: float = 0.25,
+    fair_exposure: str | None = None,
 ) -> Retrieved:
     """Hybrid search (vector + BM25, the frozen fusion) with the vision-expanded query; keep relevant passages.
 
     A passage is relevant when the MiniLM cosine between the query and its chunk reaches
-    ``min_relevance``; passages are numbered 1..n in rank order.
+    ``min_relevance``; passages are numbered 1..n in rank order. With ``fair_exposure`` (gender, region or
+    era) the people among the fused candidates are re-ranked for that attribute first (the bias audit's
+    mitigation, :func:`ray_app.rai.exposure.rerank_hits`; off by default).
     """
     query = build_query(question, vision)
     vector = embedder.embed([query])[0]
@@ -131,7 +134,12 @@ def retrieve_passages(
     vector_hits = store.search_vector(vector, depth, "chunk")
     text_hits = store.search_text(query, depth)
     cosine = {h.id: h.score for h in vector_hits}
-    fused = store.fuse_hybrid(vector_hits, text_hits, k * 2)
+    if fair_exposure:
+        from ray_app.rai.exposure import rerank_hits
+
+        fused = rerank_hits(store, store.fuse_hybrid(vector_hits, text_hits, depth), fair_exposure, k)[:k * 2]
+    else:
+        fused = store.fuse_hybrid(vector_hits, text_hits, k * 2)
     best = max(cosine.values(), default=0.0)
     # Absolute floor (is it on topic at all?) plus a margin below the best match, so that a
     # clearly better passage is not diluted by loosely related ones in a small model's context.
@@ -168,8 +176,12 @@ def search_corpus(
     image_path: Path | None = None,
     store: Store | None = None,
     embedder=None,
+    fair_exposure: str | None = None,
 ) -> list[SearchHit]:
     """Search chunks by ``mode`` and, with ``image_path``, images by the image encoder.
+
+    ``fair_exposure`` (gender, region or era): re-rank the people among ``4 k`` candidates for that attribute
+    (:func:`ray_app.rai.exposure.rerank_hits`, the bias audit's mitigation); off by default.
 
     Raises:
         InputError: empty text or an unknown mode.
@@ -184,14 +196,22 @@ def search_corpus(
 
     store = store or get_store()
     filters = Filters(sources=sources)
+    fetch = 4 * k if fair_exposure else k
     if mode == "text":
-        hits = store.search_text(text, k, filters)
+        hits = store.search_text(text, fetch, filters)
     else:
         from ray_app.models.text import get_text_embedder
 
         vector = (embedder or get_text_embedder()).embed([text])[0]
-        hits = (store.search_vector(vector, k, "chunk", filters) if mode == "vector"
-                else store.search_hybrid(text, vector, k, filters))
+        hits = (store.search_vector(vector, fetch, "chunk", filters) if mode == "vector"
+                else store.search_hybrid(text, vector, fetch, filters, depth=max(4 * k, store.fusion.depth)))
+    if fair_exposure:
+        from ray_app.rai.exposure import rerank_hits
+
+        try:
+            hits = rerank_hits(store, hits, fair_exposure, k)[:k]
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     if image_path is not None:
         hits += search_images_by_image(Path(image_path), k, store)
     return hits

@@ -81,12 +81,13 @@ class AskOptions:
     max_new_tokens: int | None = None
     min_relevance: float = 0.25
     explain: bool = False  # add an ``explanation`` (ray_app.ask.explain) to the answer
+    fair_exposure: str | None = None  # re-rank the people among the passages for this attribute (ray_app.rai.exposure)
 
     def check(self, settings: Settings) -> AskOptions:
         """A copy with the limits applied.
 
         Raises:
-            AskInputError: ``k`` or ``max_new_tokens`` out of range.
+            AskInputError: ``k`` or ``max_new_tokens`` out of range, or an unknown ``fair_exposure`` attribute.
         """
         if not 1 <= self.k <= MAX_K:
             raise AskInputError(f"k must be between 1 and {MAX_K}, got {self.k}")
@@ -94,7 +95,9 @@ class AskOptions:
         wanted = self.max_new_tokens or limit
         if wanted < 1:
             raise AskInputError(f"max_new_tokens must be at least 1, got {wanted}")
-        return AskOptions(self.k, min(wanted, limit), self.min_relevance, self.explain)
+        if self.fair_exposure not in (None, "gender", "region", "era"):
+            raise AskInputError(f"fair_exposure must be gender, region or era, got {self.fair_exposure!r}")
+        return AskOptions(self.k, min(wanted, limit), self.min_relevance, self.explain, self.fair_exposure)
 
 
 @dataclass(frozen=True)

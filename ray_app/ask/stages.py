@@ -56,7 +56,7 @@ class LocalRetrieve:
 
     async def retrieve(self, question: str, vision: dict | None, options: AskOptions) -> Retrieved:
         return await asyncio.to_thread(retrieve_passages, question, vision, options.k, self.store, self.embedder,
-                                       options.min_relevance)
+                                       options.min_relevance, options.fair_exposure)
 
 
 class FixedPassages:

@@ -30,7 +30,10 @@ Metrics (per method):
 * ``not_in_sources_accuracy`` — share of questions whose passages lack the answer that get
   :data:`ray_app.llm.prompting.NOT_IN_SOURCES`; ``false_refusal_rate`` — the same reply on answerable ones;
 * training cost read from each run's ``metrics.json``: ``train_tokens_per_s``, ``train_wall_s``,
-  ``train_peak_rss_mib_per_worker``, ``train_steps``.
+  ``train_peak_rss_mib_per_worker``, ``train_steps``;
+* ``fairness`` (top level): per method, grounding, grounded-answer, citation and refusal rates per group with
+  fairlearn's ``MetricFrame`` — the annotated gender, region and era of the question's subject (a biography;
+  ``ray_app/rai/annotate.py``) and the question's kind, with the difference and ratio between groups.
 """
 
 from __future__ import annotations
@@ -455,6 +458,8 @@ def render_markdown(report: dict) -> str:
     for name, m in methods.items():
         lines.append(f"| {name} | " + " | ".join(cell(m.get(c)) for c in COST_COLUMNS) + " |")
     lines += ["", "## Verdict (from the numbers above)", ""] + [f"- {line}" for line in report["verdict"]]
+    if report.get("fairness"):
+        lines += [""] + render_fairness(report["fairness"])
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     lines += ["", "## Commands", "", "```"] + report["commands"] + ["```", ""]
@@ -538,8 +543,41 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
     report["command"] = report["commands"][-1] = eval_command(config.methods, config.n, config.max_new_tokens, results,
                                                               config.checkpoints, config.batch_size)
     report["notes"] = training_notes(results) + [f"not evaluated: {why}" for why in missing.values()] + config.notes
+    report["fairness"] = fairness_report(results, examples)
     write_report(config.out.parent, config.out.name, report, render_markdown)
     return report
+
+
+def fairness_report(results: dict, examples: list[dict]) -> dict:
+    """Per evaluated method, grounding, grounded-answer, citation and refusal rates per group with fairlearn's
+    ``MetricFrame`` (:func:`ray_app.rai.fairness.answers_fairness`: the annotated gender, region and era of the
+    question's subject when it is a biography, and the question's kind; groups under 5 questions left out)."""
+    from ray_app.rai.fairness import answers_fairness
+
+    return {"method": "fairlearn MetricFrame over the answerable questions; difference and ratio between groups",
+            "by_method": {name: answers_fairness(examples, r["samples"]) for name, r in results.items()
+                          if r.get("samples")}}
+
+
+def render_fairness(fairness: dict) -> list[str]:
+    """The report's per-group section: one table per method and sensitive feature."""
+    lines = ["## Rates per group (fairlearn MetricFrame)", "",
+             "Answerable questions only; a biography's subject is annotated by `ray_app/rai/annotate.py` (gender, "
+             "region, era), other subjects are `not a person`. Difference and ratio are between the groups shown.", ""]
+    for method, features in fairness.get("by_method", {}).items():
+        for feature, block in features.items():
+            metrics = [m for m in block if m != "groups"]
+            if not metrics:
+                continue
+            lines += [f"**{method}, {feature}**", "", "| group | n | " + " | ".join(metrics) + " |",
+                      "|---|---|" + "---|" * len(metrics)]
+            for group, n in block["groups"].items():
+                cells = [block[m]["by_group"].get(group) for m in metrics]
+                lines.append(f"| {group} | {n} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
+            lines.append("| difference | | " + " | ".join("—" if block[m]["difference"] is None
+                                                          else f"{block[m]['difference']:.3f}" for m in metrics) + " |")
+            lines.append("")
+    return lines
 
 
 def summarise(report: dict, out: Path) -> dict:

@@ -121,7 +121,7 @@ PLACE_REGION = _place_table()
 # Longest names first, so "South African" wins over "African" and "African-American" over "African".
 _PLACE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(p) for p in sorted(PLACE_REGION, key=len, reverse=True))
                     + r")(?![\w])", re.IGNORECASE)
-_YEAR = re.compile(r"\b(\d{1,4})(?:s)?\s*(BCE|BC|CE|AD)?\b")
+_YEAR = re.compile(r"(?:\b(AD|c\.)\s*|\b)(\d{1,4})(?:s)?\s*(BCE|BC|CE|AD)?\b")
 _CENTURY = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)[- ]century(?:\s*(BCE|BC))?", re.IGNORECASE)
 _RANGE_BC = re.compile(r"\b(BCE|BC)\b")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -182,11 +182,11 @@ def first_year(text: str) -> int | None:
         year = (int(m.group(1)) - 1) * 100 + 50
         candidates.append((m.start(), -year if m.group(2) else year))
     for m in _YEAR.finditer(text):
-        value, era = int(m.group(1)), m.group(2)
+        value, era = int(m.group(2)), m.group(3)
         if any(start <= m.start() < start + 20 for start, _ in candidates):
             continue  # part of a century phrase
-        if era is None and not (len(m.group(1)) >= 3 or _RANGE_BC.search(text[m.end():m.end() + 12])):
-            continue  # "3 children", "1st": a bare number of one or two digits is a year only before BC
+        if era is None and not (len(m.group(2)) >= 3 or m.group(1) or _RANGE_BC.search(text[m.end():m.end() + 12])):
+            continue  # "3 children": a bare number of one or two digits is a year only after AD / c. or before BC
         bc = era in ("BC", "BCE") or (era is None and bool(_RANGE_BC.search(text[m.end():m.end() + 12])))
         candidates.append((m.start(), -value if bc else value))
     return min(candidates)[1] if candidates else None

@@ -127,6 +127,9 @@ def test_eval_cli_writes_the_report(tiny_runs, tmp_path):
     assert "| lora |" in out.with_suffix(".md").read_text()
     assert "no checkpoint" in report["methods"]["full"]["not_evaluated"]
     assert any("not evaluated" in n for n in report["notes"])
+    # MetricFrame rates per group (issue 22), for the evaluated method only
+    assert set(report["fairness"]["by_method"]) == {"lora"}
+    assert set(report["fairness"]["by_method"]["lora"]) == {"subject_gender", "subject_region", "subject_era", "kind"}
 
 
 def test_eval_cli_missing_checkpoint_is_a_one_line_error(tmp_path):

@@ -46,6 +46,7 @@ def test_region_is_the_first_nationality_or_place():
     ("Russian painter (1866–1944)", 1866), ("Mexican businessman (born 1940)", 1940),
     ("Persian ruler from 522 to 486 BCE", -522), ("5th-century BC Carthaginian explorer", -450),
     ("8th-century Persian revolutionary", 750), ("King from 95 to 55 BC", -95), ("Poet", None),
+    ("Roman emperor from AD 37 to 41", 37), ("writer (AD23/24–79)", 23), ("historian (c. 37 – c. 100)", 37),
 ])
 def test_first_year_reads_years_centuries_and_bc(text, year):
     assert first_year(text) == year
