@@ -26,26 +26,26 @@ from training.clip import (
     RATE_WARMUP_STEPS,
     ClipJobConfig,
     ImageTower,
-    contrastive_loss,
-    label_loss,
+    augment_views,
+    batch_loss,
     learning_rate,
     prepare_training_data,
     train,
+    use_bf16,
 )
 
 WARMUP_STEPS = RATE_WARMUP_STEPS
 
 
 def bare_train(cfg: ClipJobConfig, data: dict, steps: int, threads: int, seed: int = 0) -> tuple[ImageTower, dict]:
-    """Train ``steps`` steps in this process (no Ray, no DDP) with one batch of ``batch_size * num_workers``.
+    """Train ``steps`` steps in this process (no Ray, no DDP): each step runs one batch per simulated worker
+    (the job's sampling, augmentation, bf16 autocast and loss), then one optimizer step, as DDP averages them.
 
     Returns:
         The trained module and ``{"images_per_s", "seconds", "losses"}`` (timing excludes the first steps).
     """
     import numpy as np
     import torch
-
-    from ray_app.vision.data import augment_batch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -54,33 +54,39 @@ def bare_train(cfg: ClipJobConfig, data: dict, steps: int, threads: int, seed: i
     images = torch.from_numpy(np.array(data["images"]))
     caption_ids, label_ids = torch.from_numpy(data["caption_ids"]), torch.from_numpy(data["label_ids"])
     caption_vectors, label_vectors = torch.from_numpy(data["caption_vectors"]), torch.from_numpy(data["label_vectors"])
-    bs = cfg.train.batch_size * cfg.scaling.num_workers
+    photos = torch.from_numpy(np.array(data["background_photos"])) if "background_photos" in data else None
+    workers, distinct = cfg.scaling.num_workers, cfg.train.batch_size // cfg.data.views
+    bf16 = use_bf16(cfg.train.precision, torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     losses, seen, t0 = [], 0, time.perf_counter()
     for step in range(steps):
         if step == min(WARMUP_STEPS, steps - 1):
             seen, t0 = 0, time.perf_counter()
-        idx = torch.randperm(len(images), generator=gen)[:bs]
-        x = augment_batch(images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg.train)
-        feats = model(x)
-        loss = contrastive_loss(feats, caption_ids[idx], caption_vectors, model.logit_scale, cfg.train.negatives)
-        if cfg.train.label_loss_weight > 0:
-            loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids[idx], label_vectors, model.logit_scale)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        perm, step_loss = torch.randperm(len(images), generator=gen), 0.0
+        for worker in range(workers):
+            idx = perm[worker * distinct : (worker + 1) * distinct].repeat(cfg.data.views)
+            x = augment_views(images[idx], cfg, gen, photos)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                feats = model(x)
+            loss = batch_loss(feats.float(), caption_ids[idx], label_ids[idx], caption_vectors, label_vectors,
+                              model.logit_scale, cfg) / workers
+            loss.backward()
+            step_loss += float(loss.detach())
+            seen += len(idx)
         optimizer.step()
-        losses.append(float(loss.detach()))
-        seen += len(idx)
+        losses.append(step_loss)
     elapsed = time.perf_counter() - t0
     return model, {"images_per_s": seen / elapsed if elapsed > 0 else 0.0, "seconds": elapsed, "losses": losses}
 
 
 def run_benchmark(config: Path, steps: int, overrides: list[str] | None = None) -> dict:
     """Run the bare loop, then the Ray Train job, for ``steps`` steps each; return both rates and their ratio."""
+    # The job's own log_every: a report every step would time Ray Train's reporting, not its training.
     cfg = load_config(ClipJobConfig, config, [*(overrides or []), f"train.max_steps={steps}",
-                                               f"train.checkpoint_every={steps}", "train.log_every=1"])
+                                               f"train.checkpoint_every={steps}"])
     data = prepare_training_data(cfg)
     threads = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     load_before = os.getloadavg()[0]

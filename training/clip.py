@@ -11,8 +11,10 @@ side is locked: caption and label vectors are computed once with the MiniLM embe
 change, so one 384-d text vector searches both chunks and images (LiT, with the roles reversed).
 The loss is CLIP's symmetric contrastive loss with a learnable temperature; because the text
 vectors are fixed, image->text scores every training caption (not only the batch's), and an
-optional term scores the 16 category labels. Held-out stamps (``ray_app.vision.data``) are never
-seen here.
+optional term scores the 16 category labels. With ``data.views >= 2`` each batch holds several
+augmentations of every image and an instance term (SimCLR's NT-Xent) pulls them together, which is
+what finding the stored original of a user's mirrored, scaled or re-backgrounded picture needs.
+Held-out stamps (``ray_app.vision.data``) are never seen here.
 
 Checkpoints land in ``<run.storage_path>/<run.name>/step-000NNN/`` and ``final/``; each is an open_clip
 config JSON plus ``open_clip_model.safetensors`` (``visual.*``) that ``ray_app.models.image.ImageEncoder``
@@ -99,6 +101,10 @@ class DataConfig(StrictModel):
     scale_max: float = Field(1.1, gt=0, description="Largest (above 1 crops into the clip art).")
     jitter: float = Field(0.3, ge=0, le=1, description="Colour-jitter strength (0 disables).")
     flip: bool = Field(True, description="Random horizontal flips.")
+    photo_backgrounds: bool = Field(
+        False, description="Also composite on windows of bundled photos (never the evaluation's texture photos).")
+    views: int = Field(
+        1, ge=1, le=4, description="Augmented views per image in a batch (2+: the instance term has positives).")
     rotation: float = Field(0.0, ge=0, le=180, description="Largest random rotation in degrees, either way (0 disables).")
     extra_sources: list[Literal["openclipart", "emoji"]] = Field(
         default_factory=list, description="More captioned images: Debian openclipart-png and fonts-noto-color-emoji (train split only).")
@@ -121,6 +127,10 @@ class TrainConfig(StrictModel):
         "all", description="Image->text negatives: every training caption ('all', possible because text is fixed) or the batch's."
     )
     label_loss_weight: float = Field(0.5, ge=0, description="Weight of the 16-category label term (0 disables).")
+    instance_loss_weight: float = Field(
+        0.0, ge=0, description="Weight of the instance term: views of one image are positives, other images negatives "
+        "(needs data.views >= 2; 0 disables).")
+    instance_temperature: float = Field(0.1, gt=0, lt=1, description="Softmax temperature of the instance term (fixed).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the forward pass under torch.autocast (falls back to fp32 on CPUs without bf16 instructions).")
     checkpoint_every: int = Field(100, ge=1, description="Save step-NNNNNN/ every this many steps (and at the end).")
@@ -148,6 +158,10 @@ class ClipJobConfig(StrictModel):
     def _check(self) -> ClipJobConfig:
         if self.data.scale_min > self.data.scale_max:
             raise ValueError(f"data.scale_min={self.data.scale_min} is above data.scale_max={self.data.scale_max}")
+        if self.train.batch_size % self.data.views:
+            raise ValueError(f"train.batch_size={self.train.batch_size} is not a multiple of data.views={self.data.views}")
+        if self.train.instance_loss_weight > 0 and self.data.views < 2:
+            raise ValueError("train.instance_loss_weight > 0 needs data.views >= 2 (its positives are views of one image)")
         if self.train.crash_at_step is not None and self.train.crash_at_step >= self.train.max_steps:
             raise ValueError(f"train.crash_at_step={self.train.crash_at_step} is never reached (train.max_steps="
                              f"{self.train.max_steps})")
@@ -163,7 +177,8 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
 
     Returns:
         ``images`` (n, s, s, 4) uint8, ``caption_ids`` (n,) into ``caption_vectors`` (m, 384),
-        ``label_ids`` (n,) (-1: no category), ``label_vectors`` (16, 384), ``is_photo`` (n,) bool.
+        ``label_ids`` (n,) (-1: no category), ``label_vectors`` (16, 384), ``is_photo`` (n,) bool, and with
+        ``data.photo_backgrounds`` ``background_photos`` (k, 2s, 2s, 3) uint8.
     """
     import numpy as np
 
@@ -173,6 +188,7 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
         CATEGORIES,
         label_vectors,
         list_extra_images,
+        load_background_photos,
         load_stamp_bank,
         split_extra_images,
         split_stamps,
@@ -199,7 +215,8 @@ def prepare_training_data(cfg: ClipJobConfig) -> dict:
             n_photos += 1
     unique = sorted(set(captions))
     embedder = get_text_embedder("onnx")
-    return {
+    backgrounds = {"background_photos": load_background_photos(2 * cfg.model.image_size)} if cfg.data.photo_backgrounds else {}
+    return backgrounds | {
         "images": np.stack(images),
         "caption_ids": np.array([unique.index(c) for c in captions], dtype=np.int64),
         "caption_vectors": embedder.embed(unique).astype(np.float32),
@@ -261,6 +278,43 @@ def label_loss(feats, label_ids, label_vectors, logit_scale):
         return feats.sum() * 0
     scale = logit_scale.clamp(max=math.log(100)).exp()
     return F.cross_entropy(scale * feats[keep] @ label_vectors.T, label_ids[keep])
+
+
+def instance_loss(feats, views: int, temperature: float):
+    """SimCLR's NT-Xent over ``views`` augmented views per image: the other views of an image are its positives.
+
+    Args:
+        feats: (views * m, d) normalised features, view-major (rows ``i``, ``m + i``, ... show image ``i``).
+        views: views per image (>= 2).
+        temperature: fixed softmax temperature.
+    """
+    import torch.nn.functional as F
+
+    m = feats.shape[0] // views
+    owner = torch.arange(m, device=feats.device).repeat(views)
+    eye = torch.eye(len(feats), dtype=torch.bool, device=feats.device)
+    logits = (feats @ feats.T / temperature).masked_fill(eye, float("-inf"))
+    positive = (owner[:, None] == owner[None, :]) & ~eye
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(~positive, 0.0)
+    return -(log_prob.sum(1) / positive.sum(1)).mean()
+
+
+def batch_loss(feats, caption_ids, label_ids, caption_vectors, label_vectors, logit_scale, cfg: ClipJobConfig):
+    """The job's loss on one worker's batch: the contrastive term, plus the label and instance terms when weighted."""
+    loss = contrastive_loss(feats, caption_ids, caption_vectors, logit_scale, cfg.train.negatives)
+    if cfg.train.label_loss_weight > 0:
+        loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids, label_vectors, logit_scale)
+    if cfg.train.instance_loss_weight > 0:
+        loss = loss + cfg.train.instance_loss_weight * instance_loss(feats, cfg.data.views, cfg.train.instance_temperature)
+    return loss
+
+
+def augment_views(rgba_u8, cfg: ClipJobConfig, gen, photos=None):
+    """Training inputs for a batch of bank images with the config's augmentation (``data.*``)."""
+    from ray_app.vision.data import augment_batch
+
+    return augment_batch(rgba_u8, cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter,
+                         cfg.data.flip, cfg.data.rotation, photos)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -327,8 +381,6 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ray_app.vision.data import augment_batch
-
     cfg = ClipJobConfig.model_validate(loop_config["config"])
     data = ray.get(loop_config["data_ref"])
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
@@ -352,8 +404,9 @@ def train_loop(loop_config: dict) -> None:
         torch.from_numpy(np.array(data[key]))
         for key in ("images", "caption_ids", "label_ids", "caption_vectors", "label_vectors")
     )
+    photos = torch.from_numpy(np.array(data["background_photos"])) if "background_photos" in data else None
     caption_vectors, label_vectors = caption_vectors.to(device), label_vectors.to(device)
-    n, bs = len(images), cfg.train.batch_size
+    n, bs = len(images), cfg.train.batch_size // cfg.data.views  # distinct images per worker and step
     steps_per_epoch = max(1, n // (bs * world))
     marker = Path(loop_config["run_dir"]) / ".crashed-once"
     t0, seen, last_loss = time.perf_counter(), 0, float("nan")
@@ -370,20 +423,17 @@ def train_loop(loop_config: dict) -> None:
         idx = perm[(pos * world + rank) * bs : (pos * world + rank + 1) * bs]
         if len(idx) < bs:  # fewer images than a global batch: sample with a per-step generator
             idx = torch.randint(0, n, (bs,), generator=torch.Generator().manual_seed(step * 7919 + rank))
+        idx = idx.repeat(cfg.data.views)  # view-major: every image once, then again (other augmentations)
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * 131 + rank)
-        x = augment_batch(
-            images[idx], cfg.model.image_size, gen, (cfg.data.scale_min, cfg.data.scale_max), cfg.data.jitter, cfg.data.flip,
-            cfg.data.rotation,
-        ).to(device)
+        x = augment_views(images[idx], cfg, gen, photos).to(device)
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg.train)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             feats = model(x)
         feats = feats.float()
-        loss = contrastive_loss(feats, caption_ids[idx].to(device), caption_vectors, core.logit_scale, cfg.train.negatives)
-        if cfg.train.label_loss_weight > 0:
-            loss = loss + cfg.train.label_loss_weight * label_loss(feats, label_ids[idx].to(device), label_vectors, core.logit_scale)
+        loss = batch_loss(feats, caption_ids[idx].to(device), label_ids[idx].to(device), caption_vectors, label_vectors,
+                          core.logit_scale, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

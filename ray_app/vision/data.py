@@ -218,12 +218,49 @@ def _normalize(rgb):
     return (rgb - mean) / std
 
 
-def random_backgrounds(n: int, size: int, gen):
-    """``(n, 3, size, size)`` backgrounds in [0, 1]: plain colours, white, gradients and smooth noise."""
+def load_background_photos(size: int, names: tuple[str, ...] | None = None) -> np.ndarray:
+    """``(k, size, size, 3)`` uint8 squares of the bundled skimage photos used as training backgrounds.
+
+    The evaluation's texture photos (:data:`TEXTURE_PHOTOS`) are left out by default, so the held-out
+    "background" views stay backgrounds the tower has never been trained on.
+    """
+    from PIL import Image
+
+    from ray_app.corpus.photos import skimage_data_dir
+
+    out = []
+    for name in names or TRAIN_BACKGROUND_PHOTOS:
+        photo = Image.open(skimage_data_dir() / name).convert("RGB")
+        side = min(photo.size)
+        left, top = (photo.width - side) // 2, (photo.height - side) // 2
+        photo = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+        out.append(np.asarray(photo, dtype=np.uint8))
+    return np.stack(out)
+
+
+def photo_backgrounds(photos, n: int, size: int, gen):
+    """``(n, 3, size, size)`` random windows (a quarter to all of the side, mirrored at random) of ``photos``."""
     import torch
     import torch.nn.functional as F
 
-    kind = torch.randint(0, 4, (n,), generator=gen)
+    pick = torch.randint(0, photos.shape[0], (n,), generator=gen)
+    src = photos[pick].permute(0, 3, 1, 2).float() / 255.0
+    zoom = 0.25 + 0.75 * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (1 - zoom).unsqueeze(1)
+    sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = zoom * sign, zoom, shift
+    grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_backgrounds(n: int, size: int, gen, photos=None):
+    """``(n, 3, size, size)`` backgrounds in [0, 1]: plain colours, white, gradients, smooth noise and, when
+    ``photos`` (``(k, s, s, 3)`` uint8, :func:`load_background_photos`) are given, windows of real photos."""
+    import torch
+    import torch.nn.functional as F
+
+    kind = torch.randint(0, 4 if photos is None else 5, (n,), generator=gen)
     c1, c2 = torch.rand(n, 3, 1, 1, generator=gen), torch.rand(n, 3, 1, 1, generator=gen)
     plain = c1.expand(n, 3, size, size)
     white = torch.ones(n, 3, size, size)
@@ -232,7 +269,10 @@ def random_backgrounds(n: int, size: int, gen):
     ramp = torch.where(angle, ramp, ramp.transpose(2, 3))
     gradient = c1 + (c2 - c1) * ramp
     noise = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)
-    stacked = torch.stack([plain, white, gradient.expand(n, 3, size, size), noise], dim=1)
+    kinds = [plain, white, gradient.expand(n, 3, size, size), noise]
+    if photos is not None:
+        kinds.append(photo_backgrounds(photos, n, size, gen))
+    stacked = torch.stack(kinds, dim=1)
     return stacked[torch.arange(n), kind]
 
 
@@ -256,7 +296,7 @@ def jitter_colours(rgb, gen, strength: float):
 
 
 def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float = 0.3, flip: bool = True,
-                  rotation: float = 0.0):
+                  rotation: float = 0.0, photos=None):
     """Turn a batch of bank images into normalised training inputs.
 
     One affine warp per image does the random scale (values above 1 crop into the clip art), the
@@ -270,6 +310,7 @@ def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float 
         jitter: colour-jitter strength.
         flip: allow horizontal flips.
         rotation: largest rotation in degrees, either way (0 disables).
+        photos: optional ``(k, s, s, 3)`` uint8 tensor of photos whose windows become one more background kind.
 
     Returns:
         ``(n, 3, out_size, out_size)`` float32, normalised with the CLIP mean/std.
@@ -296,7 +337,7 @@ def augment_batch(rgba_u8, out_size: int, gen, scale=(0.55, 1.1), jitter: float 
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     a = warped[:, 3:4]
     rgb = jitter_colours(warped[:, :3] / a.clamp(min=1e-4), gen, jitter) * a
-    out = rgb + (1 - a) * random_backgrounds(n, out_size, gen)
+    out = rgb + (1 - a) * random_backgrounds(n, out_size, gen, photos)
     return _normalize(out)
 
 
@@ -317,6 +358,9 @@ def eval_batch(rgba_u8, out_size: int, fill: float = EVAL_FILL):
 
 VIEW_KINDS: tuple[str, ...] = ("mirror", "scale", "rotate", "crop", "background", "combined")
 TEXTURE_PHOTOS = ("grass.png", "brick.png", "gravel.png")
+# Training backgrounds (``data.photo_backgrounds``): other bundled photos, never the evaluation's textures.
+TRAIN_BACKGROUND_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
+                           "retina.jpg", "motorcycle_left.png", "coins.png", "camera.png", "moon.png", "page.png")
 
 
 def view_background(size: int, rng: np.random.Generator):

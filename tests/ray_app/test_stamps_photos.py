@@ -14,12 +14,15 @@ from ray_app.corpus import photos, stamps
 from ray_app.corpus.schema import COLUMNS
 from ray_app.vision.data import (
     CATEGORIES,
+    TEXTURE_PHOTOS,
+    TRAIN_BACKGROUND_PHOTOS,
     augment_batch,
     composite_on_white,
     eval_batch,
     fit_square_rgba,
     is_heldout,
     label_vectors,
+    load_background_photos,
     split_stamps,
     subsample,
 )
@@ -125,6 +128,27 @@ def test_augmentation_is_seeded_and_varies_backgrounds():
     assert torch.equal(a, b) and not torch.equal(a, c)
     corners = a[:, :, 0, 0]
     assert len({tuple(v.round(decimals=3).tolist()) for v in corners}) > 1  # different backgrounds
+
+
+def test_photo_backgrounds_are_windows_of_the_given_photos_not_the_eval_textures():
+    assert not set(TEXTURE_PHOTOS) & set(TRAIN_BACKGROUND_PHOTOS)  # held-out "background" views stay unseen
+    real = load_background_photos(48)
+    assert real.shape == (len(TRAIN_BACKGROUND_PHOTOS), 48, 48, 3) and real.dtype == np.uint8
+    # Vertical stripes 8 px wide: only a photo window has sharp steps between neighbouring pixels; the
+    # other kinds (plain, white, gradient, smooth noise) change by at most a few percent per pixel.
+    stripes = np.zeros((1, 64, 64, 3), np.uint8)
+    stripes[:, :, (np.arange(64) // 8) % 2 == 1] = 255
+    empty = torch.zeros(32, 32, 32, 4, dtype=torch.uint8)  # fully transparent: the output is the background
+    gen = torch.Generator().manual_seed(0)
+    plain = augment_batch(empty, 32, torch.Generator().manual_seed(0), jitter=0)
+    with_photos = augment_batch(empty, 32, gen, jitter=0, photos=torch.from_numpy(stripes))
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+
+    def sharpest_step(x):
+        return ((x[..., 1:] - x[..., :-1]) * std).abs().amax(dim=(1, 2, 3))
+
+    assert (sharpest_step(plain) < 0.2).all()
+    assert (sharpest_step(with_photos) > 0.5).sum() >= 2
 
 
 def test_eval_view_matches_pil_composite():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from ray_app.jobconfig import load_config
 from ray_app.models.image import WEIGHTS_NAME, ImageEncoder
 from ray_app.raystart import init_ray
-from training.clip import ClipJobConfig, ImageTower, main
+from training.clip import ClipJobConfig, ImageTower, instance_loss, main
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "clip" / "smoke.yaml"
 CRASH_AT = 4  # after step-000003 is saved, before step-000006
@@ -92,3 +92,16 @@ def test_checkpoint_loads_through_ray_app_loader(smoke_run):
         direct = module(eval_batch(bank.images, cfg.model.image_size)).numpy()
     np.testing.assert_allclose(via_loader, direct, atol=1e-4)
     assert np.allclose(np.linalg.norm(via_loader, axis=1), 1, atol=1e-4)
+
+
+def test_instance_loss_rewards_views_of_one_image_that_agree():
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    agreeing = torch.cat([images, images])  # view-major: rows i and 6 + i show image i
+    shuffled = torch.cat([images, images[torch.tensor([1, 2, 3, 4, 5, 0])]])
+    assert float(instance_loss(agreeing, 2, 0.1)) < 0.01
+    assert float(instance_loss(shuffled, 2, 0.1)) > 1.0
+    feats = torch.nn.functional.normalize(torch.randn(18, 16), dim=-1).requires_grad_()
+    loss = instance_loss(feats, 3, 0.1)  # three views: two positives per row
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0

@@ -81,6 +81,9 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
         ("data.scale_min=1.5", "data.scale_min=1.5 is above"),
         # a text side other than MiniLM's 384-d was checked only by main(), not by the config
         ("model.embed_dim=512", "model.embed_dim"),
+        # views share a worker's batch; the instance term has no positives with one view per image
+        ("data.views=3", "not a multiple of data.views=3"),
+        ("data.views=1", "needs data.views >= 2"),
     ],
 )
 def test_fields_the_job_cannot_honour_are_rejected(override, fragment):
