@@ -80,7 +80,11 @@ def classify(exc: BaseException, retry_after_s: float) -> Fault | None:
     """The 503 for a failure of the service (overload, replica, timeout, database); None for anything else.
 
     Prism's own input errors are not faults (the ingress maps them by type); a bug is None too (500).
+    The outermost recognised failure decides: an ``Overloaded`` raised while handling the admission
+    gate's own wait timeout is "overloaded", not "timeout".
     """
+    from ray_app.store.store import StoreError
+
     for e in causes(exc):
         if isinstance(e, BackPressureError):
             return Fault(503, "overloaded", "the service is at capacity; try again", retry_after_s)
@@ -88,9 +92,8 @@ def classify(exc: BaseException, retry_after_s: float) -> Fault | None:
             return Fault(503, "replica_unavailable", "a replica failed under this request; try again", retry_after_s)
         if isinstance(e, (StageTimeout, TimeoutError)):
             return Fault(503, "timeout", "a stage of the service did not answer in time; try again", retry_after_s)
-    if is_database_failure(exc):
-        return Fault(503, "database_unavailable", "the database cannot be reached; try again", retry_after_s)
-    for e in causes(exc):
+        if isinstance(e, (psycopg.OperationalError, StoreError)):
+            return Fault(503, "database_unavailable", "the database cannot be reached; try again", retry_after_s)
         if isinstance(e, Unavailable):
             return Fault(503, e.code, str(e).splitlines()[0] if str(e) else e.code,
                          getattr(e, "retry_after_s", retry_after_s))

@@ -191,6 +191,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     fault = faults.classify(exc, get_settings().retry_after_s)
     if fault is not None:
         return fault_json(request, fault)
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_json(request, 500, "internal_error", f"{type(exc).__name__}: the server failed to answer")
 
 
@@ -316,6 +317,8 @@ async def final_response(first: list[AskEvent], events: AsyncIterator[AskEvent])
 def stream_error(exc: Exception) -> dict:
     """The in-band error of a stream that has started (its status is sent): code, message, when to retry."""
     fault = faults.classify(exc, get_settings().retry_after_s)
+    if fault is None:  # a bug: the client sees its type only, the log keeps the traceback
+        log.error("a started stream failed", exc_info=exc)
     message = fault.message if fault else type(exc).__name__
     error = {"code": faults.error_code(exc), "message": message}
     if fault is not None and fault.retry_after_s is not None:
@@ -461,7 +464,9 @@ class Ingress:
         self.guard = get_guard()
         self.gate = AdmissionGate(self.settings.ask_max_active, self.settings.ask_max_waiting, self.settings.ask_wait_s,
                              self.settings.retry_after_s)
-        self.service = AskService(ServeVision(vision), ServeRetrieve(rag), ServeGenerate(fusion), ServeAudit(audit),
+        generate = ServeGenerate(fusion)
+        generate.counter.tokenizer()  # loaded here, not by the first asks of a burst (usage counts)
+        self.service = AskService(ServeVision(vision), ServeRetrieve(rag), generate, ServeAudit(audit),
                                   self.settings, self.gate)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)

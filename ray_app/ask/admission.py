@@ -76,10 +76,12 @@ class AdmissionGate:
             async with self._freed:
                 await asyncio.wait_for(self._freed.wait_for(lambda: self.active < self.max_active), self.wait_s)
                 self.active += 1
+                return
         except TimeoutError:
-            self._refuse()
+            pass  # refused below, outside the handler: the refusal must not carry the wait's TimeoutError
         finally:
             self.waiting -= 1
+        self._refuse()
 
     def _refuse(self) -> None:
         self.refused += 1

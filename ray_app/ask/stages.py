@@ -8,6 +8,7 @@ passes, database queries) runs in a worker thread so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 from ray_app.ask.retrieval import Retrieved, identified_picture, retrieve_passages
@@ -80,14 +81,20 @@ class TokenCounter:
 
     def __init__(self, settings: Settings | None = None, tokenizer=None):
         self.settings, self._tokenizer = settings or get_settings(), tokenizer
+        self._loading = threading.Lock()
 
     def tokenizer(self):
+        """The tokenizer, loaded once: concurrent first counts (a burst of asks, each in a worker thread) wait for
+        one load instead of importing ``transformers`` side by side (which fails: "cannot import name
+        'AutoTokenizer'")."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            with self._loading:
+                if self._tokenizer is None:
+                    from transformers import AutoTokenizer
 
-            from ray_app.models.llm import resolve_llm
+                    from ray_app.models.llm import resolve_llm
 
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_llm(self.settings.llm_model, self.settings))
+                    self._tokenizer = AutoTokenizer.from_pretrained(resolve_llm(self.settings.llm_model, self.settings))
         return self._tokenizer
 
     def count(self, question: str, passages: list[Passage], context: str | None, answer: str) -> dict[str, int]:

@@ -21,13 +21,12 @@ def streamed_ask(app, results: list) -> None:
             results.append({"status": r.status_code, "seconds": time.perf_counter() - started,
                             "retry_after": r.headers.get("retry-after"), "body": r.json()})
             return
-        events = [line.split(": ", 1)[1] for line in r.iter_lines() if line.startswith("event: ")]
-    results.append({"status": 200, "events": events})
+        lines = list(r.iter_lines())
+    events = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
+    results.append({"status": 200, "events": events, "last_data": next(
+        (line for line in reversed(lines) if line.startswith("data: ")), None)})
 
 
-@pytest.mark.xfail(strict=False, reason="regression found at the 2026-12-03 stop, not yet diagnosed: some admitted asks of "
-                   "the burst end in 503 'timeout' (PRISM_HANDLE_TIMEOUT_S waiting for the held-back first token, "
-                   "serving/faults.py) instead of being served (#15, #19)")
 def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
     """60 simultaneous streamed asks (issue 15's burst): each served in full or refused with 503 + Retry-After."""
     results: list = []
@@ -41,7 +40,7 @@ def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 4 and statuses.count(503) >= 1, statuses
     for r in results:
         if r["status"] == 200:
-            assert r["events"][0] == "meta" and r["events"][-1] == "done"
+            assert r["events"][0] == "meta" and r["events"][-1] == "done", r["last_data"]
         else:
             assert r["retry_after"] and int(r["retry_after"]) >= 1
             assert r["body"]["error"]["code"] == "overloaded"

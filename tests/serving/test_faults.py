@@ -45,6 +45,33 @@ def test_service_failures_are_503_with_retry_after(exc, code):
     assert faults.error_code(exc) == code
 
 
+def test_a_refusal_after_the_admission_wait_is_overloaded_not_timeout():
+    """The gate's own wait ends in a TimeoutError; the Overloaded it raises must be answered as such (the burst
+    test saw admitted-looking asks refused with code "timeout" when the refusal carried that context)."""
+    from ray_app.ask.admission import AdmissionGate
+
+    async def refused() -> Exception:
+        gate = AdmissionGate(max_active=1, max_waiting=1, wait_s=0.05, retry_after_s=2.0)
+        async with gate.place():
+            try:
+                async with gate.place():
+                    pass
+            except Overloaded as exc:
+                return exc
+        raise AssertionError("the second ask was not refused")
+
+    exc = asyncio.run(refused())
+    assert faults.classify(exc, 2.0).code == "overloaded"
+    assert faults.classify(wrapped(exc), 2.0).code == "overloaded"
+    try:  # an Overloaded raised while handling any other timeout is still "overloaded"
+        try:
+            raise TimeoutError("inner")
+        except TimeoutError:
+            raise Overloaded("full", 2.0)  # noqa: B904
+    except Overloaded as raised:
+        assert faults.classify(raised, 2.0).code == "overloaded"
+
+
 @pytest.mark.parametrize("exc", [ValueError("a bug"), KeyError("x"), wrapped(ZeroDivisionError("a bug")),
                                  InputError("k must be between 1 and 20")])
 def test_bugs_and_input_errors_are_not_faults(exc):
