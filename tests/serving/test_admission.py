@@ -6,7 +6,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `prism_app`)
 
