@@ -45,6 +45,7 @@ _GROUPS = {
     "eval": ("ray_app.cli.eval", "Evaluate retrieval, the image encoder and answers; write docs/reports."),
     "bench": ("ray_app.cli.bench", "Benchmarks that print JSON and compare against a bare baseline."),
     "audit": ("ray_app.cli.audit", "Inspect and verify the tamper-evident audit log."),
+    "rai": ("ray_app.cli.rai", "Responsible AI: the bias audit, fairness metrics and the generated RAI report."),
     "keys": ("ray_app.cli.keys", "Create, list and revoke API keys for the HTTP API."),
     "train": ("training.cli", "Ray Train jobs: image encoder (clip), LLM SFT and DPO."),
     "tune": ("training.tune_cli", "Ray Tune sweeps."),

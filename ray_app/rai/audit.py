@@ -69,9 +69,10 @@ def load_exposure_queries(path: Path | None = None) -> list[dict]:
     return read_jsonl(path or QUERIES_PATH)
 
 
-def measure_recall_cost(store, embedder, n: int, weight: float, k: int = 10) -> dict:
-    """R@10 with and without the re-ranking (per attribute) on a spread of ``n`` queries of each retrieval set
-    (:mod:`ray_app.evaluation.retrieval`: description, masked sentence, SFT question)."""
+def measure_recall_cost(store, embedder, n: int, weights: list[float], k: int = 10) -> dict:
+    """R@10 with and without the re-ranking (each weight, each attribute) on a spread of ``n`` queries of each
+    retrieval set (:mod:`ray_app.evaluation.retrieval`: description, masked sentence, SFT question); one search per
+    query, re-ranked every way."""
     from ray_app.evaluation.retrieval import QUERY_SETS, spread
 
     out = {}
@@ -80,16 +81,34 @@ def measure_recall_cost(store, embedder, n: int, weight: float, k: int = 10) -> 
         if not queries:
             continue
         vectors = embedder.embed([q.text for q in queries])
-        found = {"baseline": 0, **{a: 0 for a in ATTRIBUTES}}
-        moved_people = 0
+        baseline, found = 0, {str(w): {a: 0 for a in ATTRIBUTES} for w in weights}
+        changed = {str(w): 0 for w in weights}
         for query, vector in zip(queries, vectors, strict=True):
             hits = search_depth_hits(store, embedder, query.text, vector, k)
             base = ranked_docs(hits, k)
-            found["baseline"] += query.doc_id in base
-            for attribute in ATTRIBUTES:
-                reranked = ranked_docs(rerank_hits(store, hits, attribute, k, weight), k)
-                found[attribute] += query.doc_id in reranked
-                moved_people += reranked != base
-        out[name] = {"n": len(queries), "r_at_10": {key: round(v / len(queries), 4) for key, v in found.items()},
-                     "rankings_changed_share": round(moved_people / (len(queries) * len(ATTRIBUTES)), 4)}
+            baseline += query.doc_id in base
+            for weight in weights:
+                for attribute in ATTRIBUTES:
+                    reranked = ranked_docs(rerank_hits(store, hits, attribute, k, weight), k)
+                    found[str(weight)][attribute] += query.doc_id in reranked
+                    changed[str(weight)] += reranked != base
+        total = len(queries)
+        out[name] = {"n": total, "baseline_r_at_10": round(baseline / total, 4),
+                     "by_weight": {w: {"r_at_10": {a: round(v / total, 4) for a, v in found[w].items()},
+                                       "rankings_changed_share": round(changed[w] / (total * len(ATTRIBUTES)), 4)}
+                                   for w in found}}
     return out
+
+
+def measure_mitigation(store, embedder, biographies: list[dict], queries: list[dict], weights: list[float],
+                       recall_queries: int, k: int = 10) -> dict:
+    """Exposure gaps and R@10 before and after the re-ranking, per weight (the mitigation's trade-off)."""
+    by_weight = {}
+    for weight in weights:
+        after = measure_exposure(store, embedder, biographies, queries, k, rerank_weight=weight)
+        by_weight[str(weight)] = {a: {"max_ratio_gap": after[a]["max_ratio_gap"],
+                                      "ratios": {g: v["ratio"] for g, v in after[a]["groups"].items()}}
+                                  for a in ATTRIBUTES}
+    return {"method": "exposure-aware re-ranking of the people slots in the top k (ray_app/rai/exposure.py), "
+                      "one attribute at a time", "weights": weights, "exposure_by_weight": by_weight,
+            "recall": measure_recall_cost(store, embedder, recall_queries, weights, k) if recall_queries else {}}
