@@ -186,10 +186,10 @@ def test_timeouts_and_errors_are_audited(store, llm):
     from ray_app.ask.service import AskTimeout
     from ray_app.settings import Settings
 
-    settings = Settings(ask_timeout_s=0.3, max_new_tokens=400)
-    audit = LoggedAudit(store)
+    settings = Settings(ask_timeout_s=4.0, max_new_tokens=400)  # meta (screening, the started record) comes well
+    audit = LoggedAudit(store)                                    # within it; the slowed answer cannot finish in it
     audit.detector()  # loaded before the clock starts: the time limit is for the answer, not MiniLM's first load
-    slow = AskService(None, FixedPassages(FROG_PASSAGES), LocalGenerate(llm, settings), audit, settings)
+    slow = AskService(None, FixedPassages(FROG_PASSAGES), SlowGenerate(llm, settings), audit, settings)
     no_model = dataclasses.replace(llm, model=None)  # the LLM's weights are gone: it fails on first use
     broken = AskService(None, FixedPassages(FROG_PASSAGES), LocalGenerate(no_model), LoggedAudit(store))
     ids = []
