@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ray_app.errors import InputError
 from ray_app.reports import load_average, write_report
 
 PROG = "python -m ray_app.rai.report"
+ENVIRONMENT = ("PRISM_HOME", "PRISM_LLM_ADAPTER", "PRISM_IMAGE_ENCODER", "PRISM_LLM_DTYPE")  # recorded with the run
 COMMAND = "prism rai report"
 
 
@@ -422,6 +424,7 @@ def build_report(config: RaiReportConfig) -> dict:
     result["data_sheets"] = DATA_SHEETS
     result["mitigation_plan"] = mitigation_plan(result)
     result["store"] = store.counts() | {"biographies": len(biographies)}
+    result["environment"] = {name: os.environ.get(name) for name in ENVIRONMENT}
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["load_average"] = {"start": load, "end": load_average()}
     result["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

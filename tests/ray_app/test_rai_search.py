@@ -52,3 +52,15 @@ def test_unknown_fair_exposure_attribute_is_an_input_error(painters_store, text_
         search_corpus("a painter", k=3, store=painters_store, embedder=text_embedder, fair_exposure="height")
     with pytest.raises(AskInputError, match="fair_exposure"):
         AskOptions(fair_exposure="height").check(get_settings())
+
+
+def test_ask_retrieval_with_fair_exposure_keeps_the_best_passage_and_adds_a_woman(painters_store, text_embedder):
+    from ray_app.ask.retrieval import retrieve_passages
+
+    plain = retrieve_passages("a famous painter", None, 3, painters_store, text_embedder, 0.0)
+    fair = retrieve_passages("a famous painter", None, 3, painters_store, text_embedder, 0.0, "gender")
+    assert [p.n for p in fair.passages] == [1, 2, 3]
+    assert fair.passages[0].doc_id == plain.passages[0].doc_id
+    women = {"Eva Lind", "Fia Berg"}
+    assert not women & {p.doc_id for p in plain.passages}
+    assert women & {p.doc_id for p in fair.passages}
