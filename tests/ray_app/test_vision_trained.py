@@ -23,8 +23,8 @@ DEMO_CONFIG = REPO / "training" / "configs" / "clip" / "demo.yaml"
 
 
 def _trained_checkpoint(tmp_path_factory) -> Path:
-    from ray_app.models.trained import finished_runs
     from ray_app.models.image import CONFIG_NAME, WEIGHTS_NAME
+    from ray_app.models.trained import finished_runs
 
     if os.environ.get("PRISM_TEST_IMAGE_ENCODER"):
         return Path(os.environ["PRISM_TEST_IMAGE_ENCODER"])
