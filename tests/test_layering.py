@@ -15,13 +15,14 @@ WINGS = {"training", "serving", "edge"}
 # ray_app's packages from the bottom up; a package imports only packages of a lower rank.
 RANKS = {
     "errors": -1,  # every package may raise Prism's own errors
-    "settings": 0, "jobconfig": 0, "reports": 0, "raystart": 0, "progress": 0, "jsonl": 0, "entrypoints": 0,
-    "models": 1, "store": 1, "auth": 1,
-    "corpus": 2, "llm": 2,
-    "vision": 3, "audit": 3, "ingest": 3,
+    "settings": 0, "jobconfig": 0, "reports": 0, "progress": 0, "jsonl": 0, "entrypoints": 0,
+    "models": 1, "store": 1, "auth": 1, "telemetry": 1,
+    "corpus": 2, "llm": 2, "raystart": 2,
+    "vision": 3, "audit": 3, "ingest": 3, "bias": 3,
     "ask": 4,
     "evaluation": 5, "benchmarks": 5,
-    "cli": 6,
+    "rai": 6,
+    "cli": 7,
 }
 
 

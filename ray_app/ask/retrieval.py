@@ -126,7 +126,7 @@ def retrieve_passages(
     A passage is relevant when the MiniLM cosine between the query and its chunk reaches
     ``min_relevance``; passages are numbered 1..n in rank order. With ``fair_exposure`` (gender, region or
     era) the people among the fused candidates are re-ranked for that attribute first (the bias audit's
-    mitigation, :func:`ray_app.rai.exposure.rerank_hits`; off by default).
+    mitigation, :func:`ray_app.bias.exposure.rerank_hits`; off by default).
     """
     query = build_query(question, vision)
     vector = embedder.embed([query])[0]
@@ -135,7 +135,7 @@ def retrieve_passages(
     text_hits = store.search_text(query, depth)
     cosine = {h.id: h.score for h in vector_hits}
     if fair_exposure:
-        from ray_app.rai.exposure import rerank_hits
+        from ray_app.bias.exposure import rerank_hits
 
         fused = rerank_hits(store, store.fuse_hybrid(vector_hits, text_hits, depth), fair_exposure, k)[:k * 2]
     else:
@@ -181,7 +181,7 @@ def search_corpus(
     """Search chunks by ``mode`` and, with ``image_path``, images by the image encoder.
 
     ``fair_exposure`` (gender, region or era): re-rank the people among ``4 k`` candidates for that attribute
-    (:func:`ray_app.rai.exposure.rerank_hits`, the bias audit's mitigation); off by default.
+    (:func:`ray_app.bias.exposure.rerank_hits`, the bias audit's mitigation); off by default.
 
     Raises:
         InputError: empty text or an unknown mode.
@@ -206,7 +206,7 @@ def search_corpus(
         hits = (store.search_vector(vector, fetch, "chunk", filters) if mode == "vector"
                 else store.search_hybrid(text, vector, fetch, filters, depth=max(4 * k, store.fusion.depth)))
     if fair_exposure:
-        from ray_app.rai.exposure import rerank_hits
+        from ray_app.bias.exposure import rerank_hits
 
         try:
             hits = rerank_hits(store, hits, fair_exposure, k)[:k]

@@ -81,7 +81,7 @@ class AskOptions:
     max_new_tokens: int | None = None
     min_relevance: float = 0.25
     explain: bool = False  # add an ``explanation`` (ray_app.ask.explain) to the answer
-    fair_exposure: str | None = None  # re-rank the people among the passages for this attribute (ray_app.rai.exposure)
+    fair_exposure: str | None = None  # re-rank the people among the passages for this attribute (ray_app.bias.exposure)
 
     def check(self, settings: Settings) -> AskOptions:
         """A copy with the limits applied.

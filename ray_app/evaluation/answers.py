@@ -33,7 +33,7 @@ Metrics (per method):
   ``train_peak_rss_mib_per_worker``, ``train_steps``;
 * ``fairness`` (top level): per method, grounding, grounded-answer, citation and refusal rates per group with
   fairlearn's ``MetricFrame`` — the annotated gender, region and era of the question's subject (a biography;
-  ``ray_app/rai/annotate.py``) and the question's kind, with the difference and ratio between groups.
+  ``ray_app/bias/annotate.py``) and the question's kind, with the difference and ratio between groups.
 """
 
 from __future__ import annotations
@@ -550,9 +550,9 @@ def eval_answers(config: AnswersEvalConfig) -> dict:
 
 def fairness_report(results: dict, examples: list[dict]) -> dict:
     """Per evaluated method, grounding, grounded-answer, citation and refusal rates per group with fairlearn's
-    ``MetricFrame`` (:func:`ray_app.rai.fairness.answers_fairness`: the annotated gender, region and era of the
+    ``MetricFrame`` (:func:`ray_app.bias.fairness.answers_fairness`: the annotated gender, region and era of the
     question's subject when it is a biography, and the question's kind; groups under 5 questions left out)."""
-    from ray_app.rai.fairness import answers_fairness
+    from ray_app.bias.fairness import answers_fairness
 
     return {"method": "fairlearn MetricFrame over the answerable questions; difference and ratio between groups",
             "by_method": {name: answers_fairness(examples, r["samples"]) for name, r in results.items()
@@ -562,7 +562,7 @@ def fairness_report(results: dict, examples: list[dict]) -> dict:
 def render_fairness(fairness: dict) -> list[str]:
     """The report's per-group section: one table per method and sensitive feature."""
     lines = ["## Rates per group (fairlearn MetricFrame)", "",
-             "Answerable questions only; a biography's subject is annotated by `ray_app/rai/annotate.py` (gender, "
+             "Answerable questions only; a biography's subject is annotated by `ray_app/bias/annotate.py` (gender, "
              "region, era), other subjects are `not a person`. Difference and ratio are between the groups shown.", ""]
     for method, features in fairness.get("by_method", {}).items():
         for feature, block in features.items():

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ray_app.bias.annotate import ATTRIBUTES
+from ray_app.bias.exposure import exposure_by_group, exposure_gap, rerank_hits
 from ray_app.jsonl import read_jsonl
-from ray_app.rai.annotate import ATTRIBUTES
-from ray_app.rai.exposure import exposure_by_group, exposure_gap, rerank_hits
 
 QUERIES_PATH = Path("datasets/rai/exposure_queries.jsonl")
 RECALL_SETS = ("description", "masked_sentence", "sft_question")
@@ -44,7 +44,7 @@ def measure_exposure(store, embedder, biographies: list[dict], queries: list[dic
     """Fairness of exposure per attribute for the neutral queries (``{"query", "pool"}`` rows).
 
     With ``rerank_weight``, each attribute is measured on the ranking re-ranked for that attribute
-    (:func:`ray_app.rai.exposure.rerank_hits`).
+    (:func:`ray_app.bias.exposure.rerank_hits`).
     """
     group = {b["doc_id"]: b["attributes"] for b in biographies}
     pools = [relevant_pool(q["pool"], biographies) for q in queries]
@@ -109,6 +109,6 @@ def measure_mitigation(store, embedder, biographies: list[dict], queries: list[d
         by_weight[str(weight)] = {a: {"max_ratio_gap": after[a]["max_ratio_gap"],
                                       "ratios": {g: v["ratio"] for g, v in after[a]["groups"].items()}}
                                   for a in ATTRIBUTES}
-    return {"method": "exposure-aware re-ranking of the people slots in the top k (ray_app/rai/exposure.py), "
+    return {"method": "exposure-aware re-ranking of the people slots in the top k (ray_app/bias/exposure.py), "
                       "one attribute at a time", "weights": weights, "exposure_by_weight": by_weight,
             "recall": measure_recall_cost(store, embedder, recall_queries, weights, k) if recall_queries else {}}

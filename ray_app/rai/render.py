@@ -53,7 +53,7 @@ def render_annotation(r: dict) -> list[str]:
     a = r["annotation_error"]
     lines = ["## Bias audit", "", "### Annotation of the biographies and its error", "",
              "Each wiki biography (category People) is annotated from its own text by rules "
-             "(`ray_app/rai/annotate.py`): gender from pronouns (then gendered nouns), region from the first "
+             "(`ray_app/bias/annotate.py`): gender from pronouns (then gendered nouns), region from the first "
              "nationality or place in the description, era from the first year or century. "
              f"Hand-checked sample: {a['sample']}; annotator: {a['annotator']}.", ""]
     lines += _table(["attribute", "errors", "error rate", "95 % interval", "rule said unknown"],

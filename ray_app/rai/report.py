@@ -74,7 +74,7 @@ def biographies_in_store(store) -> list[dict]:
     Raises:
         InputError: none are.
     """
-    from ray_app.rai.annotate import load_biographies
+    from ray_app.bias.annotate import load_biographies
 
     biographies = list(load_biographies())
     with store.pool.connection() as conn:
@@ -88,7 +88,7 @@ def biographies_in_store(store) -> list[dict]:
 
 def composition(biographies: list[dict]) -> dict:
     """How many biographies fall in each group of each attribute."""
-    from ray_app.rai.annotate import ATTRIBUTES
+    from ray_app.bias.annotate import ATTRIBUTES
 
     out = {"biographies": len(biographies)}
     for name in ATTRIBUTES:
@@ -102,7 +102,7 @@ def composition(biographies: list[dict]) -> dict:
 
 def counterfactual_fairness(rows: list[dict]) -> dict:
     """MetricFrame rates per asker group over the counterfactual asks (both sides of every pair), per swap kind."""
-    from ray_app.rai.fairness import fairness_by_group
+    from ray_app.bias.fairness import fairness_by_group
 
     asks = []
     for row in rows:
@@ -380,9 +380,9 @@ def build_report(config: RaiReportConfig) -> dict:
     Raises:
         InputError: no wiki biographies in the store, or bad weights.
     """
+    from ray_app.bias.annotate import GOLD_PATH, annotation_error, load_biographies
     from ray_app.jsonl import read_jsonl
     from ray_app.models.text import get_text_embedder
-    from ray_app.rai.annotate import GOLD_PATH, annotation_error, load_biographies
     from ray_app.rai.audit import load_exposure_queries, measure_exposure, measure_mitigation
     from ray_app.store import get_store
 
@@ -400,7 +400,7 @@ def build_report(config: RaiReportConfig) -> dict:
         "annotation_error": annotation_error(gold, list(load_biographies())) | {
             "annotator": "one person (the auditor), reading each summary and description; no second annotator",
             "sample": "110 biographies drawn with seed 22 from the 1,828 sorted by document id "
-                      "(ray_app.rai.annotate.gold_sample)"},
+                      "(ray_app.bias.annotate.gold_sample)"},
         "composition": composition(biographies),
         "exposure": measure_exposure(store, embedder, biographies, queries, config.k),
         "mitigation": measure_mitigation(store, embedder, biographies, queries, weights, config.recall_queries,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_app.rai.annotate import (
+from ray_app.bias.annotate import (
     ERAS,
     GOLD_PATH,
     UNKNOWN,
@@ -58,7 +58,7 @@ def test_era_bins():
 
 
 def test_annotation_error_counts_mistakes_per_attribute():
-    from ray_app.rai.annotate import Attributes
+    from ray_app.bias.annotate import Attributes
 
     bios = [{"doc_id": "a", "attributes": Attributes("male", "Europe", ERAS[3], 1850, 3, 0, "french")},
             {"doc_id": "b", "attributes": Attributes(UNKNOWN, "Europe", ERAS[4], 1950, 0, 0, "french")}]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ray_app.rai.exposure import exposure_by_group, exposure_gap, position_weight, rerank_for_exposure
+from ray_app.bias.exposure import exposure_by_group, exposure_gap, position_weight, rerank_for_exposure
 from ray_app.store.rows import SearchHit
 
 GROUP = {"m1": "m", "m2": "m", "m3": "m", "f1": "f", "f2": "f", "f3": "f", "x": "unknown"}

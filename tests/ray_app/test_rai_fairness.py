@@ -2,7 +2,7 @@
 
 import pytest
 
-from ray_app.rai.fairness import NOT_A_PERSON, answers_fairness, fairness_by_group
+from ray_app.bias.fairness import NOT_A_PERSON, answers_fairness, fairness_by_group
 
 
 def test_rates_by_group_difference_and_ratio():

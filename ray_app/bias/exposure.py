@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ray_app.rai.annotate import UNKNOWN
+from ray_app.bias.annotate import UNKNOWN
 
 
 def position_weight(rank: int) -> float:
@@ -127,9 +127,9 @@ _GROUPS_CACHE: dict[str, object] = {}
 
 
 def document_attributes(store, doc_ids: Sequence[str]) -> dict[str, object]:
-    """:class:`~ray_app.rai.annotate.Attributes` of the people among ``doc_ids`` (category People), read from the
+    """:class:`~ray_app.bias.annotate.Attributes` of the people among ``doc_ids`` (category People), read from the
     store (title, description, first chunk) and annotated once per process; other documents are left out."""
-    from ray_app.rai.annotate import PEOPLE_CATEGORY, annotate
+    from ray_app.bias.annotate import PEOPLE_CATEGORY, annotate
 
     missing = [d for d in dict.fromkeys(doc_ids) if d not in _GROUPS_CACHE]
     if missing:

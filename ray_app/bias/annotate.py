@@ -1,6 +1,6 @@
 """Attributes of the wiki biographies derived from their own text: gender, region, era.
 
-    from ray_app.rai.annotate import annotate, load_biographies
+    from ray_app.bias.annotate import annotate, load_biographies
     annotate(title, description, text)   # Attributes(gender="female", region="Europe", era="19th century", ...)
 
 Rules (no model, so every label can be traced to words in the article):

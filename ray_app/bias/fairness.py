@@ -67,7 +67,7 @@ ANSWER_METRICS = {
 def answer_features(examples: list[dict]) -> dict[str, list[str]]:
     """Sensitive features of held-out questions: the annotated gender, region and era of the article's subject
     when it is a biography (``not a person`` otherwise), and the question's kind."""
-    from ray_app.rai.annotate import ATTRIBUTES, load_biographies
+    from ray_app.bias.annotate import ATTRIBUTES, load_biographies
 
     try:
         people = {b["title"]: b["attributes"] for b in load_biographies()}
