@@ -12,13 +12,16 @@ from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `p
 
 
 def serve_log_records() -> list[dict]:
-    """Every JSON record of every Serve log file of this Ray session (each line must parse)."""
+    """Every JSON record of the Prism app's replica log files in this Ray session (each complete line must parse;
+    other apps' replicas, which other tests start in the same session, log as they are configured)."""
     import ray._private.worker as ray_worker  # the session's log folder (tests only)
 
     folder = Path(ray_worker._global_node.get_session_dir_path()) / "logs" / "serve"
     records = []
-    for path in sorted(folder.glob("replica_*.log")):
-        for line in path.read_text(errors="replace").splitlines():
+    for path in sorted(folder.glob("replica_prism_*.log")):
+        text = path.read_text(errors="replace")
+        lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # the last one may be mid-write
+        for line in lines:
             if line.strip():
                 records.append(json.loads(line) | {"_file": path.name})
     return records
