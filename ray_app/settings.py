@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     ask_max_waiting: int = Field(
         default=2, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
     ask_wait_s: float = Field(
-        default=1.0, ge=0, description="Longest wait for a place before an ask gets 503 + Retry-After.")
+        default=0.5, ge=0, description="Longest wait for a place before an ask gets 503 + Retry-After: what the "
+        "2 s TTFT SLO leaves after vision, retrieval and prefill (about 1.1-1.4 s on 2 cores).")
     ask_timeout_s: float = Field(
         default=120.0, gt=0, description="Longest an ask may run, from admission to its last event (the server's "
                                          "limit: clients' x-request-timeout-seconds headers cannot lift it).")

@@ -12,9 +12,10 @@ from tests.serving.harness import prism_app_fixture  # noqa: F401  (registers `p
 QUESTION = {"question": "Where do frogs live?", "stream": True}
 
 
-def streamed_ask(app, results: list) -> None:
+def streamed_ask(app, results: list, client: httpx.Client | None = None) -> None:
+    client = client or httpx.Client(timeout=600)
     started = time.perf_counter()
-    with httpx.stream("POST", app.url + "/v1/ask", json=QUESTION, timeout=600, headers=app.headers) as r:
+    with client.stream("POST", app.url + "/v1/ask", json=QUESTION, headers=app.headers) as r:
         if r.status_code != 200:
             r.read()
             results.append({"status": r.status_code, "seconds": time.perf_counter() - started,
@@ -29,11 +30,16 @@ def streamed_ask(app, results: list) -> None:
 def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
     """60 simultaneous streamed asks (issue 15's burst): each served in full or refused with 503 + Retry-After."""
     results: list = []
-    threads = [threading.Thread(target=streamed_ask, args=(prism_app, results)) for _ in range(60)]
+    # One client per ask, made beforehand: making 60 httpx clients (an SSL context each) under the GIL
+    # took this process 1.4 s, which the clock below would have counted as the server's.
+    clients = [httpx.Client(timeout=600) for _ in range(60)]
+    threads = [threading.Thread(target=streamed_ask, args=(prism_app, results, c)) for c in clients]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for c in clients:
+        c.close()
     statuses = [r["status"] for r in results]
     assert len(results) == 60, "an ask raised in its thread (timeout or broken connection)"
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 4 and statuses.count(503) >= 1, statuses
@@ -43,9 +49,9 @@ def test_a_burst_is_served_or_refused_fast_never_500(prism_app):
         else:
             assert r["retry_after"] and int(r["retry_after"]) >= 1
             assert r["body"]["error"]["code"] == "overloaded"
-            # Refused before any answer could have been written (an admitted answer takes >10 s in this burst).
-            # Issue 15 wants <1 s; measured here 3.2-3.4 s since auth and audit-start landed (open in #15).
-            assert r["seconds"] < 6
+            # Issue 15: refused within 1 s. Measured idle: 0.42-0.66 s when the wait is full, and the
+            # ask_wait_s (0.5 s) more for the two that waited for a place.
+            assert r["seconds"] < 1, sorted(round(x["seconds"], 2) for x in results if x["status"] == 503)
     health = httpx.get(prism_app.url + "/healthz").json()["admission"]
     assert health["active"] == 0 and health["refused"] >= statuses.count(503)
 
