@@ -4,10 +4,13 @@ The LLM runs in the engine that ``PRISM_LLM_ENGINE`` names (:mod:`ray_app.llm.en
 ``torch``: continuous batching, where a request joins the running batch at the next token step).
 Up to ``PRISM_FUSION_MAX_BATCH_SIZE`` answers decode together; further requests wait in arrival
 order for a slot. ``max_new_tokens`` is capped by ``PRISM_MAX_NEW_TOKENS``; ``PRISM_FUSION_THREADS``
-sets the engine's CPU threads per replica.
+sets the engine's CPU threads per replica and ``PRISM_FUSION_NICE`` their priority.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 from ray import serve
 
@@ -17,6 +20,39 @@ from ray_app.settings import get_settings
 from ray_app.telemetry import metrics
 from ray_app.telemetry.logs import attach_to_serve
 from ray_app.telemetry.tracing import stage_span
+
+log = logging.getLogger(__name__)
+
+
+def thread_nices() -> dict[int, int]:
+    """Nice value by thread id, for this process's threads."""
+    nices = {}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        try:
+            nices[tid] = os.getpriority(os.PRIO_PROCESS, tid)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return nices
+
+
+def lower_priority(nice: int) -> int:
+    """Raise every thread of this process to at least ``nice`` (threads started later inherit it); returns how
+    many threads were changed.
+
+    On Linux ``nice`` is per thread, so the process's existing threads (the decode loop, torch's OpenMP pool,
+    Ray's workers) are set one by one. Decoding is the only work on the machine that can use every core for
+    as long as it is given; at a lower priority it takes what searches and the other stages leave, and they
+    no longer wait behind it for a core.
+    """
+    changed = 0
+    for tid, current in thread_nices().items():
+        if current < nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                continue
+            changed += 1
+    return changed
 
 
 @serve.deployment(name="fusion", graceful_shutdown_timeout_s=130, graceful_shutdown_wait_loop_s=2)
@@ -34,6 +70,9 @@ class FusionDeployment:
         torch.set_num_threads(threads)
         self.engine = build_engine(settings=self.settings, max_batch_size=max_batch_size, threads=threads)
         self.generator = BatchedGenerate(self.engine, self.settings)
+        if self.settings.fusion_nice:
+            changed = lower_priority(self.settings.fusion_nice)
+            log.info("fusion: %d threads at nice %d", changed, self.settings.fusion_nice)
 
     async def versions(self) -> dict:
         """Model and adapter versions for the audit record."""
@@ -58,8 +97,9 @@ class FusionDeployment:
         return {"decode_rows": rows, "decode_waiting": waiting}
 
     def stats(self) -> dict:
-        """The engine's rows and queue (load, and whether a gone client's row was freed)."""
-        return {"engine": self.engine.name, **self.engine.stats()}
+        """The engine's rows and queue (load, and whether a gone client's row was freed), and the lowest nice
+        value among this replica's threads."""
+        return {"engine": self.engine.name, **self.engine.stats(), "nice": min(thread_nices().values())}
 
     async def generate(self, question: str, passages: list[Passage], context: str | None, max_new_tokens: int,
                        traceparent: str | None = None):
