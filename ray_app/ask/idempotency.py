@@ -5,8 +5,13 @@ first ask that completes stores its ``/v1/ask`` response, and every retry with t
 same request gets that response back without a second ask: no second pair of audit records, no second
 charge to the key's tokens per day. State lives in Postgres (``ask_idempotency``), so the retry may
 land on any ingress replica. While the first ask still runs, a retry gets 409 with ``Retry-After``; a
-key reused for another request gets 422. An ask that fails gives its key back (the retry runs anew);
-a claim whose ingress died is taken over once it is older than ``PRISM_ASK_TIMEOUT_S``.
+key reused for another request gets 422. An ask that fails gives its key back (the retry runs anew).
+
+Who runs a claimed ask is a Postgres session: the claimer holds a session advisory lock on the key (on its
+own connection) until the ask completes or fails. An ingress replica that dies loses its session, and with
+it the lock, at once; so a retry that finds the key pending but can take the lock knows the first ask's
+runner is gone and takes the claim over (a client's retry after an ingress was killed is answered, not
+told "still running" for minutes).
 
 Nothing in the table reads in clear: the stored response is sealed with the audit log's text keys
 (AES-256-GCM, :mod:`ray_app.audit.sealing`, bound to its caller and key), and the request hash is an
@@ -19,7 +24,9 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import psycopg
 
 from ray_app.audit.chain import chain_files, chain_key
 from ray_app.audit.checkpoint import mac_hex
@@ -29,12 +36,12 @@ from ray_app.settings import Settings, get_settings
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces (as Stripe and the IETF draft use)
 
-# Claim the key: a new row, or a pending one whose ask outlived the server's own limit (its ingress died).
+# Claim the key (its advisory lock held): a new row, an expired one, or a pending one whose runner is gone.
 _CLAIM = """
 INSERT INTO ask_idempotency AS i (caller, key, request_hash, state) VALUES (%(caller)s, %(key)s, %(hash)s, 'pending')
 ON CONFLICT (caller, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, state = 'pending', response = NULL,
     created_at = now(), updated_at = now()
-WHERE (i.state = 'pending' AND i.updated_at < now() - make_interval(secs => %(stale_s)s))
+WHERE (i.state = 'pending' AND i.request_hash = EXCLUDED.request_hash)
    OR i.created_at < now() - make_interval(secs => %(ttl_s)s)
 RETURNING 1
 """
@@ -73,11 +80,18 @@ def request_hash(fields: dict, image: bytes | None) -> str:
 
 @dataclass
 class Claim:
-    """The outcome of :meth:`IdempotencyStore.claim`: a stored ``response`` to replay, or the right to run."""
+    """The outcome of :meth:`IdempotencyStore.claim`: a stored ``response`` to replay, or the right to run
+    (then ``owner`` is the connection whose session holds the key's advisory lock until complete/release)."""
 
     caller: str
     key: str
     response: dict | None = None
+    owner: psycopg.Connection | None = field(default=None, repr=False)
+
+
+def _lock_id(caller: str, key: str) -> int:
+    """The key's advisory lock: a signed 64-bit number from sha256(caller, key)."""
+    return int.from_bytes(hashlib.sha256(f"{caller}\0{key}".encode()).digest()[:8], "big", signed=True)
 
 
 class IdempotencyStore:
@@ -113,36 +127,52 @@ class IdempotencyStore:
         """
         caller = caller or ""
         keyed_hash = self._keyed(req_hash)
-        params = {"caller": caller, "key": key, "hash": keyed_hash, "ttl_s": self.settings.idempotency_ttl_s,
-                  "stale_s": self.settings.ask_timeout_s + 30}
-        with self.store.pool.connection() as conn:
-            if conn.execute(_CLAIM, params).fetchone() is not None:
-                return Claim(caller, key)
-            row = conn.execute("SELECT request_hash, state, response FROM ask_idempotency WHERE caller = %s AND key = %s",
-                               (caller, key)).fetchone()
-        if row is None:  # released between the two statements: claim again
-            return self.claim(caller or None, key, req_hash)
-        stored_hash, state, response = row
+        owner = psycopg.connect(self.store.url, autocommit=True, connect_timeout=10)
+        try:
+            if not owner.execute("SELECT pg_try_advisory_lock(%s)", (_lock_id(caller, key),)).fetchone()[0]:
+                raise IdempotencyConflict(f"an ask with the Idempotency-Key {key!r} is still running; retry later",
+                                          self.settings.retry_after_s)
+            params = {"caller": caller, "key": key, "hash": keyed_hash, "ttl_s": self.settings.idempotency_ttl_s}
+            if owner.execute(_CLAIM, params).fetchone() is not None:  # new, expired, or its runner is gone
+                return Claim(caller, key, owner=owner)
+            stored_hash, response = owner.execute(
+                "SELECT request_hash, response FROM ask_idempotency WHERE caller = %s AND key = %s",
+                (caller, key)).fetchone()
+        except BaseException:
+            owner.close()
+            raise
+        owner.close()  # a completed ask's key (or another request's): nothing to run, nothing to hold
         if stored_hash != keyed_hash:
             raise IdempotencyKeyReused(f"the Idempotency-Key {key!r} was used for a different request")
-        if state == "pending":
-            raise IdempotencyConflict(f"an ask with the Idempotency-Key {key!r} is still running; retry later",
-                                      self.settings.retry_after_s)
         return Claim(caller, key, self._unseal(caller, key, response))
 
     def complete(self, claim: Claim, response: dict) -> None:
-        """Store the answer of the claimed ask."""
+        """Store the answer of the claimed ask, and let the key go."""
         from psycopg.types.json import Jsonb
 
-        with self.store.pool.connection() as conn:
-            conn.execute("UPDATE ask_idempotency SET state = 'done', response = %s, updated_at = now()"
-                         " WHERE caller = %s AND key = %s", (Jsonb(self._seal(claim.caller, claim.key, response)), claim.caller, claim.key))
+        try:
+            with self.store.pool.connection() as conn:
+                conn.execute("UPDATE ask_idempotency SET state = 'done', response = %s, updated_at = now()"
+                             " WHERE caller = %s AND key = %s",
+                             (Jsonb(self._seal(claim.caller, claim.key, response)), claim.caller, claim.key))
+        finally:
+            _let_go(claim)
 
     def release(self, claim: Claim) -> None:
         """Give the key back after the ask failed (a retry runs it anew)."""
-        with self.store.pool.connection() as conn:
-            conn.execute("DELETE FROM ask_idempotency WHERE caller = %s AND key = %s AND state = 'pending'",
-                         (claim.caller, claim.key))
+        try:
+            with self.store.pool.connection() as conn:
+                conn.execute("DELETE FROM ask_idempotency WHERE caller = %s AND key = %s AND state = 'pending'",
+                             (claim.caller, claim.key))
+        finally:
+            _let_go(claim)
+
+
+def _let_go(claim: Claim) -> None:
+    """End the claim's session (its advisory lock goes with it)."""
+    if claim.owner is not None:
+        claim.owner.close()
+        claim.owner = None
 
 
 def _bound(caller: str, key: str) -> str:

@@ -1,6 +1,10 @@
 """The Idempotency-Key store on a real Postgres: claim, conflict while running, replay once done, a key reused for
 another request refused, a failed ask's key given back, a claim whose ingress died taken over."""
 
+import subprocess
+import sys
+import time
+
 import pytest
 
 from ray_app.ask.idempotency import (
@@ -34,11 +38,46 @@ def test_claim_conflict_replay_reuse_release_takeover(store):
 
     failed = keys.claim(None, "retry-2", ask)
     keys.release(failed)
-    assert keys.claim(None, "retry-2", ask).response is None  # the retry runs anew
+    retried = keys.claim(None, "retry-2", ask)
+    assert retried.response is None  # the retry runs anew
+    keys.release(retried)
 
-    with store.pool.connection() as conn:  # an ingress that died mid-ask left its claim behind
-        conn.execute("UPDATE ask_idempotency SET updated_at = now() - interval '1 hour' WHERE key = 'retry-2'")
-    assert keys.claim(None, "retry-2", ask).response is None
+
+CHILD = """
+import sys, time
+from ray_app.ask.idempotency import IdempotencyStore
+from ray_app.store import Store
+claim = IdempotencyStore(Store(sys.argv[1])).claim("key1", "killed-1", sys.argv[2])
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_whose_runner_was_killed_is_taken_over_at_once(store):
+    """An ingress replica SIGKILLed mid-ask: while it lives a retry is told "still running"; once it is gone
+    the retry runs the ask (its session, and the key's advisory lock, went with it), not minutes later."""
+    keys = IdempotencyStore(store)
+    ask = request_hash({"question": "Where do frogs live?", "k": 3}, None)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, store.url, ask], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        with pytest.raises(IdempotencyConflict):
+            keys.claim("key1", "killed-1", ask)
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 10
+    while True:  # Postgres ends the session when the killed process's socket closes (milliseconds)
+        try:
+            claim = keys.claim("key1", "killed-1", ask)
+            break
+        except IdempotencyConflict:
+            assert time.monotonic() < deadline, "the dead runner's claim was never taken over"
+            time.sleep(0.05)
+    assert claim.response is None and claim.owner is not None
+    keys.complete(claim, {"id": "a3", "answer": "In ponds [1]."})
+    assert claim.owner is None
+    assert keys.claim("key1", "killed-1", ask).response["id"] == "a3"
 
 
 @pytest.mark.parametrize("bad", ["", " ", "has space", "x" * 256, "naïve"])
