@@ -22,5 +22,6 @@ def command(
 
     result = run_benchmark(config, steps)
     if out_dir is not None:
-        write_report(result, out_dir)
+        write_report(result, out_dir, command=f"prism bench clip --config {config} --steps {steps} --out {out_dir}"
+                                              + (" --json" if json_out else ""))
     emit(result, json_out)
