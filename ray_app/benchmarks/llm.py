@@ -4,14 +4,16 @@
     python -m ray_app.benchmarks.llm --engines torch-fp32,torch-bf16 --json
 
 Every engine (:mod:`ray_app.llm.engines`: torch with continuous batching, CTranslate2, llama.cpp) runs
-greedy decoding behind the fusion deployment's interface in this process with the same threads, on the
-same prompts: the serving
-prompt (system prompt, five numbered wiki passages, a question) at about the load mix's length,
-with the load mix's ``max_new_tokens``. Per engine: time to first token at batch 1 (one prefill),
-decode tokens/s and answers/s with 1, 4 and 16 answers in flight, resident memory, and how often
-its greedy tokens agree with the first engine's (top-1 agreement over the tokens both produced up
-to the first difference, and the share of answers identical in full). The machine's matmul rate in
-each precision is measured too, so a ratio can be read against what the hardware gives.
+greedy decoding behind the fusion deployment's interface in its own process with the same threads, on the
+same prompts: the serving prompt (system prompt, five numbered wiki passages, a question) at about the load
+mix's length, with the load mix's ``max_new_tokens``, and the served model (``--adapter``: the LoRA/DPO
+adapter merged; llama.cpp runs the base GGUF only). Per engine: time to first token at batch 1 (one
+prefill), with and without the shared-prefix reuse; then, for each of ``--batches`` (1, 4, 16), the same
+prompts (as many as the largest batch) answered in a closed loop with at most that many in flight, so
+answers/s and tokens/s compare across batch sizes; resident memory; and how often its greedy tokens agree
+with the first engine's. The machine's matmul rate in each precision is measured too. With ``--quality DIR``
+(``prism eval answers`` reports per engine) the winner is the fastest engine at its best batch whose
+grounding and ROUGE-L are within 2 points of torch-fp32's; otherwise the report says it is by speed only.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class LLMBenchConfig:
         prompt_passages: wiki passages per prompt (five: about the load mix's prompt length).
         adapter: a PEFT adapter merged into the model (``""``: the base model, which every engine can serve).
         threads: CPU threads per engine (default: all CPUs).
+        quality: folder of `prism eval answers` reports named ``<engine>.json`` (the adapter's answers on the
+            held-out set with ``PRISM_LLM_ENGINE=<engine>``); their grounding and ROUGE-L decide who may win.
         out: folder for ``llm-engines.{json,md}``.
         write: write the report files.
     """
@@ -62,6 +66,7 @@ class LLMBenchConfig:
     max_new_tokens: int = 48
     prompt_passages: int = 5
     threads: int | None = None
+    quality: Path | None = None
     out: Path = Path("docs/reports")
     write: bool = True
 
@@ -97,28 +102,66 @@ def matmul_gflops(dtype_name: str, threads: int, size: int = 1024, repeats: int 
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def run_batch(batcher, prompts: list[str], max_new_tokens: int) -> dict:
-    """Submit ``prompts`` at once; wall time, each one's time to first piece, and the tokens generated."""
+def run_closed_loop(engine, prompts: list[str], in_flight: int, max_new_tokens: int) -> dict:
+    """Answer every prompt with at most ``in_flight`` of them streaming at once: a closed loop, in which the
+    next prompt is submitted as soon as one ends, so any ``in_flight`` does the same work.
+
+    Returns:
+        ``wall_s`` for all prompts, ``ttft_s`` (each answer's first text piece, from its own submit; answers
+        without text left out), ``tokens`` generated and ``token_ids`` (in prompt order).
+
+    Raises:
+        ValueError: ``in_flight`` below 1.
+    """
     import threading
 
-    before = batcher.generated_tokens
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+    answers: list[tuple[float | None, list[int]]] = [(None, [])] * len(prompts)
+    errors: list[BaseException] = []
+    order, lock = iter(range(len(prompts))), threading.Lock()
+    clients = min(in_flight, len(prompts))
+    ready = threading.Barrier(clients + 1)  # every client starts with the clock
+
+    def client() -> None:
+        ready.wait()
+        while not errors:
+            with lock:
+                i = next(order, None)
+            if i is None:
+                return
+            try:
+                answers[i] = answer(prompts[i])
+            except BaseException as exc:  # re-raised below, once every client has stopped
+                errors.append(exc)
+
+    def answer(prompt: str) -> tuple[float | None, list[int]]:
+        submitted = time.perf_counter()
+        stream = engine.submit(prompt, max_new_tokens)
+        first = None
+        for _ in stream:
+            if first is None:
+                first = time.perf_counter() - submitted
+        return first, list(stream.tokens)
+
+    threads = [threading.Thread(target=client, name=f"bench-client-{k}") for k in range(clients)]
+    for t in threads:
+        t.start()
+    before = engine.generated_tokens
+    ready.wait()
     started = time.perf_counter()
-    streams = [batcher.submit(p, max_new_tokens) for p in prompts]
-    first: list[float | None] = [None] * len(streams)
-
-    def drain(i: int) -> None:
-        for _ in streams[i]:
-            if first[i] is None:
-                first[i] = time.perf_counter() - started
-
-    workers = [threading.Thread(target=drain, args=(i,)) for i in range(len(streams))]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    for t in threads:
+        t.join()
     wall = time.perf_counter() - started
-    return {"wall_s": wall, "ttft_s": [f for f in first if f is not None], "tokens": batcher.generated_tokens - before,
-            "token_ids": [list(s.tokens) for s in streams]}
+    if errors:
+        raise errors[0]
+    return {"wall_s": wall, "ttft_s": [first for first, _ in answers if first is not None],
+            "tokens": engine.generated_tokens - before, "token_ids": [ids for _, ids in answers]}
+
+
+def run_batch(engine, prompts: list[str], max_new_tokens: int) -> dict:
+    """Submit ``prompts`` at once (:func:`run_closed_loop` with all of them in flight)."""
+    return run_closed_loop(engine, prompts, len(prompts), max_new_tokens)
 
 
 def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
@@ -130,7 +173,8 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
     from ray_app.settings import get_settings
 
     torch.set_num_threads(threads)
-    engine = build_engine(name, max_batch_size=max(config.batches), threads=threads, adapter=config.adapter)
+    engine = build_engine(name, max_batch_size=max(config.batches), threads=threads,
+                          adapter=adapter_for(name, config.adapter))
     try:
         budget = get_settings().prompt_token_budget
         prompts = build_prompts(engine.tokenizer, max(config.batches), config.prompt_passages, budget)
@@ -141,12 +185,9 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
         single_uncut = [run_batch(engine, [p], 1)["ttft_s"][0] for p in uncut]
         shared_prefix = measure_without_prefix(engine, prompts[:4])
         batches = {}
-        for size in config.batches:
-            run = run_batch(engine, prompts[:size], config.max_new_tokens)
-            batches[str(size)] = {"answers_per_s": round(size / run["wall_s"], 3),
-                                  "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
-                                  "ttft_p50_ms": round(1000 * statistics.median(run["ttft_s"]), 1),
-                                  "wall_s": round(run["wall_s"], 2)}
+        for size in config.batches:  # the same prompts each time, ``size`` in flight
+            run = run_closed_loop(engine, prompts, size, config.max_new_tokens)
+            batches[str(size)] = batch_figures(run, len(prompts))
             if size == max(config.batches):
                 token_ids = run["token_ids"]
         rss = psutil.Process().memory_info().rss
@@ -163,12 +204,27 @@ def measure_engine(name: str, config: LLMBenchConfig, threads: int) -> dict:
         "shared_prefix": shared_prefix,
         "batches": batches,
         "answers_per_s_best": max(b["answers_per_s"] for b in batches.values()),
+        "best_batch": int(max(batches, key=lambda b: batches[b]["answers_per_s"])),
+        "batching": engine.batching,
         "rss_mb": round(rss / 2**20, 1),
         # torch's matmul rate in the engine's precision (integer kernels: none measured)
         "matmul_gflops": (round(matmul_gflops(engine.precision, threads), 1)
                           if engine.precision in ("bfloat16", "float32") else None),
         "token_ids": token_ids,
     }
+
+
+def batch_figures(run: dict, prompts: int) -> dict:
+    """One throughput run's figures: answers/s and tokens/s over all ``prompts``, TTFT percentiles, wall time."""
+    import numpy as np
+
+    ttft_ms = [1000 * t for t in run["ttft_s"]]
+    return {"answers_per_s": round(prompts / run["wall_s"], 3),
+            "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
+            "ttft_p50_ms": round(float(np.percentile(ttft_ms, 50)), 1) if ttft_ms else None,
+            "ttft_p95_ms": round(float(np.percentile(ttft_ms, 95)), 1) if ttft_ms else None,
+            "new_tokens_mean": round(run["tokens"] / prompts, 1),
+            "prompts": prompts, "wall_s": round(run["wall_s"], 2)}
 
 
 def measure_without_prefix(engine, prompts: list[str]) -> dict | None:
@@ -211,23 +267,102 @@ def bench_llm(config: LLMBenchConfig) -> dict:
     from ray_app.llm.engines import parse_engine
 
     config.engines = [parse_engine(e).name for e in config.engines]  # an unknown one is an InputError up front
+    quality = {name: read_quality(config.quality, name, adapter_for(name, config.adapter))
+               for name in config.engines} if config.quality else {}
     threads = config.threads or os.cpu_count() or 1
     engines = [measure_in_child(name, config, threads) for name in config.engines]
     reference = engines[0]["token_ids"]
     for e in engines:
         e["agreement_with_" + config.engines[0]] = agreement(reference, e.pop("token_ids"))
+        e["adapter"] = adapter_for(e["engine"], config.adapter) or None
+        e["quality"] = quality.get(e["engine"])
     base = engines[0]
     for e in engines:
         e["speedup_vs_" + config.engines[0]] = round(e["answers_per_s_best"] / base["answers_per_s_best"], 3)
-    best = max(engines, key=lambda e: e["answers_per_s_best"])
-    result = {"engines": engines, "winner": best["engine"], "max_new_tokens": config.max_new_tokens,
-              "batches": config.batches, "cpu_count": os.cpu_count(), "load_average": load_average(),
-              "cpu_flags": _bf16_flags()}
-    command = (f"prism bench llm --engines {','.join(config.engines)} --threads {threads} "
-               f"--max-new-tokens {config.max_new_tokens} --json")
+    result = {"engines": engines, **pick_winner(engines), "max_new_tokens": config.max_new_tokens,
+              "batches": config.batches, "prompts_per_run": max(config.batches), "cpu_count": os.cpu_count(),
+              "load_average": load_average(), "cpu_flags": _bf16_flags(),
+              "quality_source": str(config.quality) if config.quality else None}
     if config.write:
-        write_report(config.out, REPORT_NAME, result, render_markdown, command=command)
+        write_report(config.out, REPORT_NAME, result, render_markdown, command=bench_command(config, threads))
     return result
+
+
+def bench_command(config: LLMBenchConfig, threads: int) -> str:
+    """The `prism bench llm` line that reruns ``config``."""
+    command = (f"prism bench llm --engines {','.join(config.engines)} --threads {threads} "
+               f"--batches {','.join(map(str, config.batches))} --max-new-tokens {config.max_new_tokens}")
+    if config.adapter:
+        command += f" --adapter {config.adapter}"
+    if config.quality:
+        command += f" --quality {config.quality}"
+    return command + " --json"
+
+
+def adapter_for(engine: str, adapter: str) -> str:
+    """The adapter ``engine`` runs: ``adapter``, except for llama.cpp, which serves the base GGUF only."""
+    return "" if engine.startswith("llamacpp") else adapter
+
+
+def read_quality(folder: Path, engine: str, adapter: str) -> dict | None:
+    """``engine``'s answer quality from ``folder/<engine>.json``, a `prism eval answers` report of one method
+    run with ``PRISM_LLM_ENGINE=<engine>``; None when there is no such file.
+
+    Raises:
+        InputError: the report is of another engine or checkpoint, or evaluates more or less than one method.
+    """
+    import json
+
+    from ray_app.errors import InputError
+    from ray_app.llm.engines import parse_engine
+
+    path = Path(folder) / f"{engine}.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    evaluated = {m: r for m, r in report.get("methods", {}).items() if "grounding_rate" in r}
+    ran = report.get("eval", {}).get("engine")
+    if not ran or parse_engine(ran).name != engine:
+        raise InputError(f"{path} was evaluated with PRISM_LLM_ENGINE={ran!r}, not {engine!r}")
+    if len(evaluated) != 1:
+        raise InputError(f"{path} should evaluate one method (the adapter's); it has {sorted(evaluated) or 'none'}")
+    ((method, r),) = evaluated.items()
+    checkpoint = r.get("checkpoint") or ""
+    if (Path(checkpoint).resolve() if checkpoint else None) != (Path(adapter).resolve() if adapter else None):
+        raise InputError(f"{path} evaluated checkpoint {checkpoint or 'none'!r}; the bench runs {adapter or 'none'!r}")
+    return {"grounding_rate": r["grounding_rate"], "rouge_l": r["rouge_l"], "n_questions": r["n_questions"],
+            "method": method, "report": str(path), "command": report.get("command"),
+            "load_average": report.get("load_average")}
+
+
+QUALITY_REFERENCE = "torch-fp32"
+QUALITY_TOLERANCE_POINTS = 2.0
+
+
+def pick_winner(engines: list[dict]) -> dict:
+    """The winner: the highest answers/s at its best batch among engines whose grounding rate and ROUGE-L are no
+    more than 2 points below torch-fp32's (by speed alone when torch-fp32's quality was not measured); the
+    default: the same among engines that batch continuously (what a serving replica needs). Adds each engine's
+    quality deltas."""
+    by_name = {e["engine"]: e for e in engines}
+    ref = (by_name.get(QUALITY_REFERENCE) or {}).get("quality")
+    for e in engines:
+        q = e.get("quality")
+        if ref and q:
+            q["grounding_delta_points"] = round(100 * (q["grounding_rate"] - ref["grounding_rate"]), 2)
+            q["rouge_l_delta_points"] = round(100 * (q["rouge_l"] - ref["rouge_l"]), 2)
+            q["within_tolerance"] = min(q["grounding_delta_points"], q["rouge_l_delta_points"]) >= -QUALITY_TOLERANCE_POINTS
+    eligible = [e for e in engines if not ref or (e.get("quality") or {}).get("within_tolerance")]
+    fastest = max(engines, key=lambda e: e["answers_per_s_best"])
+    winner = max(eligible, key=lambda e: e["answers_per_s_best"])
+    continuous = [e for e in eligible if e.get("batching") == "continuous"]
+    default = max(continuous, key=lambda e: e["answers_per_s_best"]) if continuous else None
+    basis = (f"answers/s at the best batch among engines within {QUALITY_TOLERANCE_POINTS:g} points of "
+             f"{QUALITY_REFERENCE} on grounding and ROUGE-L" if ref else
+             "answers/s at the best batch (speed only: no quality measured for " + QUALITY_REFERENCE + ")")
+    return {"winner": winner["engine"], "winner_basis": basis, "fastest": fastest["engine"],
+            "eligible": [e["engine"] for e in eligible],
+            "default_engine": default["engine"] if default else None}
 
 
 def _bf16_flags() -> list[str]:
@@ -241,49 +376,79 @@ def _bf16_flags() -> list[str]:
 
 def render_markdown(r: dict) -> str:
     """The Markdown page for ``llm-engines.md``."""
-    first = r["engines"][0]["engine"]
+    first, top = r["engines"][0]["engine"], str(max(r["batches"]))
     lines = [
         "# LLM engines for the fusion deployment",
         "",
         f"Generated by `{r['command']}` ({r['cpu_count']} CPUs, flags {', '.join(r['cpu_flags']) or 'none'}; "
-        f"1-minute load average at the end {r['load_average'][0]}). SmolLM2-135M-Instruct, the serving decoder "
-        f"(continuous batching, greedy), serving prompts of five wiki passages, {r['max_new_tokens']} new tokens.",
+        f"1-minute load average at the end {r['load_average'][0]}). SmolLM2-135M-Instruct"
+        + (f" with the adapter `{_adapter(r)}` merged" if _adapter(r) else "")
+        + f", greedy, serving prompts of five wiki passages, {r['max_new_tokens']} new tokens at most. Every "
+        f"throughput run answers the same {r.get('prompts_per_run', top)} prompts in a closed loop with at most "
+        "@N in flight (the next prompt starts when an answer ends), so answers/s compare across N; TTFT is "
+        "each answer's own, from its submit.",
         "",
-        "| engine | prompt tokens | TTFT batch 1 (ms) | " + " | ".join(f"answers/s @{b}" for b in r["batches"])
-        + f" | tokens/s @{max(r['batches'])} | RSS (MB) | matmul GFLOP/s | agreement with {first} |",
-        "|---|---|---|" + "---|" * len(r["batches"]) + "---|---|---|---|",
+        "| engine | batching | prompt tokens | TTFT batch 1 (ms) | " + " | ".join(f"answers/s @{b}" for b in r["batches"])
+        + f" | tokens/s @{top} | TTFT p50 @{top} (ms) | RSS (MB) | matmul GFLOP/s | agreement with {first} "
+        "| grounding | ROUGE-L |",
+        "|---|---|---|---|" + "---|" * len(r["batches"]) + "---|---|---|---|---|---|---|",
     ]
     for e in r["engines"]:
-        agree = e[f"agreement_with_{first}"]
+        agree, q, big = e[f"agreement_with_{first}"], e.get("quality"), e["batches"][top]
         lines.append(
-            f"| {e['engine']} | {e['prompt_tokens_mean']:.0f} | {e['ttft_ms_batch1']:.0f} | "
+            f"| {e['engine']} | {e.get('batching', '?')} | {e['prompt_tokens_mean']:.0f} | {e['ttft_ms_batch1']:.0f} | "
             + " | ".join(f"{e['batches'][str(b)]['answers_per_s']:.2f}" for b in r["batches"])
-            + f" | {e['batches'][str(max(r['batches']))]['tokens_per_s']:.0f} | {e['rss_mb']:.0f} | "
-            f"{e['matmul_gflops'] or '–'} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) |")
+            + f" | {big['tokens_per_s']:.0f} | {big['ttft_p50_ms'] or 0:.0f} | {e['rss_mb']:.0f} | "
+            f"{e['matmul_gflops'] or '–'} | {agree['prefix_agreement']:.3f} (identical {agree['identical_answers']:.2f}) | "
+            + (f"{q['grounding_rate']:.3f} | {q['rouge_l']:.3f} |" if q else "– | – |"))
+    lines += ["", *_budget_lines(r), *_quality_lines(r), "",
+              f"Winner ({r.get('winner_basis', 'answers/s at the best batch')}): **{r['winner']}**"
+              + (f"; fastest overall: {r['fastest']}" if r.get("fastest") not in (None, r["winner"]) else "")
+              + (f"; fastest that batches continuously (a serving replica's need): **{r['default_engine']}**"
+                 if r.get("default_engine") else "") + ".",
+              "",
+              f"Agreement is top-1 greedy agreement with {first} up to each answer's first differing token, over the "
+              f"@{top} run's answers. The numbers are in `llm-engines.json` next to this file.", ""]
+    return "\n".join(lines)
+
+
+def _adapter(r: dict) -> str | None:
+    return next((e["adapter"] for e in r["engines"] if e.get("adapter")), None)
+
+
+def _budget_lines(r: dict) -> list[str]:
     budget = r["engines"][0]["prompt_budget"]
-    lines += [
-        "",
-        f"Prompt budget ({budget['budget_tokens']} tokens, `PRISM_PROMPT_TOKEN_BUDGET`): the same prompts uncut average "
-        f"{budget['uncut_prompt_tokens_mean']:.0f} tokens; " + "; ".join(
-            f"{e['engine']} TTFT at batch 1 {e['prompt_budget']['uncut_ttft_ms_batch1']:.0f} ms uncut, "
-            f"{e['ttft_ms_batch1']:.0f} ms cut" for e in r["engines"]) + ".",
-    ]
+    lines = [f"Prompt budget ({budget['budget_tokens']} tokens, `PRISM_PROMPT_TOKEN_BUDGET`): the same prompts uncut "
+             f"average {budget['uncut_prompt_tokens_mean']:.0f} tokens; " + "; ".join(
+                 f"{e['engine']} TTFT at batch 1 {e['prompt_budget']['uncut_ttft_ms_batch1']:.0f} ms uncut, "
+                 f"{e['ttft_ms_batch1']:.0f} ms cut" for e in r["engines"]) + "."]
     reusing = [e for e in r["engines"] if e.get("shared_prefix")]
     if reusing:
         lines += ["", "Shared prefix (the system turn's KV cache computed once per replica, "
-                  "`ray_app.llm.batching.SharedPrefix`): " + "; ".join(
+                  "`ray_app.llm.batching.SharedPrefix`; the other engines prefill every prompt whole): " + "; ".join(
                       f"{e['engine']} reuses {e['shared_prefix']['prefix_tokens']} of {e['prompt_tokens_mean']:.0f} "
                       f"prompt tokens, TTFT at batch 1 {e['ttft_ms_batch1']:.0f} ms with reuse, "
                       f"{e['shared_prefix']['ttft_ms_batch1_without_reuse']:.0f} ms without" for e in reusing) + "."]
-    lines += [
-        "",
-        f"Winner by answers/s at its best batch: **{r['winner']}**. Agreement is top-1 greedy agreement with "
-        f"{first} up to each answer's first differing token, over the largest batch's answers.",
-        "",
-        "The numbers are in `llm-engines.json` next to this file.",
-        "",
-    ]
-    return "\n".join(lines)
+    base_only = [e["engine"] for e in r["engines"] if _adapter(r) and not e.get("adapter")]
+    if base_only:
+        lines += ["", f"{', '.join(base_only)} ran the base model (the bundled GGUF; it cannot merge the adapter), so "
+                  "its agreement and quality are not comparable with the others'."]
+    return lines
+
+
+def _quality_lines(r: dict) -> list[str]:
+    measured = [e for e in r["engines"] if e.get("quality")]
+    if not measured:
+        return ["", "Answer quality was not measured in this run (`--quality DIR`): the winner is by speed only."]
+    q0 = measured[0]["quality"]
+    return ["", f"Answer quality: `prism eval answers` on {q0['n_questions']} held-out questions per engine "
+            f"(method {q0['method']}), reports in `{r['quality_source']}/ENGINE.json`; " + "; ".join(
+                f"{e['engine']} grounding {e['quality']['grounding_rate']:.3f}, ROUGE-L {e['quality']['rouge_l']:.3f}"
+                + (f" ({e['quality']['grounding_delta_points']:+.1f} / {e['quality']['rouge_l_delta_points']:+.1f} "
+                   f"points vs {QUALITY_REFERENCE})" if "grounding_delta_points" in e["quality"] else "")
+                for e in measured) + ". "
+            + ("Not measured: " + ", ".join(e["engine"] for e in r["engines"] if not e.get("quality")) + "."
+               if len(measured) < len(r["engines"]) else "")]
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -302,6 +467,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="CPU threads per engine (default: all CPUs).")
     p.add_argument("--adapter", default=d.adapter, metavar="DIR",
                    help="A PEFT adapter merged into the model (default: the base model; llamacpp serves the base only).")
+    p.add_argument("--quality", type=Path, default=d.quality, metavar="DIR",
+                   help="Folder of `prism eval answers` reports named ENGINE.json (one method, run with "
+                        "PRISM_LLM_ENGINE=ENGINE): the winner must be within 2 points of torch-fp32 on grounding and "
+                        "ROUGE-L (default: none, the winner by speed only).")
     p.add_argument("--out", type=Path, default=d.out, help="Where llm-engines.{json,md} are written.")
     p.add_argument("--write", action=argparse.BooleanOptionalAction, default=d.write, help="Write the report files.")
     return p

@@ -49,6 +49,7 @@ class Engine(Protocol):
     generated_tokens: int
     parameters: int  # the model's parameter count (FLOPs per token = 2 x parameters)
     precision: str  # what its matmuls run in: bfloat16, float32, int8, q4_1
+    batching: str  # how requests share decoding: continuous (join per step), static (wait for the batch), single
 
     def submit(self, prompt: str, max_new_tokens: int) -> TokenStream: ...
 
@@ -100,6 +101,8 @@ def known_engines() -> list[str]:
 class TorchEngine(ContinuousBatcher):
     """transformers + continuous batching, in the loaded model's dtype."""
 
+    batching = "continuous"
+
     def __init__(self, llm, max_batch_size: int, settings: Settings):
         self.precision = str(next(llm.model.parameters()).dtype).removeprefix("torch.")
         self.name = {"bfloat16": "torch-bf16", "float32": "torch-fp32"}.get(self.precision, f"torch-{self.precision}")
@@ -120,6 +123,8 @@ class CT2Engine(DecodeLoop):
         versions: the versions of the model it was converted from (plus the quantization).
         threads: CPU threads for one batch (``intra_threads``).
     """
+
+    batching = "static"
 
     def __init__(self, model_dir: Path, tokenizer, versions: dict, max_batch_size: int, threads: int, name: str,
                  parameters: int, precision: str):
@@ -153,6 +158,8 @@ class CT2Engine(DecodeLoop):
 
 class LlamaCppEngine(DecodeLoop):
     """llama.cpp (``llama-cpp-python``) on a GGUF file, one request at a time (its Python API decodes one sequence)."""
+
+    batching = "single"
 
     def __init__(self, gguf: Path, tokenizer, versions: dict, threads: int, name: str, parameters: int,
                  context: int = 2048):
