@@ -20,7 +20,10 @@ picture asks: is the original among the 5 most similar stored images (``transfor
 and is the category right (``transformed.zero_shot_acc``)? Label scores are calibrated: a temperature
 and a "sure" threshold are fitted on half of the stamps and the expected calibration error is
 reported on the other half (``calibration.ece``); both are saved as ``calibration.json`` in the
-checkpoint, where the vision step reads them. Writes ``docs/reports/image-encoder.{json,md}``.
+checkpoint, where the vision step reads them. The threshold also sees seeded pictures of nothing
+(``vision_data.unrelated_pictures``: noise, gradients, stripes, shapes), whose right answer is "not
+sure"; their sure rate is reported on its own (``calibration.unrelated``).
+Writes ``docs/reports/image-encoder.{json,md}``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ import numpy as np
 
 from ray_app.entrypoints import job_parser, run_job
 from ray_app.reports import load_average, write_report
+from ray_app.vision.labels import expected_calibration_error
 
 REPORT_NAME = "image-encoder"
 PROG = "python -m ray_app.evaluation.image_encoder"
+UNRELATED = "unrelated"  # the calibration group of pictures with no right label
+UNRELATED_PER_KIND = 48  # unrelated pictures per kind (7 kinds: 336, about half in each calibration half)
 
 
 @dataclass
@@ -211,6 +217,7 @@ class CalibrationRows:
     nn_labels: np.ndarray
     group: np.ndarray
     fit: np.ndarray
+    kind: np.ndarray  # the unrelated pictures' kind ("noise", "stripes", ...); "" for named pictures
 
 
 def nearest_stored(vecs: np.ndarray, gallery: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,9 +244,49 @@ def _label_stats(probs_fn, rows: CalibrationRows, mask: np.ndarray, chunk: int =
     return conf, correct
 
 
+def group_report(confidence: np.ndarray, correct: np.ndarray, sure: np.ndarray) -> dict:
+    """Label figures of one group of named pictures: top-1 accuracy, mean score, sure rate and precision, ECE."""
+    return {"n": len(confidence), "label_top1_acc": float(correct.mean()), "mean_confidence": float(confidence.mean()),
+            "sure_rate": float(sure.mean()), "sure_precision": float(correct[sure].mean()) if sure.any() else None,
+            "ece": expected_calibration_error(confidence, correct)["ece"]}
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """Probability that a random ``positive`` value exceeds a random ``negative`` one (ties count half)."""
+    if not len(positive) or not len(negative):
+        return None
+    ranked = np.sort(np.asarray(negative, dtype=np.float64))
+    below = np.searchsorted(ranked, positive, side="left")
+    at_or_below = np.searchsorted(ranked, positive, side="right")
+    return float((below + 0.5 * (at_or_below - below)).sum() / (len(positive) * len(ranked)))
+
+
+def confidence_choice(conf: np.ndarray, correct: np.ndarray, rows: CalibrationRows, candidates: list[dict],
+                      sims: np.ndarray) -> dict:
+    """What separates unrelated from named pictures (AUROC on every row, named vs unrelated), the sure rule's
+    candidates on the fit half (no gate vs the chosen gate), and temperatures fitted per named group."""
+    from ray_app.vision.labels import fit_temperature, neighbourhood
+
+    named = rows.targets >= 0
+    features = {"top_score": conf, "nearest_cosine": rows.nn_sims[:, 0], "neighbourhood": neighbourhood(rows.nn_sims),
+                "top_text_cosine": sims.max(axis=1)}
+    no_gate = candidates[0]
+    best = max(candidates, key=lambda c: (c["named_sure_rate"], c["min_neighbourhood"] is None))
+    per_group = {g: fit_temperature(sims[rows.fit & (rows.group == g)], rows.targets[rows.fit & (rows.group == g)])
+                 for g in ("stored", "novel") if (rows.fit & (rows.group == g)).any()}
+    return {"auroc_named_vs_unrelated": {k: auroc(v[named], v[~named]) for k, v in features.items()},
+            "auroc_right_vs_rest": {k: auroc(v[correct], v[~correct]) for k, v in features.items()},
+            "fit_half_no_gate": no_gate, "fit_half_chosen": best, "n_candidates": len(candidates),
+            "zero_shot_temperature_by_group": per_group}
+
+
 def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
     """Fit the label scores (zero-shot temperature, then the neighbours' weight) and the "sure" threshold on the
     ``fit`` rows; report calibration and accuracy on the others, overall and by group.
+
+    The scores are fitted on named pictures (stored and novel) only; the threshold also sees the unrelated ones:
+    counted as wrong, and at most ``MAX_UNRELATED_SURE`` of them may be sure. Accuracy and ECE are reported on
+    named pictures; the unrelated ones get their own sure rate.
 
     Args:
         rows: calibration images (see :func:`calibration_rows`).
@@ -249,69 +296,98 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
         ``(report section, LabelCalibration)``.
     """
     from ray_app.vision.labels import (
+        MAX_UNRELATED_SURE,
+        TARGET_PRECISION,
         LabelCalibration,
-        choose_threshold,
-        expected_calibration_error,
         fit_neighbour_mixture,
+        fit_sure_rule,
         fit_temperature,
         label_probabilities,
         softmax,
+        sure_score,
     )
 
+    named, unrelated = rows.targets >= 0, rows.group == UNRELATED
     fit, report = rows.fit, ~rows.fit
+    fit_named, report_named = fit & named, report & named
     sims = rows.vectors @ index.vectors.T
-    temperature = fit_temperature(sims[fit], rows.targets[fit])
-    text_target = softmax(sims, temperature)[np.arange(len(sims)), rows.targets]
-    nn_floor_t, nn_floor = fit_neighbour_mixture(text_target[fit], rows.nn_sims[fit], rows.nn_labels[fit] == rows.targets[fit, None])
+    temperature = fit_temperature(sims[fit_named], rows.targets[fit_named])
+    text_target = softmax(sims, temperature)[np.arange(len(sims)), np.maximum(rows.targets, 0)]
+    nn_t, nn_floor = fit_neighbour_mixture(text_target[fit_named], rows.nn_sims[fit_named],
+                                           rows.nn_labels[fit_named] == rows.targets[fit_named, None])
     calibration = LabelCalibration(temperature=temperature, fitted=True, vocabulary_size=len(index.labels),
-                                   neighbour_temperature=nn_floor_t, neighbour_floor=nn_floor, neighbours=rows.nn_sims.shape[1])
+                                   neighbour_temperature=nn_t, neighbour_floor=nn_floor, neighbours=rows.nn_sims.shape[1])
 
     def probs(part):
         return label_probabilities(sims[part], rows.nn_sims[part], rows.nn_labels[part], calibration)
 
-    fit_conf, fit_correct = _label_stats(probs, rows, fit)
-    calibration.threshold = choose_threshold(fit_conf, fit_correct)
-    conf, correct = _label_stats(probs, rows, report)
-    text_conf, text_correct = _label_stats(lambda part: softmax(sims[part], temperature), rows, report)
-    raw_conf, _ = _label_stats(lambda part: softmax(sims[part], 0.05), rows, report)
+    all_conf, all_correct = _label_stats(probs, rows, np.ones(len(rows.targets), dtype=bool))
+    calibration.min_neighbourhood, calibration.threshold, candidates = fit_sure_rule(
+        all_conf[fit], all_correct[fit], rows.nn_sims[fit], unrelated[fit])
+    all_sure = sure_score(all_conf, rows.nn_sims, calibration.min_neighbourhood) >= calibration.threshold
+    conf, correct, sure = all_conf[report_named], all_correct[report_named], all_sure[report_named]
+    text_conf, text_correct = _label_stats(lambda part: softmax(sims[part], temperature), rows, report_named)
+    raw_conf, _ = _label_stats(lambda part: softmax(sims[part], 0.05), rows, report_named)
     ece = expected_calibration_error(conf, correct)
-    sure = conf >= calibration.threshold
-    groups = rows.group[report]
+    groups = rows.group[report_named]
     calibration.ece = ece["ece"]
+    gate = ("no neighbourhood gate" if calibration.min_neighbourhood is None else
+            f"only where the mean cosine of the {rows.nn_sims.shape[1]} nearest stored images is >= "
+            f"{calibration.min_neighbourhood:.3f}")
     calibration.method = (
         "zero-shot softmax over the corpus's concrete names (temperature by NLL), mixed with the titles of the "
         f"{rows.nn_sims.shape[1]} nearest stored images (their temperature and 'none of them' floor by NLL), fitted on "
-        "one half of the stamps; threshold = lowest score whose top label is right >= 80% of the time on that half")
+        f"one half of the named pictures; sure = top score >= threshold, {gate}: the gate and threshold that make the "
+        f"most named pictures sure on that half while sure labels stay right >= {TARGET_PRECISION:.0%} of the time, "
+        f"counting unrelated pictures (noise, gradients, stripes, shapes) as wrong, and at most "
+        f"{MAX_UNRELATED_SURE:.0%} of the unrelated pictures are sure")
+
+    def sure_figures(mask):
+        s, ok, u = all_sure[mask], all_correct[mask], unrelated[mask]
+        return {"named_sure_rate": float(s[~u].mean()), "unrelated_sure_rate": float(s[u].mean()) if u.any() else None,
+                "sure_precision_counting_unrelated": float(ok[s].mean()) if s.any() else None}
+
     section = {
-        "ece": ece["ece"], "bins": ece["bins"], "temperature": temperature, "neighbour_temperature": nn_floor_t,
+        "ece": ece["ece"], "bins": ece["bins"], "temperature": temperature, "neighbour_temperature": nn_t,
         "neighbour_floor": nn_floor, "threshold": calibration.threshold,
         "label_top1_acc": float(correct.mean()), "mean_confidence": float(conf.mean()), "sure_rate": float(sure.mean()),
         "sure_precision": float(correct[sure].mean()) if sure.any() else None,
-        "by_group": {g: {"n": int((groups == g).sum()), "label_top1_acc": float(correct[groups == g].mean()),
-                         "mean_confidence": float(conf[groups == g].mean()), "sure_rate": float(sure[groups == g].mean()),
-                         "ece": expected_calibration_error(conf[groups == g], correct[groups == g])["ece"]}
+        "by_group": {g: group_report(conf[groups == g], correct[groups == g], sure[groups == g])
                      for g in dict.fromkeys(groups.tolist())},
+        "unrelated": {"n": int((report & unrelated).sum()), "mean_confidence": float(all_conf[report & unrelated].mean()),
+                      "sure_rate": float(all_sure[report & unrelated].mean()),
+                      "by_kind": {k: {"n": int((report & (rows.kind == k)).sum()),
+                                      "sure_rate": float(all_sure[report & (rows.kind == k)].mean())}
+                                  for k in dict.fromkeys(rows.kind[report & unrelated].tolist())}},
+        "min_neighbourhood": calibration.min_neighbourhood,
+        "confidence_choice": confidence_choice(all_conf, all_correct, rows, candidates, sims),
+        "threshold_rule": {"target_precision": TARGET_PRECISION, "max_unrelated_sure": MAX_UNRELATED_SURE,
+                           "fit_half": sure_figures(fit), "reported_half": sure_figures(report)},
         "zero_shot_only": {"label_top1_acc": float(text_correct.mean()),
                            "ece": expected_calibration_error(text_conf, text_correct)["ece"]},
         "uncalibrated_ece": expected_calibration_error(raw_conf, text_correct)["ece"],
-        "n_fit": int(fit.sum()), "n_reported": int(report.sum()), "vocabulary_size": len(index.labels),
+        "n_fit": int(fit_named.sum()), "n_reported": int(report_named.sum()),
+        "n_unrelated_fit": int((fit & unrelated).sum()), "vocabulary_size": len(index.labels),
         "method": calibration.method,
     }
     return section, calibration
 
 
 def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: np.ndarray, gallery: np.ndarray,
-                     stamps, index, k: int = 10) -> CalibrationRows:
-    """Calibration images in two groups, as a user's pictures come:
+                     stamps, index, k: int = 10, unrelated: tuple[np.ndarray, list[str]] | None = None) -> CalibrationRows:
+    """Calibration images in three groups, as a user's pictures come:
 
     * ``stored``: transformed views of stamps whose original is in the gallery (a picture of something in the corpus);
     * ``novel``: held-out stamps and their views with their own original hidden from the gallery (something the
-      corpus has no picture of; only a same-named stamp or the zero-shot scores can name it).
+      corpus has no picture of; only a same-named stamp or the zero-shot scores can name it);
+    * ``unrelated``: pictures of nothing (noise, gradients, stripes, shapes: ``vision_data.unrelated_pictures``),
+      target -1: no label is right, the right answer is "not sure".
 
     Args:
         samples: ``(view vectors, gallery index of each view's original)`` per sample (held-out, training).
         heldout_idx: gallery indices of the held-out stamps.
         gallery: (n, d) every stamp centred on white; ``stamps`` names them (their captions are the titles).
+        unrelated: ``(vectors, names)`` of the unrelated pictures (their names pick their half).
     """
     from ray_app.vision.labels import concrete_name
 
@@ -322,7 +398,7 @@ def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: 
     held_views = samples[0]
     parts.append((np.concatenate([gallery[heldout_idx], held_views[0]]), np.concatenate([heldout_idx, held_views[1]]),
                   True, "novel"))
-    vectors, targets, nn_sims, nn_labels, group, fit = [], [], [], [], [], []
+    vectors, targets, nn_sims, nn_labels, group, fit, kind = [], [], [], [], [], [], []
     for vecs, owners, hide, name in parts:
         sims, top = nearest_stored(vecs, gallery, owners if hide else None, k)
         vectors.append(vecs)
@@ -330,9 +406,54 @@ def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: 
         nn_sims.append(sims)
         nn_labels.append(gallery_labels[top])
         group += [name] * len(vecs)
+        kind += [""] * len(vecs)
         fit += [is_fit_half(stamps[i].name) for i in owners]
+    if unrelated is not None:
+        sims, top = nearest_stored(unrelated[0], gallery, None, k)
+        vectors.append(unrelated[0])
+        targets.append(np.full(len(unrelated[0]), -1, dtype=np.int64))
+        nn_sims.append(sims)
+        nn_labels.append(gallery_labels[top])
+        group += [UNRELATED] * len(unrelated[0])
+        kind += [name.split("/")[1] for name in unrelated[1]]
+        fit += [is_fit_half(name) for name in unrelated[1]]
     return CalibrationRows(np.concatenate(vectors), np.concatenate(targets), np.concatenate(nn_sims),
-                           np.concatenate(nn_labels), np.array(group), np.array(fit))
+                           np.concatenate(nn_labels), np.array(group), np.array(fit), np.array(kind))
+
+
+PROBE_STAMP = "animals/amphibians/frog"  # issue 16's example: this stamp mirrored and scaled to 75 %
+
+
+def mirrored_and_scaled(rgba, scale: float = 0.75):
+    """``rgba`` (PIL) mirrored and scaled to ``scale`` of its size, centred on white at the original size (PIL RGB)."""
+    from PIL import Image, ImageOps
+
+    small = ImageOps.mirror(rgba).resize((round(rgba.width * scale), round(rgba.height * scale)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    canvas.alpha_composite(small, ((rgba.width - small.width) // 2, (rgba.height - small.height) // 2))
+    return canvas.convert("RGB")
+
+
+def frog_probe(encoder, gallery: np.ndarray, stamps, index, calibration) -> dict | None:
+    """Issue 16's mirrored, scaled frog stamp: its name's rank among the whole vocabulary by zero-shot scores alone,
+    and the calibrated top label (with the nearest stored images) and "sure" as the vision step computes them."""
+    from PIL import Image
+
+    from ray_app.vision.labels import concrete_name, label_probabilities, sure_score
+
+    stamp = next((s for s in stamps if s.name == PROBE_STAMP), None)
+    right = None if stamp is None else index.index_of(concrete_name(stamp.caption))
+    if right is None:
+        return None
+    vector = encoder.embed([mirrored_and_scaled(Image.open(stamp.path).convert("RGBA"))])[0]
+    text = index.vectors @ vector
+    nn_sims, top = nearest_stored(vector[None], gallery, None, calibration.neighbours)
+    nn_labels = np.array([[-1 if (i := index.index_of(concrete_name(stamps[j].caption))) is None else i for j in top[0]]])
+    probs = label_probabilities(text[None], nn_sims, nn_labels, calibration)[0]
+    return {"stamp": PROBE_STAMP, "label": index.labels[right], "zero_shot_rank": int((text > text[right]).sum()) + 1,
+            "zero_shot_top": index.labels[int(text.argmax())], "vocabulary_size": len(index.labels),
+            "top_label": index.labels[int(probs.argmax())], "top_score": float(probs.max()),
+            "sure": bool(sure_score(probs.max(keepdims=True), nn_sims, calibration.min_neighbourhood)[0] >= calibration.threshold)}
 
 
 def is_fit_half(name: str) -> bool:
@@ -350,10 +471,16 @@ def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarr
     calibration uses originals and views of both samples, fitted on one half of the stamps and reported on the other.
 
     Returns:
-        ``(report sections {"transformed", "transformed_train_sample", "calibration"}, LabelCalibration)``.
+        ``(report sections {"transformed", "transformed_train_sample", "calibration", "mirrored_frog"}, LabelCalibration)``.
     """
     from ray_app.vision.analyzer import LabelIndex
-    from ray_app.vision.data import CATEGORIES, composite_on_white, load_stamp_bank, subsample
+    from ray_app.vision.data import (
+        CATEGORIES,
+        composite_on_white,
+        load_stamp_bank,
+        subsample,
+        unrelated_pictures,
+    )
     from ray_app.vision.labels import label_entries
 
     size = encoder.config.image_size
@@ -371,9 +498,12 @@ def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarr
     label_names, label_cats = label_entries(demo_label_rows(bank.stamps, vocabulary))
     index = LabelIndex(label_names, embedder, categories=label_cats)
     heldout_idx = np.array([position[s.name] for s in heldout if s.name in position])
-    rows = calibration_rows(samples, heldout_idx, gallery, bank.stamps, index)
+    names, pictures = zip(*unrelated_pictures(UNRELATED_PER_KIND, seed), strict=True)
+    rows = calibration_rows(samples, heldout_idx, gallery, bank.stamps, index,
+                            unrelated=(encoder.embed(list(pictures)), list(names)))
     sections["calibration"], calibration = calibrate_labels(rows, index)
     sections["calibration"]["vocabulary"] = vocabulary
+    sections["mirrored_frog"] = frog_probe(encoder, gallery, bank.stamps, index, calibration)
     return sections, calibration
 
 
@@ -499,6 +629,8 @@ def diagnose(report: dict) -> list[str]:
             + ". A picture of something the corpus has no picture of can only be named by the zero-shot scores, "
             f"which alone name {cal['zero_shot_only']['label_top1_acc']:.3f} of all reported images right among "
             f"{cal['vocabulary_size']:,} names: the vision output says it is not sure instead."
+            + (f" Pictures of nothing (noise, stripes, shapes) are 'sure' {cal['unrelated']['sure_rate']:.3f} of the time."
+               if cal.get("unrelated") else "")
         )
     curve = report.get("curve") or []
     if len(curve) >= 2:
@@ -546,7 +678,7 @@ def render_markdown(report: dict) -> str:
     ]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(f"{c[key]:.3f}" for _, c in cols) + " |")
-    lines += render_transformed(report) + render_calibration(report["calibration"])
+    lines += render_transformed(report) + render_calibration(report["calibration"]) + render_frog(report.get("mirrored_frog"))
     aim, status = report["aim"], report["aim_status"]
     lines += [
         "",
@@ -592,35 +724,66 @@ def render_transformed(report: dict) -> list[str]:
     return lines
 
 
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def render_calibration(cal: dict) -> list[str]:
     """Markdown for the label calibration section."""
-    sure = "n/a" if cal["sure_precision"] is None else f"{cal['sure_precision']:.3f}"
+    rule, unrelated = cal.get("threshold_rule"), cal.get("unrelated")
     lines = [
         "",
         f"Label calibration ({cal['method']}). Vocabulary: {cal['vocabulary_size']:,} concrete names "
-        f"(`--vocabulary {cal.get('vocabulary', 'demo')}`); fitted on {cal['n_fit']} images, reported on the other "
-        f"{cal['n_reported']} (split by a hash of the stamp name). Two groups: *stored* = transformed views of stamps "
+        f"(`--vocabulary {cal.get('vocabulary', 'demo')}`); fitted on {cal['n_fit']} named images"
+        + (f" and {cal['n_unrelated_fit']} unrelated ones" if unrelated else "")
+        + f", reported on the other {cal['n_reported']} named images"
+        + (f" and {unrelated['n']} unrelated ones" if unrelated else "")
+        + " (split by a hash of the stamp or picture name). Groups: *stored* = transformed views of stamps "
         "whose original is in the corpus; *novel* = held-out stamps and their views with their own original hidden "
-        "(nothing in the corpus shows that very object).",
+        "(nothing in the corpus shows that very object)"
+        + ("; *unrelated* = seeded pictures of nothing (noise at several scales, blurred noise, gradients, stripes, "
+           "checkerboards, solid colours, random shapes): no label is right, the right answer is \"not sure\"" if unrelated else "")
+        + ". Label accuracy and ECE are on named pictures only.",
         "",
         f"- zero-shot temperature {cal['temperature']:.4f}; neighbour temperature {cal['neighbour_temperature']:.4f}, "
         f"'none of them' floor {cal['neighbour_floor']:.3f}",
-        f"- expected calibration error **{cal['ece']:.4f}**; top label right {cal['label_top1_acc']:.3f}, mean top score "
-        f"{cal['mean_confidence']:.3f}",
+        f"- expected calibration error **{cal['ece']:.4f}** (named pictures); top label right {cal['label_top1_acc']:.3f}, "
+        f"mean top score {cal['mean_confidence']:.3f}",
         f"- zero-shot scores alone: top label right {cal['zero_shot_only']['label_top1_acc']:.3f}, ECE "
         f"{cal['zero_shot_only']['ece']:.4f}; at the old fixed temperature 0.05 the ECE was {cal['uncalibrated_ece']:.4f}",
-        f"- 'sure' threshold {cal['threshold']:.3f} (top label right >= 80% above it on the fit half): sure for "
-        f"{cal['sure_rate']:.3f} of the reported images, right {sure} of those times; below it the vision output says "
-        "`sure: false` and offers candidates",
-        "",
-        "| group | images | top label right | mean top score | sure | ECE |",
-        "|---|---|---|---|---|---|",
+        f"- 'sure' threshold {cal['threshold']:.3f}: sure for {cal['sure_rate']:.3f} of the reported named images, right "
+        f"{_fmt(cal['sure_precision'])} of those times; below it the vision output says `sure: false` and offers candidates",
     ]
+    if rule:
+        fit, rep = rule["fit_half"], rule["reported_half"]
+        lines.append(
+            f"- threshold rule (fit half): sure labels right >= {rule['target_precision']:.0%} counting unrelated pictures "
+            f"as wrong (got {_fmt(fit['sure_precision_counting_unrelated'])}) and <= {rule['max_unrelated_sure']:.0%} of "
+            f"unrelated pictures sure (got {_fmt(fit['unrelated_sure_rate'])}); on the reported half: "
+            f"{_fmt(rep['sure_precision_counting_unrelated'])} and {_fmt(rep['unrelated_sure_rate'])}")
+    if unrelated:
+        kinds = ", ".join(f"{k} {r['sure_rate']:.3f}" for k, r in unrelated["by_kind"].items())
+        lines.append(f"- unrelated pictures (reported half, {unrelated['n']}): sure **{unrelated['sure_rate']:.3f}**, "
+                     f"mean top score {unrelated['mean_confidence']:.3f}; sure by kind: {kinds}")
+    lines += ["", "| group | images | top label right | mean top score | sure | sure right | ECE |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {g} | {r['n']} | {r['label_top1_acc']:.3f} | {r['mean_confidence']:.3f} | {r['sure_rate']:.3f} | "
-              f"{r['ece']:.4f} |" for g, r in cal["by_group"].items()]
-    lines += ["", "| score bin | images | mean score | share right |", "|---|---|---|---|"]
+              f"{_fmt(r.get('sure_precision'))} | {r['ece']:.4f} |" for g, r in cal["by_group"].items()]
+    if unrelated:
+        lines.append(f"| unrelated | {unrelated['n']} | (no right label) | {unrelated['mean_confidence']:.3f} | "
+                     f"{unrelated['sure_rate']:.3f} | - | - |")
+    lines += ["", "| score bin (named) | images | mean score | share right |", "|---|---|---|---|"]
     lines += [f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['n']} | {b['confidence']:.3f} | {b['accuracy']:.3f} |" for b in cal["bins"]]
     return lines
+
+
+def render_frog(probe: dict | None) -> list[str]:
+    """Markdown for the mirrored, scaled frog stamp (issue 16's example)."""
+    if not probe:
+        return []
+    return ["", f"Issue 16's example, the `{probe['stamp']}` stamp mirrored and scaled to 75 %: labelled "
+            f"**{probe['top_label']}** (score {probe['top_score']:.3f}, sure: {str(probe['sure']).lower()}) with the nearest "
+            f"stored images, as the vision step labels it; by zero-shot scores alone its name '{probe['label']}' ranks "
+            f"{probe['zero_shot_rank']} of {probe['vocabulary_size']:,} (top: '{probe['zero_shot_top']}')."]
 
 
 def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:

@@ -11,8 +11,9 @@ or rescaled copy of a stored picture is named after it) with a zero-shot softmax
 image-encoder vector against MiniLM vectors of the titles (``zero_shot``; the image tower was
 aligned to MiniLM's text space). Its temperatures come from ``prism eval image-encoder``, fitted on
 held-out images (``calibration.json`` beside the checkpoint), so a score reads as the chance that
-the label is right. Below the calibrated threshold
-the result says ``sure: false`` and offers its nearest ``candidates`` instead of one name. Used by
+the label is right. Below the calibrated threshold, or where few stored images lie near the picture
+(the calibrated neighbourhood gate: noise, plain colours, stripes), the result says ``sure: false`` and
+offers its nearest ``candidates`` instead of one name. Used by
 the Serve ``vision`` deployment and by ``prism ask --image``.
 """
 
@@ -36,6 +37,7 @@ from ray_app.vision.labels import (
     label_probabilities,
     neighbour_weights,
     read_calibration,
+    sure_score,
 )
 
 log = logging.getLogger(__name__)
@@ -223,9 +225,15 @@ def corpus_titles(store, limit: int = MAX_TITLE_LABELS) -> list[tuple[str, str |
     return [(r[0], r[1]) for r in rows]
 
 
-def is_sure(labels: list[dict], threshold: float) -> bool:
-    """Whether the top label is an exact stored copy or scores at least ``threshold`` (a calibrated probability)."""
-    return bool(labels) and (labels[0].get("source") == "same_image" or labels[0]["score"] >= threshold)
+def is_sure(labels: list[dict], calibration: LabelCalibration, nn_sims=()) -> bool:
+    """Whether the top label is an exact stored copy, or scores at least the calibrated threshold among stored
+    images close enough together (``nn_sims``: cosines of the nearest ones; :func:`ray_app.vision.labels.sure_score`)."""
+    if not labels:
+        return False
+    if labels[0].get("source") == "same_image":
+        return True
+    nn = np.asarray(list(nn_sims)[: calibration.neighbours], dtype=np.float64)[None]
+    return bool(sure_score(np.array([labels[0]["score"]]), nn, calibration.min_neighbourhood)[0] >= calibration.threshold)
 
 
 class VisionAnalyzer:
@@ -269,11 +277,12 @@ class VisionAnalyzer:
             copies = self.store.images_with_sha256(result.image_sha256)
             ranked = self.labels.rank(vector, k_labels, self.calibration, [(h.title, h.score) for h in hits])
             result.labels = merge_labels(same_image_labels(copies), ranked, k_labels)
-            result.sure = is_sure(result.labels, self.calibration.threshold)
+            result.sure = is_sure(result.labels, self.calibration, [h.score for h in hits])
             if not result.sure:
                 result.candidates = [x["label"] for x in result.labels[:K_CANDIDATES]]
                 result.notes.append("not sure what the picture shows (top label score below "
-                                    f"{self.calibration.threshold:.2f}); it might be: {', '.join(result.candidates)}")
+                                    f"{self.calibration.threshold:.2f}, or few stored images like it); it might be: "
+                                    f"{', '.join(result.candidates)}")
         else:
             result.notes.append("no image encoder trained yet: labels and similar images are off")
         if ocr:

@@ -428,3 +428,89 @@ def transformed_view(rgba: np.ndarray, kind: str, rng: np.random.Generator):
     at = ((room_x // 2, room_y // 2) if scale == 1.0 else (int(rng.integers(0, room_x + 1)), int(rng.integers(0, room_y + 1))))
     canvas.alpha_composite(stamp, at)
     return canvas.convert("RGB")
+
+
+# --- unrelated pictures for calibration (no right label in any vocabulary) --------------------
+
+UNRELATED_KINDS: tuple[str, ...] = ("noise", "blurred_noise", "gradient", "stripes", "checkerboard", "solid", "shapes")
+
+
+def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(c) for c in rng.integers(0, 256, 3))
+
+
+def _unrelated_pixels(kind: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """``(height, width, 3)`` uint8 pixels of one unrelated picture of ``kind`` (see :func:`unrelated_picture`)."""
+    from PIL import Image
+
+    if kind in ("noise", "blurred_noise"):
+        cell = int(rng.choice([1, 2, 4, 8, 16])) if kind == "noise" else int(rng.choice([8, 16, 32]))
+        small = rng.integers(0, 256, (max(1, height // cell), max(1, width // cell), 3), dtype=np.uint8)
+        resample = Image.Resampling.NEAREST if kind == "noise" else Image.Resampling.BICUBIC
+        return np.asarray(Image.fromarray(small, "RGB").resize((width, height), resample))
+    if kind == "gradient":
+        c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        angle = rng.uniform(0, np.pi)
+        y, x = np.mgrid[0:height, 0:width]
+        t = x * np.cos(angle) + y * np.sin(angle)
+        t = ((t - t.min()) / max(1e-9, np.ptp(t)))[..., None]
+        return (c1 + (c2 - c1) * t).astype(np.uint8)
+    if kind in ("stripes", "checkerboard"):
+        period = int(rng.integers(4, max(5, min(width, height) // 3)))
+        y, x = np.mgrid[0:height, 0:width]
+        if kind == "stripes":
+            angle = rng.uniform(0, np.pi)
+            on = ((x * np.cos(angle) + y * np.sin(angle)) // period).astype(int) % 2 == 0
+        else:
+            on = (x // period + y // period) % 2 == 0
+        return np.where(on[..., None], np.array(_random_colour(rng)), np.array(_random_colour(rng))).astype(np.uint8)
+    if kind == "solid":
+        return np.broadcast_to(np.array(_random_colour(rng), dtype=np.uint8), (height, width, 3)).copy()
+    return _random_shapes(width, height, rng)
+
+
+def _random_shapes(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """Random ellipses, rectangles, polygons and lines on a plain background."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), _random_colour(rng))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 7))):
+        x0, x1 = sorted(rng.integers(0, width, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, height, 2).tolist())
+        shape = int(rng.integers(0, 4))
+        if shape == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=_random_colour(rng))
+        elif shape == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=_random_colour(rng))
+        elif shape == 2:
+            points = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(int(rng.integers(3, 7)))]
+            draw.polygon(points, fill=_random_colour(rng))
+        else:
+            draw.line((x0, y0, x1, y1), fill=_random_colour(rng), width=int(rng.integers(1, 8)))
+    return np.asarray(image)
+
+
+def unrelated_picture(kind: str, rng: np.random.Generator):
+    """A PIL RGB picture of nothing the corpus names, as a user might upload by mistake, at a random size.
+
+    ``noise``: uniform random pixels in cells of 1-16 px; ``blurred_noise``: smooth random colour fields;
+    ``gradient``: a two-colour ramp at a random angle; ``stripes`` / ``checkerboard``: two colours at a random
+    period (stripes at a random angle); ``solid``: one colour; ``shapes``: 1-6 random ellipses, rectangles,
+    polygons and lines on a plain background.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    from PIL import Image
+
+    if kind not in UNRELATED_KINDS:
+        raise ValueError(f"unknown unrelated picture kind {kind!r}: expected one of {', '.join(UNRELATED_KINDS)}")
+    width, height = (int(v) for v in rng.integers(64, 257, 2))
+    return Image.fromarray(_unrelated_pixels(kind, width, height, rng), "RGB")
+
+
+def unrelated_pictures(per_kind: int, seed: int = 0) -> list[tuple[str, object]]:
+    """``(name, PIL image)`` for ``per_kind`` pictures of each :data:`UNRELATED_KINDS` kind, the same for a seed."""
+    return [(f"unrelated/{kind}/{i}", unrelated_picture(kind, np.random.default_rng([seed, k, i])))
+            for k, kind in enumerate(UNRELATED_KINDS) for i in range(per_kind)]

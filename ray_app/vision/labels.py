@@ -10,8 +10,10 @@
   neighbours that are not close leave the probability to the zero-shot scores; the neighbours'
   temperature and "none of them" floor are fitted the same way (:func:`fit_neighbour_mixture`).
 * The same command picks the score above which the top label is right often enough
-  (:func:`choose_threshold`) and saves both as ``calibration.json`` beside the checkpoint's weights;
-  the vision step reads it (:func:`read_calibration`) and says ``sure: false`` below it.
+  (:func:`choose_threshold`), counting pictures of nothing the vocabulary names (noise, stripes,
+  shapes) as wrong and letting at most :data:`MAX_UNRELATED_SURE` of them be sure, and saves both as
+  ``calibration.json`` beside the checkpoint's weights; the vision step reads it
+  (:func:`read_calibration`) and says ``sure: false`` below it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DEFAULT_THRESHOLD = 0.5
 TARGET_PRECISION = 0.8  # the top label must be right this often above the threshold
 MIN_SURE_SAMPLES = 10  # a threshold needs at least this many calibration views above it
 NEVER_SURE = 1.01  # a threshold no softmax score reaches: never sure from scores alone
+MAX_UNRELATED_SURE = 0.02  # at most this share of pictures of nothing (noise, stripes, shapes) may be "sure"
 _ARTICLE = re.compile(r"^(a|an|the|some)\s+", re.IGNORECASE)
 
 
@@ -88,20 +91,69 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float = TARGET_PRECISION,
-                     min_samples: int = MIN_SURE_SAMPLES) -> float:
+                     min_samples: int = MIN_SURE_SAMPLES, unrelated: np.ndarray | None = None,
+                     max_unrelated_sure: float = MAX_UNRELATED_SURE) -> float:
     """The lowest confidence above which the top label is right at least ``precision`` of the time.
 
-    Only thresholds with at least ``min_samples`` views above them count; when none qualifies the
-    threshold is :data:`NEVER_SURE`.
+    Pictures of nothing the vocabulary names (``unrelated``: True per row) count as wrong, and at most
+    ``max_unrelated_sure`` of them may reach the threshold. Only thresholds with at least ``min_samples`` views
+    at or above them count, and a threshold keeps every view of equal confidence on the same side. When none
+    qualifies the threshold is :data:`NEVER_SURE`.
     """
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
-    order = np.argsort(-confidence)
-    hits = np.cumsum(correct[order])
+    unrelated = np.zeros(len(confidence), dtype=bool) if unrelated is None else np.asarray(unrelated, dtype=bool)
+    order = np.argsort(-confidence, kind="stable")
+    ranked = confidence[order]
+    hits = np.cumsum(correct[order] & ~unrelated[order])
     counts = np.arange(1, len(order) + 1)
-    ok = (hits / counts >= precision) & (counts >= min_samples)
+    unrelated_share = np.cumsum(unrelated[order]) / max(1, int(unrelated.sum()))
+    last_of_tie = np.append(ranked[1:] < ranked[:-1], True)
+    ok = (hits / counts >= precision) & (counts >= min_samples) & (unrelated_share <= max_unrelated_sure) & last_of_tie
     if not ok.any():
         return NEVER_SURE
-    return float(confidence[order][np.nonzero(ok)[0].max()])
+    return float(ranked[np.nonzero(ok)[0].max()])
+
+
+def neighbourhood(nn_sims: np.ndarray) -> np.ndarray:
+    """How populated the picture's part of the image space is: the mean cosine of its nearest stored images.
+
+    A picture of a thing lies among many similar stored pictures; a picture of nothing (noise, a plain
+    colour, stripes) may have one close stored image (a blank stamp) but few others.
+    """
+    nn_sims = np.asarray(nn_sims, dtype=np.float64)
+    return nn_sims.mean(axis=-1) if nn_sims.size else np.zeros(nn_sims.shape[:-1])
+
+
+def sure_score(top_score: np.ndarray, nn_sims: np.ndarray, min_neighbourhood: float | None) -> np.ndarray:
+    """The score the "sure" threshold applies to: the top label's probability, or 0 where the picture's
+    :func:`neighbourhood` is below ``min_neighbourhood`` (None: no such gate)."""
+    top_score = np.asarray(top_score, dtype=np.float64)
+    if min_neighbourhood is None:
+        return top_score
+    return np.where(neighbourhood(nn_sims) >= min_neighbourhood, top_score, 0.0)
+
+
+def fit_sure_rule(top_score: np.ndarray, correct: np.ndarray, nn_sims: np.ndarray, unrelated: np.ndarray,
+                  gates: int = 61) -> tuple[float | None, float, list[dict]]:
+    """The neighbourhood gate and threshold that make the most named pictures sure under :func:`choose_threshold`.
+
+    Candidate gates: none, and the 0-60 % quantiles of the named pictures' :func:`neighbourhood`. Returns
+    ``(min_neighbourhood, threshold, candidates)``, each candidate ``{"min_neighbourhood", "threshold",
+    "named_sure_rate", "unrelated_sure_rate"}``; with no qualifying candidate, no gate and :data:`NEVER_SURE`.
+    """
+    unrelated = np.asarray(unrelated, dtype=bool)
+    quantiles = np.quantile(neighbourhood(nn_sims)[~unrelated], np.linspace(0, 0.6, gates)) if (~unrelated).any() else []
+    candidates = []
+    for gate in [None, *sorted({round(float(q), 4) for q in quantiles})]:
+        score = sure_score(top_score, nn_sims, gate)
+        threshold = choose_threshold(score, correct, unrelated=unrelated)
+        sure = score >= threshold
+        candidates.append({"min_neighbourhood": gate, "threshold": threshold, "named_sure_rate": float(sure[~unrelated].mean()),
+                           "unrelated_sure_rate": float(sure[unrelated].mean()) if unrelated.any() else None})
+    best = max(candidates, key=lambda c: (c["named_sure_rate"], c["min_neighbourhood"] is None))
+    if best["threshold"] == NEVER_SURE:
+        return None, NEVER_SURE, candidates
+    return best["min_neighbourhood"], best["threshold"], candidates
 
 
 @dataclass
@@ -117,6 +169,7 @@ class LabelCalibration:
     neighbour_temperature: float | None = None
     neighbour_floor: float | None = None
     neighbours: int = 10
+    min_neighbourhood: float | None = None  # sure needs the mean cosine of the nearest stored images >= this
 
 
 def neighbour_weights(nn_sims: np.ndarray, temperature: float, floor: float) -> tuple[np.ndarray, np.ndarray]:

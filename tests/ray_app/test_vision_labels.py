@@ -57,6 +57,37 @@ def test_ece_bins_and_threshold():
     assert choose_threshold(confidence, correct, precision=1.0, min_samples=5) == NEVER_SURE
 
 
+def test_threshold_counts_unrelated_pictures_as_wrong_and_caps_their_share():
+    named = np.array([0.9, 0.8, 0.7, 0.6, 0.5])  # every named picture's top label is right
+    noise = np.array([0.65, 0.3, 0.2, 0.1])  # pictures of nothing: no label is right
+    confidence = np.concatenate([named, noise])
+    correct = np.concatenate([np.ones(5, bool), np.zeros(4, bool)])
+    unrelated = np.concatenate([np.zeros(5, bool), np.ones(4, bool)])
+    # Without the unrelated group the lowest score would do; with it, the 0.65 noise picture must stay below.
+    assert choose_threshold(named, np.ones(5, bool), precision=0.8, min_samples=2) == 0.5
+    assert choose_threshold(confidence, correct, precision=0.8, min_samples=2, unrelated=unrelated,
+                            max_unrelated_sure=0.0) == 0.7
+    # One unrelated picture in four may be sure: 5 right of 6 at 0.5 meets 80 %, but not 90 %.
+    assert choose_threshold(confidence, correct, precision=0.8, min_samples=2, unrelated=unrelated,
+                            max_unrelated_sure=0.25) == 0.5
+    assert choose_threshold(confidence, correct, precision=0.9, min_samples=2, unrelated=unrelated,
+                            max_unrelated_sure=0.25) == 0.7
+    # An unrelated picture marked right by mistake still counts as wrong.
+    assert choose_threshold(confidence, np.ones(9, bool), precision=0.8, min_samples=2, unrelated=unrelated,
+                            max_unrelated_sure=0.0) == 0.7
+    # Every unrelated picture scores above every named one: never sure.
+    assert choose_threshold(np.concatenate([named, noise + 1]), correct, precision=0.8, min_samples=2,
+                            unrelated=unrelated, max_unrelated_sure=0.0) == NEVER_SURE
+
+
+def test_threshold_keeps_tied_scores_on_one_side():
+    confidence = np.array([0.9, 0.5, 0.5, 0.5])
+    correct = np.array([True, True, False, False])
+    # At 0.5 all three tied pictures are sure (2 right of 4): the first of them alone (2 of 2) does not count.
+    assert choose_threshold(confidence, correct, precision=0.6, min_samples=1) == 0.9
+    assert choose_threshold(confidence, correct, precision=0.5, min_samples=1) == 0.5
+
+
 def test_calibration_file_round_trip(tmp_path):
     assert read_calibration(tmp_path) == LabelCalibration() and not read_calibration(None).fitted
     write_calibration(tmp_path, LabelCalibration(temperature=0.02, threshold=0.4, fitted=True, ece=0.03))
@@ -116,3 +147,48 @@ def test_near_stored_neighbours_name_the_picture_and_far_ones_leave_it_to_zero_s
     # A neighbour whose title is not in the vocabulary gives its share back to the rest.
     unknown = label_probabilities(text_sims[:1], np.array([[0.97]]), np.array([[-1]]), cal)[0]
     np.testing.assert_allclose(unknown, zero_shot_only)
+
+
+def test_unrelated_pictures_are_seeded_and_of_every_kind():
+    from ray_app.vision.data import UNRELATED_KINDS, unrelated_picture, unrelated_pictures
+
+    pictures = unrelated_pictures(2, seed=5)
+    again = unrelated_pictures(2, seed=5)
+    assert [n for n, _ in pictures] == [f"unrelated/{k}/{i}" for k in UNRELATED_KINDS for i in range(2)]
+    for (name, image), (_, same) in zip(pictures, again, strict=True):
+        assert image.mode == "RGB" and 64 <= min(image.size) and max(image.size) <= 256, name
+        assert np.array_equal(np.asarray(image), np.asarray(same)), name
+    pixels = dict(pictures)
+    assert len(np.unique(np.asarray(pixels["unrelated/solid/0"]).reshape(-1, 3), axis=0)) == 1
+    assert len(np.unique(np.asarray(pixels["unrelated/checkerboard/0"]).reshape(-1, 3), axis=0)) <= 2
+    assert np.asarray(pixels["unrelated/noise/0"]).std() > 40
+    assert not np.array_equal(np.asarray(unrelated_pictures(1, seed=6)[0][1]), np.asarray(pixels["unrelated/noise/0"]))
+    with pytest.raises(ValueError, match="unknown unrelated picture kind"):
+        unrelated_picture("sunset", np.random.default_rng(0))
+
+
+def test_a_neighbourhood_gate_keeps_pictures_of_nothing_from_being_sure():
+    from ray_app.vision.analyzer import is_sure
+    from ray_app.vision.labels import fit_sure_rule, sure_score
+
+    rng = np.random.default_rng(0)
+    # Named pictures lie among many similar stored images; pictures of nothing have one close stored image (a blank
+    # stamp) that makes their top score high, and nothing else near.
+    named_nn = np.sort(rng.uniform(0.7, 0.95, (40, 10)), axis=1)[:, ::-1]
+    blank_nn = np.concatenate([np.full((20, 1), 0.99), rng.uniform(0.3, 0.6, (20, 9))], axis=1)
+    top = np.concatenate([rng.uniform(0.4, 0.9, 40), np.full(20, 0.96)])
+    correct = np.concatenate([np.ones(40, bool), np.zeros(20, bool)])
+    unrelated = np.concatenate([np.zeros(40, bool), np.ones(20, bool)])
+    nn = np.concatenate([named_nn, blank_nn])
+    gate, threshold, candidates = fit_sure_rule(top, correct, nn, unrelated)
+    assert candidates[0]["min_neighbourhood"] is None and candidates[0]["threshold"] == NEVER_SURE  # no gate: never sure
+    assert gate is not None and blank_nn.mean(1).max() < gate <= named_nn.mean(1).min()
+    assert threshold == pytest.approx(top[:40].min())  # every named picture is sure, no picture of nothing
+    sure = sure_score(top, nn, gate) >= threshold
+    assert sure[:40].all() and not sure[40:].any()
+    cal = LabelCalibration(threshold=threshold, min_neighbourhood=gate)
+    label = [{"label": "frog", "score": 0.96, "source": "similar_images"}]
+    assert is_sure(label, cal, named_nn[0]) and not is_sure(label, cal, blank_nn[0])
+    assert not is_sure(label, cal, [])  # no stored images at all: nothing vouches for the picture
+    assert is_sure([{**label[0], "source": "same_image"}], cal, [])  # an exact stored copy is always sure
+    assert is_sure(label, LabelCalibration(threshold=0.5), [])  # without a gate only the score counts
