@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.prism-installed
 APT_PACKAGES := tesseract-ocr tuxpaint-stamps-default chromium openclipart-png fonts-noto-color-emoji prometheus
 
-.PHONY: setup demo test test-slow lint clean apt edge-tools
+.PHONY: setup demo test test-slow lint clean apt edge-tools alibi-env
 
 setup: $(STAMP) apt
 
@@ -41,6 +41,20 @@ $(EDGE_TOOLS_STAMP): edge/tools/edgellm-requirements.txt
 	$(EDGE_TOOLS)/bin/pip install -q --upgrade pip
 	$(EDGE_TOOLS)/bin/pip install -q -r edge/tools/edgellm-requirements.txt
 	$(EDGE_TOOLS)/bin/python -c "import tensorrt_edgellm.scripts.export"
+	touch $@
+
+# alibi (BSL 1.1) in its own virtual environment (`prism rai anchors` and `prism rai report` run it as a child):
+# it pins numpy<2 and transformers<5, which must never enter $(VENV). Not part of setup or test.
+ALIBI_ENV       ?= .prism-alibi
+ALIBI_ENV_STAMP := $(ALIBI_ENV)/.prism-installed
+
+alibi-env: $(ALIBI_ENV_STAMP)
+
+$(ALIBI_ENV_STAMP): ray_app/rai/alibi-requirements.txt
+	test -x $(ALIBI_ENV)/bin/python || $(PYTHON) -m venv $(ALIBI_ENV)
+	$(ALIBI_ENV)/bin/pip install -q --upgrade pip
+	$(ALIBI_ENV)/bin/pip install -q -r ray_app/rai/alibi-requirements.txt
+	$(ALIBI_ENV)/bin/python -c "import spacy; from alibi.explainers import AnchorText; from alibi.explainers.anchors.text_samplers import load_spacy_lexeme_prob; load_spacy_lexeme_prob(spacy.blank('en'))"
 	touch $@
 
 demo: setup

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=Path(".prism-edge-tools"),
         description="The TensorRT Edge-LLM exporter's own virtual environment (`make edge-tools`; pinned torch, "
                     "transformers and onnx that never enter Prism's .venv); a relative path is from the working directory.")
+    alibi_env: Path = Field(
+        default=Path(".prism-alibi"),
+        description="alibi's own virtual environment (`make alibi-env`; alibi pins numpy<2 and transformers<5, which "
+                    "never enter Prism's .venv): anchor explanations of the injection detector run in it as a child "
+                    "process; a relative path is from the working directory.")
 
     # Store
     serving_role: str = Field(

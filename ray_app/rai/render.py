@@ -201,11 +201,36 @@ def render_injection(r: dict) -> list[str]:
             + ", ".join(f"{k} {_f(v)}" for k, v in i["by_category"].items()) + ".", ""]
 
 
+def render_anchors(r: dict) -> list[str]:
+    a = r.get("anchors", {})
+    lines = ["### Anchors of the injection detector's decisions (alibi)", ""]
+    if not a.get("available"):
+        return lines + [f"Absent: {a.get('why', 'not in this report (older run)')}. alibi's licence: "
+                        f"{a.get('licence', 'Business Source License 1.1')}.", ""]
+    v, d = a["versions"], a["detector"]
+    lines += [f"{a['method']}. alibi {v.get('alibi')} (licence: {a['licence']}), spaCy {v.get('spacy')}, numpy "
+              f"{v.get('numpy')}, in its own environment `{a['environment']}` (never Prism's); detector "
+              f"{d['method']}, threshold {_f(d['threshold'], 4)}. {a['n_flagged']} flagged and {a['n_unflagged']} "
+              f"unflagged texts of the injection suite's test split ({a['candidates']} candidates of at most "
+              f"{a['options']['max_chars']} characters); precision target {a['options']['threshold']}. An anchor is "
+              "the words that, kept while the others become UNK, keep the decision with probability `precision`; "
+              f"`coverage` is the share of perturbed texts that contain it. Cost: "
+              f"{a['seconds_per_explanation']['mean']} s per explanation on average (max "
+              f"{a['seconds_per_explanation']['max']} s), {a['detector_samples_decided']} distinct samples decided "
+              "by the detector.", ""]
+    rows = [[x["category"] or "—", "yes" if x["attack"] else "no", "flagged" if x["flagged"] else "passed",
+             _f(x["score"]), " + ".join(f"*{w}*" for w in x["anchor"]) or "(none needed)", _f(x["precision"]),
+             _f(x["coverage"]), x["seconds"], x["text"][:90].replace("|", "/").replace("\n", " ")]
+            for x in a["texts"]]
+    return lines + _table(["category", "attack", "decision", "score", "anchor", "precision", "coverage", "s",
+                           "text (start)"], rows)
+
+
 def render_mitigation(r: dict) -> list[str]:
     m = r["mitigation"]
     lines = ["## Mitigation: exposure-aware re-ranking (measured)", "",
-             f"{m['method']}: `prism search --fair-exposure gender|region|era`, `AskOptions(fair_exposure=...)`; off by "
-             "default. The top k's people slots are re-filled, best slot first, by the person maximising "
+             f"{m['method']}: `prism search --fair-exposure gender|region|era`, `AskOptions(fair_exposure=...)`, "
+             "`fair_exposure` on `/v1/search` and `/v1/ask`; off by default. The top k's people slots are re-filled, best slot first, by the person maximising "
              "(1 - w) x relevance + w x (the group's share among the candidates - its share of the exposure so far); "
              "everything that is not a person keeps its place. Max exposure gap per attribute (before: weight 0):", ""]
     before = [r["exposure"][a]["max_ratio_gap"] for a in ATTRS]
@@ -237,5 +262,6 @@ def render_markdown(r: dict) -> str:
     """The whole page."""
     lines = (render_header(r) + render_model_cards(r) + render_data_sheets(r) + render_annotation(r)
              + render_exposure(r) + render_counterfactual(r) + render_images(r) + render_fairness(r)
-             + render_explanations(r) + render_injection(r) + render_mitigation(r) + render_plan(r))
+             + render_explanations(r) + render_injection(r) + render_anchors(r) + render_mitigation(r)
+             + render_plan(r))
     return "\n".join(lines) + "\n"

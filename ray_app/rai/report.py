@@ -49,6 +49,7 @@ class RaiReportConfig:
         recall_queries: per retrieval set, queries for the mitigation's R@10 cost (0: not measured).
         weights: comma-separated re-ranking weights measured.
         images: draw occlusion saliency examples when an image encoder is available.
+        anchors: injection-suite texts explained with alibi's anchors (0: none; absent without ``.prism-alibi``).
     """
 
     out: Path = Path("docs/rai")
@@ -63,6 +64,7 @@ class RaiReportConfig:
     recall_queries: int = 300
     weights: str = "0.25,0.5,0.75,1.0"
     images: bool = True
+    anchors: int = 12
 
 
 # ---------------------------------------------------------------- measurements
@@ -346,7 +348,7 @@ def mitigation_plan(result: dict) -> list[dict]:
     weights = mitigation.get("exposure_by_weight", {})
     middle = weights.get("0.5") or next(iter(weights.values()), {})
     plan = [{"action": "Exposure-aware re-ranking of people in search and ask results (--fair-exposure, "
-                       "AskOptions.fair_exposure); off by default",
+                       "AskOptions.fair_exposure, fair_exposure on /v1/search and /v1/ask); off by default",
              "status": "implemented, measured",
              "evidence": f"female exposure ratio {gender.get('female', {}).get('ratio')} before, "
                          f"{middle.get('gender', {}).get('ratios', {}).get('female')} at weight 0.5; R@10 cost in "
@@ -383,6 +385,7 @@ def build_report(config: RaiReportConfig) -> dict:
     from ray_app.bias.annotate import GOLD_PATH, annotation_error, load_biographies
     from ray_app.jsonl import read_jsonl
     from ray_app.models.text import get_text_embedder
+    from ray_app.rai.anchors import AnchorConfig, anchors_section
     from ray_app.rai.audit import load_exposure_queries, measure_exposure, measure_mitigation
     from ray_app.store import get_store
 
@@ -420,6 +423,7 @@ def build_report(config: RaiReportConfig) -> dict:
                                                                                              "why": "--no-images"}}
     result["images"] = image_audit()
     result["injection"] = injection_section(config.reports)
+    result["anchors"] = anchors_section(AnchorConfig(n=config.anchors))
     result["model_cards"] = model_cards(config.reports, adapter)
     result["data_sheets"] = DATA_SHEETS
     result["mitigation_plan"] = mitigation_plan(result)
@@ -434,7 +438,7 @@ def build_report(config: RaiReportConfig) -> dict:
 def report_command(config: RaiReportConfig) -> str:
     d = RaiReportConfig()
     extra = "".join(f" --{name.replace('_', '-')} {getattr(config, name)}" for name in
-                    ("k", "pairs", "max_new_tokens", "recall_queries", "weights")
+                    ("k", "pairs", "max_new_tokens", "recall_queries", "weights", "anchors")
                     if getattr(config, name) != getattr(d, name))
     return COMMAND + extra + ("" if config.images else " --no-images")
 
@@ -475,6 +479,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=d.weights, help="Comma-separated re-ranking weights measured.")
     p.add_argument("--images", action=argparse.BooleanOptionalAction, default=d.images,
                    help="Draw occlusion saliency examples (needs a trained image encoder).")
+    p.add_argument("--anchors", type=int_at_least(0, 200), default=d.anchors,
+                   help="Injection-suite texts explained with alibi's anchors in .prism-alibi (0: none; "
+                        "`make alibi-env` first, else the section says it is absent).")
     return p
 
 
