@@ -23,9 +23,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from edge.export import INT4_RECIPES
 from ray_app.reports import load_average, write_report
 from ray_app.settings import get_settings
 
@@ -50,7 +52,11 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--bundles", type=Path, default=None, help="Folder of bundle-<variant> folders (default $PRISM_HOME/edge).")
     parser.add_argument("--sources", nargs="*", default=None, help="Export missing bundles from these sources only.")
     parser.add_argument("--max-docs", type=int, default=None, help="Export missing bundles with at most N documents.")
-    parser.add_argument("--parity-prompts", type=int, default=6, help="Prompts for the agreement measurement (0: skip).")
+    parser.add_argument("--parity-prompts", type=int, default=12,
+                        help="Prompts for the agreement measurement, spread over the index (0: skip).")
+    parser.add_argument("--int4-recipes", nargs="*", default=None, metavar="NAME",
+                        help="int4 recipes (prism export edge --int4-recipe) whose LLM alone is compared on the parity "
+                             "prompts: agreement, size, decode (default: every recipe; none: skip).")
     parser.add_argument("--out", type=Path, default=None, help="Write edge.{json,md} here (e.g. docs/reports).")
     parser.add_argument("--json", action="store_true", help="Print the result as one JSON object.")
     parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
@@ -85,7 +91,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         first = runs[args.cores[0]]
         variants[variant] = {**{k: first[k] for k in KEYS if k in first}, "bundle_mb": manifest["bundle_mb"],
                              "cores": {str(c): r for c, r in runs.items()}}
-    parity = measure_parity(bundles, args.parity_prompts) if args.parity_prompts else {}
+    recipes = list(INT4_RECIPES) if args.int4_recipes is None else args.int4_recipes
+    parity = measure_parity(bundles, args.parity_prompts, recipes) if args.parity_prompts else {}
     index = compare_indexes(bundles[args.variants[0]])
     default = "int4" if "int4" in variants else args.variants[0]
     top = {k: variants[default].get(k) for k in KEYS}
@@ -130,6 +137,7 @@ def run_child(spec: dict) -> dict:
     cold_start_s = time.time() - spec["t0"]
     asks = run_asks(runtime, int(spec["n"]), int(spec["max_new_tokens"]))
     decode = decode_rate(runtime, 64)
+    budget = full_budget_llm(runtime, runtime_budget(spec["bundle"]), int(spec["max_new_tokens"]))
     peak_rss_mb = peak_rss_mb_now()  # before the copy test's arrays
     bandwidth = copy_bandwidth_gbs(cores)
     weights = sum(p.stat().st_size for p in (Path(spec["bundle"]) / "llm").glob("model.onnx*"))
@@ -138,7 +146,7 @@ def run_child(spec: dict) -> dict:
     return {
         "cores": cores, "cold_start_s": round(cold_start_s, 2), "load_s": round(runtime.load_s, 2),
         "total_p50_ms": pct(totals, 50), "total_p95_ms": pct(totals, 95),
-        "ttft_p50_ms": pct(ttfts, 50), "ttft_p95_ms": pct(ttfts, 95), **asks, **decode,
+        "ttft_p50_ms": pct(ttfts, 50), "ttft_p95_ms": pct(ttfts, 95), **asks, **decode, **budget,
         "bandwidth_gb_s": round(bandwidth, 2), "weight_bytes_per_token": weights,
         "bandwidth_bound_tokens_per_s": round(bound, 1),
         "decode_share_of_bound": round(decode["decode_tokens_per_s"] / bound, 3),
@@ -203,6 +211,29 @@ def decode_rate(runtime, new_tokens: int) -> dict:
     return {"decode_tokens_per_s": round(best, 1)}
 
 
+def runtime_budget(bundle: str) -> int:
+    return int(json.loads((Path(bundle) / "manifest.json").read_text())["runtime"]["prompt_token_budget"])
+
+
+def full_budget_llm(runtime, budget: int, new_tokens: int) -> dict:
+    """The LLM's worst case in an ask, whatever the corpus: a prompt of ``budget`` tokens (best of 3 prefills),
+    then ``new_tokens`` tokens at the decode step measured after it (``prefill + (new_tokens - 1) x step``)."""
+    tokenizer = runtime.llm.tokenizer
+    text = " ".join(["The frog looked up at the Moon and wondered how far away it was."] * 40)
+    ids = tokenizer.encode(tokenizer.apply_chat_template(
+        [{"role": "user", "content": text + " Write a long story about the frog's journey to the Moon."}],
+        add_generation_prompt=True))[-budget:]
+    prefill, step = float("inf"), float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        stamps = [time.perf_counter() for _token in runtime.llm.stream_ids(ids, new_tokens)]
+        prefill = min(prefill, (stamps[0] - start) * 1000)
+        if len(stamps) > 2:
+            step = min(step, (stamps[-1] - stamps[0]) * 1000 / (len(stamps) - 1))
+    return {"full_budget_prompt_tokens": len(ids), "full_budget_prefill_ms": round(prefill, 1),
+            "full_budget_llm_ms": round(prefill + (new_tokens - 1) * step, 1)}
+
+
 def copy_bandwidth_gbs(threads: int, mb: int = 256, repeats: int = 5) -> float:
     """STREAM "copy": bytes read + written per second, ``threads`` threads each copying its slice (best of repeats)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -225,8 +256,9 @@ def pct(values: list[float], q: int) -> float:
 
 
 # ------------------------------------------------------------------ parity and the index
-def measure_parity(bundles: dict[str, Path], n_prompts: int) -> dict:
-    """Agreement of every variant with torch fp32 on RAG prompts rendered from the bundle's own passages."""
+def measure_parity(bundles: dict[str, Path], n_prompts: int, recipes: list[str] = ()) -> dict:
+    """Agreement of every variant with torch fp32 on RAG prompts rendered from the bundle's own passages, and
+    of the int4 LLM built with each of ``recipes`` (under ``int4_recipes``: agreement, files, decode tokens/s)."""
     from edge.llm import EdgeLLM
     from edge.parity import greedy_parity, top1_agreement
     from ray_app.models.llm import load_llm
@@ -240,11 +272,27 @@ def measure_parity(bundles: dict[str, Path], n_prompts: int) -> dict:
         if variant == "fp32":
             rows = greedy_parity(edge, torch_llm, prompts)
             out[variant]["greedy_equal"] = f"{sum(r['equal'] for r in rows)}/{len(rows)}"
+    if recipes:
+        out["int4_recipes"] = {name: measure_recipe(name, torch_llm, prompts) for name in recipes}
     return out
 
 
+def measure_recipe(name: str, torch_llm, prompts: list[str]) -> dict:
+    """One int4 recipe's LLM (built once, cached): top-1 agreement, weight files, decode tokens/s on 2 threads."""
+    from edge.export import INT4_RECIPES, cached_llm_build
+    from edge.llm import EdgeLLM
+    from edge.parity import top1_agreement
+
+    folder = cached_llm_build("int4", get_settings(), INT4_RECIPES[name])
+    edge = EdgeLLM(folder, threads=2)
+    size = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    return {"options": INT4_RECIPES[name], "top1": top1_agreement(edge, torch_llm, prompts),
+            "llm_mb": round(size / 2**20, 1), **decode_rate(SimpleNamespace(llm=edge), 64)}
+
+
 def parity_prompts(bundle: Path, n: int) -> list[str]:
-    """``n`` answer prompts (server format, 256-token budget) built from the bundle's passages."""
+    """``n`` answer prompts (server format, 256-token budget) built from the bundle's passages: pairs of
+    consecutive chunks spread evenly over the index (the first chunks alone are one corner of the corpus)."""
     from edge.index import EdgeIndex
     from edge.tokenizer import EdgeTokenizer
     from ray_app.llm.generate import render_prompt
@@ -253,9 +301,10 @@ def parity_prompts(bundle: Path, n: int) -> list[str]:
     index = EdgeIndex(bundle / "index.sqlite")
     tokenizer = EdgeTokenizer(bundle / "llm")
     rows = index.conn().execute("SELECT c.id, c.doc_id, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id"
-                                " ORDER BY c.rowid LIMIT ?", (n * 2,)).fetchall()
+                                " ORDER BY c.rowid").fetchall()
+    starts = sorted({int(i) for i in np.linspace(0, max(len(rows) - 2, 0), n)}) if len(rows) >= 2 else []
     prompts = []
-    for i in range(0, min(len(rows), 2 * n), 2):
+    for i in starts:
         pair = rows[i:i + 2]
         passages = [Passage(j + 1, r[2], r[3], r[1], r[0]) for j, r in enumerate(pair)]
         prompts.append(render_prompt(tokenizer, f"What is {pair[0][2]}?", passages, None, 256))
@@ -375,6 +424,11 @@ def reading_notes(r: dict) -> list[str]:
     return notes
 
 
+def _first(r: dict, key: str):
+    cores = r["variants"][r["default_variant"]]["cores"]
+    return next(iter(cores.values())).get(key)
+
+
 def render_markdown(r: dict) -> str:
     lines = [
         "# Edge bundle benchmark", "",
@@ -385,21 +439,35 @@ def render_markdown(r: dict) -> str:
         f"Default ({r['default_variant']}, {r['cores']} cores): total p95 **{r['total_p95_ms']} ms**, "
         f"TTFT p95 {r['ttft_p95_ms']} ms, decode {r['decode_tokens_per_s']} tok/s vs a bandwidth bound of "
         f"{r['bandwidth_bound_tokens_per_s']} tok/s, peak RSS {r['peak_rss_mb']} MB, bundle {r['bundle_mb']} MB.", "",
+        f"The asks' prompts averaged {_first(r, 'prompt_tokens_mean')} tokens and their answers "
+        f"{_first(r, 'answer_tokens_mean')} (the default variant): a corpus's passages and the model's answer length "
+        "set both. The full-budget columns are the LLM alone at the worst case whatever the corpus: a prompt of the "
+        "full budget, then the answer limit (prefill + (limit − 1) × the decode step measured after it).", "",
         "| variant | cores | cold start s | TTFT p50 / p95 ms | total p50 / p95 ms | decode tok/s | bound tok/s | "
-        "share | copy GB/s | peak RSS MB | bundle MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "share | copy GB/s | peak RSS MB | bundle MB | full-budget prefill / LLM ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, v in r["variants"].items():
         for cores, c in v["cores"].items():
             lines.append(f"| {variant} | {cores} | {c['cold_start_s']} | {c['ttft_p50_ms']} / {c['ttft_p95_ms']} | "
                          f"{c['total_p50_ms']} / {c['total_p95_ms']} | {c['decode_tokens_per_s']} | "
                          f"{c['bandwidth_bound_tokens_per_s']} | {c['decode_share_of_bound']} | {c['bandwidth_gb_s']} | "
-                         f"{c['peak_rss_mb']} | {v['bundle_mb']} |")
+                         f"{c['peak_rss_mb']} | {v['bundle_mb']} | {c.get('full_budget_prefill_ms')} / "
+                         f"{c.get('full_budget_llm_ms')} |")
     if r.get("parity"):
         lines += ["", "## Agreement with torch fp32", "", "| variant | top-1 agreement (teacher-forced) | tokens | greedy equal |",
                   "|---|---|---|---|"]
         for variant, p in r["parity"].items():
-            lines.append(f"| {variant} | {p['top1']['agreement']} | {p['top1']['tokens']} | {p.get('greedy_equal', '')} |")
+            if variant != "int4_recipes":
+                lines.append(f"| {variant} | {p['top1']['agreement']} | {p['top1']['tokens']} | {p.get('greedy_equal', '')} |")
+    if r.get("parity", {}).get("int4_recipes"):
+        lines += ["", "## int4 recipes (`prism export edge --int4-recipe`), the LLM alone on the same prompts", "",
+                  "| recipe | top-1 agreement | tokens | LLM files MB | decode tok/s (2 threads, unpinned) | builder options |",
+                  "|---|---|---|---|---|---|"]
+        for name, p in r["parity"]["int4_recipes"].items():
+            opts = " ".join(f"{k}={v}" for k, v in p["options"].items()) or "(builder defaults)"
+            lines.append(f"| {name} | {p['top1']['agreement']} | {p['top1']['tokens']} | {p['llm_mb']} | "
+                         f"{p['decode_tokens_per_s']} | `{opts}` |")
     ix = r["index"]
     lines += ["", f"## Retrieval index candidates ({ix['vectors']} vectors, {ix['queries']} queries, recall@{ix['k']} vs exact)",
               "", "| candidate | recall@10 | query p50 ms | query p95 ms | build s | bytes |", "|---|---|---|---|---|---|"]

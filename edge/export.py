@@ -1,6 +1,6 @@
 """Export an edge bundle: the LLM (ONNX Runtime GenAI), MiniLM (INT8 ONNX), the image tower (ONNX), the index.
 
-    prism export edge --out ./bundle-int4 [--variant int4|int8|fp32] [--sources wiki ...] [--max-docs N]
+    prism export edge --out ./bundle-int4 [--variant int4|int8|fp32] [--int4-recipe NAME] [--sources wiki ...] [--max-docs N]
     python -m edge.export --out ./bundle-int4
 
 One self-contained folder that ``prism edge ask|search|serve --bundle DIR`` runs with no network, no Ray
@@ -44,10 +44,25 @@ log = logging.getLogger(__name__)
 MAX_TITLE_LABELS = 20_000  # as the server's vision stage (ray_app.vision.analyzer)
 VARIANTS = ("int4", "int8", "fp32")
 BUNDLE_FORMAT = 1
-# The builder's extra options per variant (its defaults when empty). int4 keeps the LM head (tied to the
-# embeddings) in fp32: teacher-forced top-1 agreement with torch fp32 rose from 0.90 to 0.93 on 12 wiki prompts
-# (511 tokens) for +108 MB; block_size=16, accuracy_level=1 and k_quant each moved it by 0.01 or less.
-LLM_OPTIONS: dict[str, dict[str, str]] = {"int4": {"nodes_to_exclude": "/lm_head/MatMul"}, "int8": {}, "fp32": {}}
+# How the int4 variant is quantized: onnxruntime-genai builder extra options per named recipe. The default was
+# chosen on 30 wiki RAG prompts of the served SmolLM2 + demo adapter (teacher-forced top-1 agreement with torch
+# fp32: kquant-mixed 0.976, fp32-head 0.961 on 743 tokens); `prism bench edge` compares every recipe on its own
+# prompts (docs/reports/edge.md, "int4 recipes").
+INT4_RECIPES: dict[str, dict[str, str]] = {
+    # k-quant int4 body; the LM head and llama.cpp's sensitive projections (qkv, v, down of the first and last
+    # eighth of the layers and every third one) in int8; LM head only on the last prompt token in prefill.
+    "kquant-mixed": {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8",
+                     "prune_lm_head": "true"},
+    # The earlier default: RTN int4 everywhere but the LM head, kept in fp32 (+113 MB, read at every token).
+    "fp32-head": {"nodes_to_exclude": "/lm_head/MatMul"},
+    # The builder's own int4 defaults (RTN, symmetric, block 32, LM head and embeddings int4).
+    "builder-default": {},
+}
+DEFAULT_INT4_RECIPE = "kquant-mixed"
+# The builder's extra options per variant. Every variant computes the LM head on the last prompt token only
+# in prefill (the runtime reads no other logits): int8's 255-token prefill fell from 400 to 309 ms on 2 cores.
+LLM_OPTIONS: dict[str, dict[str, str]] = {"int4": INT4_RECIPES[DEFAULT_INT4_RECIPE],
+                                          "int8": {"prune_lm_head": "true"}, "fp32": {"prune_lm_head": "true"}}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -65,8 +80,13 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--max-docs", type=int, default=None, help="At most this many documents (by id order).")
     parser.add_argument("--prompt-budget", type=int, default=256, help="Prompt tokens the runtime keeps to (passages trimmed).")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="The runtime's answer length limit.")
+    parser.add_argument("--int4-recipe", choices=sorted(INT4_RECIPES), default=DEFAULT_INT4_RECIPE,
+                        help=f"How --variant int4 is quantized (default {DEFAULT_INT4_RECIPE}): " + "; ".join(
+                            f"{name} = {' '.join(f'{k}={v}' for k, v in opts.items()) or 'the builder defaults'}"
+                            for name, opts in INT4_RECIPES.items()) + ". See docs/deploy-edge.md for the measurements.")
     parser.add_argument("--llm-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="An onnxruntime-genai builder extra option (e.g. accuracy_level=1, block_size=16); repeatable.")
+                        help="An onnxruntime-genai builder extra option (e.g. accuracy_level=1, block_size=16); repeatable. "
+                             "Given, these replace the variant's defaults and the int4 recipe.")
     parser.add_argument("--json", action="store_true", help="Print the manifest's summary as one JSON object.")
     return parser.parse_args(argv)
 
@@ -75,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parse_args(argv, prog)
     settings = get_settings()
     out = args.out or settings.home / "edge" / f"bundle-{args.variant}"
-    options = dict(o.split("=", 1) for o in args.llm_option) or None
+    options = llm_options_from_args(args)
     manifest = export_bundle(out, args.variant, args.sources, args.max_docs, settings,
                              prompt_budget=args.prompt_budget, max_new_tokens=args.max_new_tokens, llm_options=options)
     summary = {"bundle": str(out), "variant": args.variant, "bundle_mb": manifest["bundle_mb"],
@@ -86,6 +106,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         print(f"bundle {out}: {manifest['bundle_mb']} MB; left out: {', '.join(manifest['left_out']) or 'nothing'}",
               file=sys.stderr)
     return summary
+
+
+def llm_options_from_args(args: argparse.Namespace) -> dict[str, str] | None:
+    """The builder options the command line asks for: ``--llm-option`` pairs, else the int4 recipe, else None
+    (the variant's defaults).
+
+    Raises:
+        InputError: an ``--llm-option`` without ``=``.
+    """
+    if args.llm_option:
+        bad = [o for o in args.llm_option if "=" not in o]
+        if bad:
+            raise InputError(f"--llm-option takes KEY=VALUE, got {bad[0]!r}")
+        return dict(o.split("=", 1) for o in args.llm_option)
+    return dict(INT4_RECIPES[args.int4_recipe]) if args.variant == "int4" else None
 
 
 def export_bundle(out: Path, variant: str = "int4", sources: list[str] | None = None, max_docs: int | None = None,
@@ -167,8 +202,9 @@ def export_llm(out: Path, variant: str, settings: Settings, options: dict[str, s
     options = LLM_OPTIONS.get(variant, {}) if options is None else options
     build = cached_llm_build(variant, settings, options)
     shutil.copytree(build, out)
+    recipe = next((name for name, opts in INT4_RECIPES.items() if opts == options), None) if variant == "int4" else None
     return {"model": settings.llm_model, "folder": str(folder), "adapter": adapter, "variant": variant,
-            "builder_options": options, "build": build.name, "format": "onnxruntime-genai"}
+            "int4_recipe": recipe, "builder_options": options, "build": build.name, "format": "onnxruntime-genai"}
 
 
 def merged_llm_dir(folder: Path, adapter: str, key: str, settings: Settings) -> Path:
