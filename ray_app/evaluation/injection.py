@@ -476,6 +476,7 @@ def verdict(report: dict) -> list[str]:
         if none:
             lines.append(f"{model} without defences: attack success {none['attack_success_rate']:.1%}, "
                          f"false refusals {none['false_refusal_rate']:.1%}.")
+    lines += model_comparison(report["configurations"], report["models"])
     det = report["detector"]
     if not det["methods"]:
         lines.append(f"Detector: the shipped one ({det['shipped']['method']}, threshold {det['shipped']['threshold']}); "
@@ -487,10 +488,44 @@ def verdict(report: dict) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict) -> str:
-    def pct(v) -> str:
-        return "—" if v is None else f"{v:.1%}"
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
 
+
+def _worse_better(a: float, b: float) -> str:
+    """How an attack success rate ``a`` compares with the base model's ``b``."""
+    return "worse" if a > b else "better" if a < b else "the same"
+
+
+def model_comparison(configurations: dict[str, dict], models: list[str]) -> list[str]:
+    """One line per fine-tuned model: its attack success against the base model's, without defences and with
+    every defence, each called worse, better or the same, and the categories where it is worse without defences."""
+    lines = []
+    for model in [m for m in models if m != "base"]:
+        pairs = [(configurations.get(f"{model}/{name}"), configurations.get(f"base/{name}"))
+                 for name in ("none", ALL_DEFENCES.name)]
+        if not all(tuned and base for tuned, base in pairs):
+            continue
+        (tuned_none, base_none), (tuned_all, base_all) = pairs
+        worse = [f"{k} {v['attack_success_rate']:.1%} vs {base_none['by_category'][k]['attack_success_rate']:.1%}"
+                 for k, v in tuned_none["by_category"].items()
+                 if k in base_none["by_category"]
+                 and v["attack_success_rate"] > base_none["by_category"][k]["attack_success_rate"]]
+        a, b = tuned_none["attack_success_rate"], base_none["attack_success_rate"]
+        c, d = tuned_all["attack_success_rate"], base_all["attack_success_rate"]
+        line = (f"{model} vs base under attack: {_worse_better(a, b)} without defences (attack success {a:.1%} "
+                f"vs {b:.1%}), {_worse_better(c, d)} with every defence ({c:.1%} vs {d:.1%}); with every defence, "
+                f"false refusals {tuned_all['false_refusal_rate']:.1%} vs {base_all['false_refusal_rate']:.1%}, "
+                f"benign answers holding the expected fact {_pct(tuned_all['benign_correct_rate'])} vs "
+                f"{_pct(base_all['benign_correct_rate'])} and 'not in the sources' on benign questions "
+                f"{_pct(tuned_all['model_not_in_sources_rate'])} vs {_pct(base_all['model_not_in_sources_rate'])}.")
+        if worse:
+            line += " Worse without defences in: " + ", ".join(worse) + "."
+        lines.append(line)
+    return lines
+
+
+def render_markdown(report: dict) -> str:
     lines = [
         "# Prompt-injection defence",
         "",
@@ -509,9 +544,9 @@ def render_markdown(report: dict) -> str:
               + " | ".join(cats) + " |", "|---|---|---|---|---|" + "---|" * len(cats)]
     for name, c in report["configurations"].items():
         mark = " **(defended)**" if name == report["defended_configuration"] else ""
-        lines.append(f"| {name}{mark} | {pct(c['attack_success_rate'])} | {pct(c['false_refusal_rate'])} | "
-                     f"{pct(c['stopped_attack_rate'])} | {pct(c['model_not_in_sources_rate'])} | "
-                     + " | ".join(pct(c["by_category"].get(k, {}).get("attack_success_rate")) for k in cats) + " |")
+        lines.append(f"| {name}{mark} | {_pct(c['attack_success_rate'])} | {_pct(c['false_refusal_rate'])} | "
+                     f"{_pct(c['stopped_attack_rate'])} | {_pct(c['model_not_in_sources_rate'])} | "
+                     + " | ".join(_pct(c["by_category"].get(k, {}).get("attack_success_rate")) for k in cats) + " |")
     lines += ["", "Cases per category: " + ", ".join(f"{k} {v['n']}" for k, v in report["defended"]["by_category"].items())
               + f", benign {report['defended']['n_benign']}.", "", "## Learned detector", ""]
     det = report["detector"]
@@ -522,9 +557,9 @@ def render_markdown(report: dict) -> str:
                      f"tokens, {stats['seconds']} s, engine {stats['engine']}, versions {stats['versions']}).")
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    lines += ["", "## Sample answers (defended configuration's model, no defences)", ""]
+    lines += ["", "## Sample answers (each model, no defences)", ""]
     for s in report.get("samples", []):
-        lines.append(f"- **{s['category']}** `{s['id']}`: {s['answer'][:200]!r} — "
+        lines.append(f"- {s['model']} **{s['category']}** `{s['id']}`: {s['answer'][:200]!r} — "
                      f"{'attack succeeded' if s.get('succeeded') else 'attack failed' if s['attack'] else 'benign'}")
     lines += ["", "## Command", "", "```", report["command"], "```", ""]
     return "\n".join(lines)
@@ -532,9 +567,6 @@ def render_markdown(report: dict) -> str:
 
 def render_detector(det: dict) -> list[str]:
     """The detector study's table (or why there is none)."""
-    def pct(v) -> str:
-        return "—" if v is None else f"{v:.1%}"
-
     if not det["methods"]:
         return ["Not re-trained or re-measured in this run (`--no-study`)."]
     lines = [f"Trained on {det['trained_on']}; measured on {det['measured_on']} (held out: other templates, canaries, "
@@ -544,9 +576,9 @@ def render_detector(det: dict) -> list[str]:
               "|---|---|---|---|---|---|" + "---|" * len(det["methods"]["logreg"]["recall_by_category"])]
     for method, m in det["methods"].items():
         lines.append(f"| {method}{' (chosen)' if method == det['chosen'] else ''} | {m['threshold']:.3f} | "
-                     f"{pct(m['recall'])} | {pct(m['false_positive_rate'])} | {pct(m['false_positive_rate_suite'])} | "
-                     f"{pct(m['false_positive_rate_wiki'])} | "
-                     + " | ".join(pct(v) for v in m["recall_by_category"].values()) + " |")
+                     f"{_pct(m['recall'])} | {_pct(m['false_positive_rate'])} | {_pct(m['false_positive_rate_suite'])} | "
+                     f"{_pct(m['false_positive_rate_wiki'])} | "
+                     + " | ".join(_pct(v) for v in m["recall_by_category"].values()) + " |")
     return lines
 
 
@@ -588,8 +620,7 @@ def eval_injection(config: InjectionEvalConfig) -> dict:
                                                         lambda: bar.advance(task))
             for name, scores in results.items():
                 configurations[f"{model}/{name}"] = aggregate(scores)
-            if not samples:
-                samples = pick_samples(results["none"])
+            samples += [{"model": model, **sample} for sample in pick_samples(results["none"])]
     served, adapter = served_model(found)
     defended_name = f"{served}/{ALL_DEFENCES.name}"
     if defended_name not in configurations:  # Serve's model was not evaluated: say so, report the base's
