@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from edge.runtime import EdgeRuntime
 from ray_app.ask.requests import AskRequest, SearchRequest, decode_image
 from ray_app.ask.service import AskEvent, AskOptions
-from ray_app.errors import NotFound, PrismError, Unavailable
+from ray_app.errors import InputError, NotFound, PrismError, Unavailable
 
 
 def sse(event: str, data: dict) -> str:
@@ -36,6 +36,13 @@ def error_response(exc: Exception) -> JSONResponse:
     code = getattr(exc, "code", None) or ("not_found" if status == 404 else "invalid_input")
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": {"code": code, "message": str(exc)}}, status_code=status, headers=headers)
+
+
+def refuse_fair_exposure(attribute: str | None) -> None:
+    """The bundle has no biography annotations, so the exposure re-ranking is refused rather than ignored."""
+    if attribute is not None:
+        raise InputError("fair_exposure is not available on the edge server (its bundle has no biography "
+                         "annotations); ask the Serve app")
 
 
 def build_app(runtime: EdgeRuntime, key: str | None = None) -> FastAPI:
@@ -83,11 +90,13 @@ def build_app(runtime: EdgeRuntime, key: str | None = None) -> FastAPI:
 
     @app.post("/v1/search", dependencies=[Depends(caller)])
     async def search(body: SearchRequest) -> dict:
+        refuse_fair_exposure(body.fair_exposure)
         hits = await asyncio.to_thread(runtime.search, body.query, body.k, body.mode, body.sources)
         return {"results": [h.to_dict() for h in hits]}
 
     @app.post("/v1/ask", dependencies=[Depends(caller)])
     async def ask(body: AskRequest):
+        refuse_fair_exposure(body.fair_exposure)
         image = decode_image(body.image) if body.image else None
         events = runtime.stream(body.question, image, AskOptions(k=body.k, max_new_tokens=body.max_new_tokens))
         first = await anext(events)  # input errors are raised here, before any byte is sent

@@ -535,7 +535,8 @@ class Ingress:
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, body: SearchRequest, _: Admission = Depends(caller)) -> dict:
         start = time.perf_counter()
-        results = await faults.call(lambda: self.rag.search.remote(body.query, body.k, body.mode, body.sources),
+        results = await faults.call(lambda: self.rag.search.remote(body.query, body.k, body.mode, body.sources,
+                                                                   body.fair_exposure),
                                     self.settings.handle_timeout_s, "rag")
         return {"results": results, "timings_ms": {"total_ms": _ms(start)}}
 
@@ -544,7 +545,8 @@ class Ingress:
     async def ask(self, request: Request, admission: Admission = Depends(llm_caller)):
         """An ask; with an ``Idempotency-Key`` header a retry gets the first answer back (no second ask)."""
         body, image = await parse_ask(request)
-        options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens, explain=body.explain)
+        options = AskOptions(k=body.k, max_new_tokens=body.max_new_tokens, explain=body.explain,
+                             fair_exposure=body.fair_exposure)
         key = request.headers.get("idempotency-key")
         claim = None
         if key is not None:

@@ -38,11 +38,15 @@ class RagDeployment:
                  traceparent: str | None = None) -> Retrieved:
         """The passages the LLM will see (the ask service's retrieve stage)."""
         with stage_span("rag", traceparent, **{"prism.k": options.k}):
-            return retrieve_passages(question, vision, options.k, self.store, self.embedder, options.min_relevance)
+            return retrieve_passages(question, vision, options.k, self.store, self.embedder, options.min_relevance,
+                                     options.fair_exposure)
 
-    def search(self, query: str, k: int, mode: str, sources: list[str] | None) -> list[dict]:
-        """Chunk search by mode (hybrid, vector or BM25 text), in the public hit shape."""
-        hits = search_corpus(query, k, mode, sources, store=self.store, embedder=self.embedder)
+    def search(self, query: str, k: int, mode: str, sources: list[str] | None,
+               fair_exposure: str | None = None) -> list[dict]:
+        """Chunk search by mode (hybrid, vector or BM25 text), in the public hit shape; ``fair_exposure``
+        re-ranks the people among the hits (the bias audit's mitigation)."""
+        hits = search_corpus(query, k, mode, sources, store=self.store, embedder=self.embedder,
+                             fair_exposure=fair_exposure)
         return [h.to_dict() for h in hits]
 
     def get_document(self, doc_id: str) -> dict | None:

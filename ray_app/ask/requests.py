@@ -37,11 +37,18 @@ def strict_bool(value):
     raise ValueError("must be a boolean (true or false)")
 
 
+FairExposure = Literal["gender", "region", "era"]
+FAIR_EXPOSURE_HELP = ("Re-rank the people among the results for this attribute (annotated from their wiki "
+                      "biographies) so that each group gets exposure in proportion to the candidates: the bias "
+                      "audit's mitigation (ray_app.bias.exposure, weight 0.5; docs/rai/README.md). Default: off.")
+
+
 class SearchRequest(BaseModel):
     query: str = Field(..., min_length=1, max_length=2000, description="What to look for.")
     k: int = Field(5, ge=1, le=50, description="Results to return.")
     mode: Literal["hybrid", "vector", "text"] = Field("hybrid", description="Ranking: both fused (the frozen fusion), vector, or BM25 full text.")
     sources: list[str] | None = Field(None, description="Only documents from these sources.")
+    fair_exposure: FairExposure | None = Field(None, description=FAIR_EXPOSURE_HELP)
 
     _strip = field_validator("query")(not_blank)
 
@@ -55,6 +62,7 @@ class AskRequest(BaseModel):
     explain: bool = Field(False, description="Add `explanation`: per answer sentence the passages ranked by "
                                              "ablation, and an image saliency map when an image is sent (costs "
                                              "`timings_ms.explain_ms`).")
+    fair_exposure: FairExposure | None = Field(None, description=FAIR_EXPOSURE_HELP.replace("results", "passages"))
 
     _strip = field_validator("question")(not_blank)
     _explain = field_validator("explain", mode="before")(strict_bool)
