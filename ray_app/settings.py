@@ -135,9 +135,10 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, os.cpu_count() or 1), ge=1,
         description="torch threads per fusion (LLM) replica; default: every core.")
     fusion_nice: int = Field(
-        default=10, ge=0, le=19,
-        description="Nice value of every fusion replica thread: decoding takes the CPU that searches, vision, "
-                    "retrieval and refusals leave (docs/serving.md#search-beside-decoding); 0: equal footing.")
+        default=0, ge=0, le=19,
+        description="Nice value of every fusion replica thread (0: equal footing). Above 0, decoding takes only the "
+                    "CPU that everything else on the machine leaves: on 2 cores, 10 made admitted asks' TTFT worse "
+                    "(their own vision, retrieval and the load generator came first) without making search faster.")
     fusion_max_batch_size: int = Field(
         default=16, ge=1, le=256, description="Answers the fusion deployment decodes together; more wait for a slot."
     )

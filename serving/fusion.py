@@ -40,9 +40,8 @@ def lower_priority(nice: int) -> int:
     many threads were changed.
 
     On Linux ``nice`` is per thread, so the process's existing threads (the decode loop, torch's OpenMP pool,
-    Ray's workers) are set one by one. Decoding is the only work on the machine that can use every core for
-    as long as it is given; at a lower priority it takes what searches and the other stages leave, and they
-    no longer wait behind it for a core.
+    Ray's workers) are set one by one. At a lower priority decoding takes only what searches, the other stages
+    and anything else on the machine leave (``PRISM_FUSION_NICE``, off by default: see its description).
     """
     changed = 0
     for tid, current in thread_nices().items():
