@@ -2,7 +2,6 @@
 admitted ones finish, nothing is a 500, and a client that goes away gives its places back."""
 
 import json
-import statistics
 import threading
 import time
 
