@@ -16,7 +16,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBED_DIM = 384
-EMBED_BACKENDS = ("onnx", "onnx-int8", "torch")  # see ray_app.models.text
+EMBED_BACKENDS = ("onnx", "onnx-int8", "torch", "torch-bf16")  # see ray_app.models.text
 
 
 class Settings(BaseSettings):
@@ -149,8 +149,12 @@ class Settings(BaseSettings):
 
     # Admission control (the ingress: ray_app/ask/admission.py)
     ask_max_active: int = Field(
-        default=2, ge=1, description="Asks in flight per ingress replica: as many as the fusion replicas start within "
-                                     "the TTFT SLO (2 on 2 cores: docs/reports/serve-capacity.md).")
+        default=4, ge=1, description="Most asks in flight per ingress replica. The gate lets in fewer while admitted "
+                                     "asks start later than PRISM_ASK_TTFT_TARGET_S (ray_app/ask/admission.py).")
+    ask_ttft_target_s: float = Field(
+        default=1.5, gt=0, description="Time to first token, from arrival at the ingress, that admitted asks should "
+        "stay under: the 2 s SLO less the proxy and a margin for its p95. The gate cuts its limit when an ask starts "
+        "later and raises it when asks start sooner; a very large value keeps it at PRISM_ASK_MAX_ACTIVE.")
     ask_max_waiting: int = Field(
         default=2, ge=0, description="Asks that may wait for a place per ingress replica; more get 503 at once.")
     ask_wait_s: float = Field(

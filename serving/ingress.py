@@ -463,7 +463,7 @@ class Ingress:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.guard = get_guard()
         self.gate = AdmissionGate(self.settings.ask_max_active, self.settings.ask_max_waiting, self.settings.ask_wait_s,
-                             self.settings.retry_after_s)
+                                  self.settings.retry_after_s, self.settings.ask_ttft_target_s)
         generate = ServeGenerate(fusion)
         generate.counter.tokenizer()  # loaded here, not by the first asks of a burst (usage counts)
         self.service = AskService(ServeVision(vision), ServeRetrieve(rag), generate, ServeAudit(audit),

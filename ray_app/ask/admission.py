@@ -5,11 +5,19 @@ together) and the asks waiting for one of those places (``max_waiting``, at most
 The decision comes before any vision or retrieval work is spent: a full gate raises
 :class:`Overloaded`, which a transport answers with 503 and ``Retry-After`` (Envoy's overload
 manager: shed early, say when to come back).
+
+How many asks may run at once is not fixed: the gate measures each admitted ask's time to its first
+token (from its arrival, waits included) and keeps a ``limit`` between 1 and ``max_active`` by
+additive increase and multiplicative decrease against ``ttft_target_s`` (TCP's congestion window;
+Netflix's concurrency-limits do the same for services). When the CPU is shared with more work (search
+traffic, a second ingress replica with its own gate, the load generator) the asks let in still start
+within the SLO, and the rest are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,47 +34,86 @@ class Overloaded(Unavailable):
         self.retry_after_s = retry_after_s
 
 
+class Place:
+    """One admitted ask; :meth:`started` reports its first token to the gate (once)."""
+
+    def __init__(self, gate: AdmissionGate, arrived: float):
+        self._gate, self._arrived, self._reported = gate, arrived, False
+
+    def started(self) -> None:
+        if not self._reported:
+            self._reported = True
+            self._gate.observe(time.perf_counter() - self._arrived)
+
+
 class AdmissionGate:
     """A bounded set of places for asks in one process, with a short bounded wait.
 
     Args:
-        max_active: asks that may run at once.
+        max_active: most asks that may run at once (the adaptive ``limit`` starts there).
         max_waiting: asks that may wait for a place; more are refused at once.
         wait_s: how long a waiting ask waits before it is refused.
         retry_after_s: what a refused ask is told about coming back.
+        ttft_target_s: the time to first token an admitted ask should stay under; None keeps the
+            limit at ``max_active``.
     """
 
-    def __init__(self, max_active: int, max_waiting: int, wait_s: float, retry_after_s: float):
+    decrease = 0.7  # the limit's cut when an ask started later than the target
+
+    def __init__(self, max_active: int, max_waiting: int, wait_s: float, retry_after_s: float,
+                 ttft_target_s: float | None = None):
         if max_active < 1 or max_waiting < 0:
             raise ValueError(f"need max_active >= 1 and max_waiting >= 0, got {max_active}, {max_waiting}")
+        if ttft_target_s is not None and ttft_target_s <= 0:
+            raise ValueError(f"ttft_target_s must be > 0, got {ttft_target_s}")
         self.max_active, self.max_waiting = max_active, max_waiting
-        self.wait_s, self.retry_after_s = wait_s, retry_after_s
+        self.wait_s, self.retry_after_s, self.ttft_target_s = wait_s, retry_after_s, ttft_target_s
+        self.limit = float(max_active)
         self.active = 0
         self.waiting = 0
         self.refused = 0
+        self._last_cut = 0.0
         self._freed = asyncio.Condition()
 
     def stats(self) -> dict:
         return {"active": self.active, "waiting": self.waiting, "refused": self.refused,
-                "max_active": self.max_active, "max_waiting": self.max_waiting}
+                "limit": round(self.limit, 2), "max_active": self.max_active, "max_waiting": self.max_waiting,
+                "ttft_target_s": self.ttft_target_s}
+
+    def _open(self) -> bool:
+        return self.active < int(self.limit)
+
+    def observe(self, ttft_s: float) -> None:
+        """Adapt the limit to one admitted ask's time to first token (arrival to first token)."""
+        if self.ttft_target_s is None:
+            return
+        now = time.perf_counter()
+        if ttft_s > self.ttft_target_s:
+            # one cut per target interval: the asks already running started under the old limit
+            if now - self._last_cut >= self.ttft_target_s:
+                self.limit = max(1.0, self.limit * self.decrease)
+                self._last_cut = now
+        elif self.active >= int(self.limit):  # the limit was what held asks back: probe one more place
+            self.limit = min(float(self.max_active), self.limit + 1.0 / self.limit)
 
     @asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
-        """Hold a place for the duration of the block.
+    async def place(self) -> AsyncIterator[Place]:
+        """Hold a place for the duration of the block; the block calls ``started()`` at the first token.
 
         Raises:
             Overloaded: every place is taken and the wait is full or took longer than ``wait_s``.
         """
+        arrived = time.perf_counter()
         await self._acquire()
         try:
-            yield
+            yield Place(self, arrived)
         finally:
             async with self._freed:
                 self.active -= 1
                 self._freed.notify()
 
     async def _acquire(self) -> None:
-        if self.active < self.max_active and self.waiting == 0:
+        if self._open() and self.waiting == 0:
             self.active += 1
             return
         if self.waiting >= self.max_waiting:
@@ -74,7 +121,7 @@ class AdmissionGate:
         self.waiting += 1
         try:
             async with self._freed:
-                await asyncio.wait_for(self._freed.wait_for(lambda: self.active < self.max_active), self.wait_s)
+                await asyncio.wait_for(self._freed.wait_for(self._open), self.wait_s)
                 self.active += 1
                 return
         except TimeoutError:

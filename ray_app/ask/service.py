@@ -250,13 +250,15 @@ class AskService:
         options = (options or AskOptions()).check(self.settings)
         if image is not None and self.vision is None:
             raise AskInputError("this service answers questions without images")
-        async with self.gate.place() if self.gate is not None else nullcontext():
+        async with self.gate.place() if self.gate is not None else nullcontext() as place:
             trace, status, error = AskTrace(), "cancelled", None  # a consumer that goes away: cancelled
             start, ended = time.perf_counter(), "cancelled"
             try:
                 async for event in within(self._events(question, image, options, caller, trace, redaction.flags),
                                           self.settings.ask_timeout_s):
                     ended = event.kind if event.kind in ("done", "flagged") else ended
+                    if event.kind == "token" and place is not None:
+                        place.started()  # the gate adapts how many asks it lets in to this
                     yield event
             except AskTimeout as exc:
                 status, error = "timeout", str(exc)

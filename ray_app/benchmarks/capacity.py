@@ -14,8 +14,8 @@ load mix's questions with passages retrieved from it.
    asks let in, total answer time, search latency, 4xx, 5xx (other than sheds) and client timeouts.
 2. Bare engine: after the load, this process loads the fusion deployment's model the way a replica
    does (``PRISM_LLM_*`` settings, ``PRISM_FUSION_THREADS``) and runs the same prompts through the
-   serving decoder with 1, 4, 8, 16 answers in flight (no Serve, no HTTP): ``bare_answers_per_s`` is
-   the best. ``serve_efficiency`` = the most answers/s the service gave in a step ÷ that.
+   serving decoder with at most 1, 4, 8, 16 answers in flight, each size answering the same 16 prompts in
+   a closed loop (no Serve, no HTTP): ``bare_answers_per_s`` is the best. ``serve_efficiency`` = the most answers/s the service gave in a step ÷ that.
 3. Compute bound: the matmul rate in the serving precision ÷ the FLOPs of one answer,
    2 × parameters × (prompt tokens + new tokens): what the arithmetic alone would allow.
 4. ``answers_per_s_at_slo``: the most answers/s of a step whose admitted asks' TTFT p95 is under 2 s
@@ -75,7 +75,10 @@ def bench_capacity(config: ServeBenchConfig) -> dict:
         print(f"capacity: {users} users for {config.step_duration} s", file=sys.stderr, flush=True)
         stats = run_locust(config.url, users, config.step_duration, spawn_rate, config.locustfile, max_new_tokens,
                            config.client_timeout)
-        steps.append(summarise_step(stats, users, config.step_duration))
+        step = summarise_step(stats, users, config.step_duration)
+        # the gate's adaptive limit at the step's end (one ingress replica's: /healthz answers from one)
+        step["admission_limit"] = (app_health(config.url).get("admission") or {}).get("limit")
+        steps.append(step)
     print("capacity: the engine's bare throughput", file=sys.stderr, flush=True)
     # The replicas cap every answer at PRISM_MAX_NEW_TOKENS: the bare engine writes answers as long.
     engine = measure_bare_engine(mix["questions"], min(max_new_tokens, get_settings().max_new_tokens),
@@ -213,8 +216,9 @@ def measure_bare_engine(questions: list[str], max_new_tokens: int, batches: list
 
     Loads the engine as a replica does (:func:`ray_app.llm.engines.build_engine` with the settings:
     ``PRISM_LLM_ENGINE``, the adapter, the replicas' threads), runs it with each of ``batches``
-    answers in flight (:func:`ray_app.benchmarks.llm.run_batch`) and measures the matmul rate in the
-    engine's precision (float32 stands in for integer kernels). With ``profile`` (torch engines),
+    answers in flight, every size on the same ``max(batches)`` prompts in a closed loop
+    (:func:`ray_app.benchmarks.llm.run_closed_loop`: batch 1 does the work batch 16 does), and measures
+    the matmul rate in the engine's precision (float32 stands in for integer kernels). With ``profile`` (torch engines),
     also the prefill and decode-step profile of :func:`ray_app.benchmarks.serve.fusion_profile` on the
     same loaded model.
 
@@ -223,7 +227,7 @@ def measure_bare_engine(questions: list[str], max_new_tokens: int, batches: list
     """
     import torch
 
-    from ray_app.benchmarks.llm import matmul_gflops, run_batch
+    from ray_app.benchmarks.llm import matmul_gflops, run_batch, run_closed_loop
     from ray_app.llm.engines import build_engine
     from ray_app.llm.generate import count_tokens
     from ray_app.settings import get_settings
@@ -237,11 +241,12 @@ def measure_bare_engine(questions: list[str], max_new_tokens: int, batches: list
     runs = {}
     try:
         run_batch(engine, prompts[:1], 4)  # warm-up
+        work = [prompts[i % len(prompts)] for i in range(max(batches))]
         for size in batches:
-            run = run_batch(engine, [prompts[i % len(prompts)] for i in range(size)], max_new_tokens)
-            runs[str(size)] = {"answers_per_s": round(size / run["wall_s"], 3),
+            run = run_closed_loop(engine, work, size, max_new_tokens)
+            runs[str(size)] = {"answers_per_s": round(len(work) / run["wall_s"], 3),
                                "tokens_per_s": round(run["tokens"] / run["wall_s"], 1),
-                               "new_tokens_mean": round(run["tokens"] / size, 1),
+                               "new_tokens_mean": round(run["tokens"] / len(work), 1),
                                "ttft_p50_ms": round(1000 * statistics.median(run["ttft_s"]), 1) if run["ttft_s"] else None,
                                "wall_s": round(run["wall_s"], 2)}
     finally:
@@ -315,7 +320,7 @@ def _efficiency_note(r: dict) -> str:
              f"target {TARGETS['serve_efficiency']:.0%})."]
     admission = r.get("admission") or {}
     if admission.get("max_active") and admission["max_active"] < bare["best_batch"]:
-        parts.append(f"The admission gate lets {admission['max_active']} asks in per ingress replica while the engine "
+        parts.append(f"The admission gate lets at most {admission['max_active']} asks in per ingress replica while the engine "
                      f"is fastest with {bare['best_batch']} in flight.")
     top = max(r["steps"], key=lambda s: s["admitted_asks_per_s"])
     stages = {k: (v.get("p50_ms") or 0) for k, v in top["ask_stages"].items()}
@@ -361,18 +366,22 @@ def render_markdown(r: dict) -> str:
         f"load average at the end {' / '.join(map(str, r['load_average']))}. Admission: "
         f"{_admission(r.get('admission'))}.",
         "",
-        "| users | offered asks/s | answered asks/s | shed | TTFT p50 ms (admitted) | TTFT p95 ms (admitted) | "
-        "ask total p95 ms | search p95 ms | 4xx | 5xx | client timeouts | bounded by |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| users | offered asks/s | answered asks/s | shed | gate limit | TTFT p50 ms (admitted) | "
+        "TTFT p95 ms (admitted) | ask total p95 ms | search p95 ms | 4xx | 5xx | client timeouts | bounded by |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in r["steps"]:
         share = "–" if s["shed_share"] is None else f"{s['shed_share']:.0%}"
+        limit = "–" if s.get("admission_limit") is None else f"{s['admission_limit']:g}"
         lines.append(f"| {s['users']} | {s['offered_asks_per_s']:.2f} | {s['admitted_asks_per_s']:.2f} | {share} | "
+                     f"{limit} | "
                      f"{fmt_number(s['ask_ttft_p50_ms_admitted'])} | {fmt_number(s['ask_ttft_p95_ms_admitted'])} | "
                      f"{fmt_number(s['ask_total_p95_ms'])} | {fmt_number(s['search_p95_ms'])} | {s['errors_4xx']} | "
                      f"{s['errors_5xx']} | {s['client_timeouts']} | {s['bound']} |")
     lines += [
         "",
+        "Gate limit: the asks one ingress replica let in at once when the step ended (it adapts to the admitted "
+        "asks' time to first token).",
         "Shed: asks refused with 503 + `Retry-After` (not failures); 5xx counts every other 5xx. TTFT and answered "
         "asks count only the asks let in.",
         "",
@@ -428,4 +437,7 @@ def _ratio(value: float | None) -> str:
 def _admission(a: dict | None) -> str:
     if not a:
         return "not reported by /healthz"
-    return f"{a.get('max_active')} asks in flight and {a.get('max_waiting')} waiting per ingress replica"
+    target = a.get("ttft_target_s")
+    adaptive = (f" (fewer while admitted asks' first tokens come later than {target:g} s)"
+                if target is not None and target < 60 else "")
+    return f"at most {a.get('max_active')} asks in flight{adaptive} and {a.get('max_waiting')} waiting per ingress replica"

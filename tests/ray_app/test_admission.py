@@ -68,3 +68,38 @@ def test_a_place_is_freed_when_the_holder_is_cancelled():
         return gate.stats()
 
     assert asyncio.run(scenario())["active"] == 0
+
+
+def test_the_limit_follows_the_time_to_first_token():
+    """Late first tokens cut the limit (at most once per target interval), prompt ones raise it back."""
+    async def scenario():
+        gate = AdmissionGate(max_active=4, max_waiting=0, wait_s=0, retry_after_s=1, ttft_target_s=0.05)
+        gate.observe(0.2)  # later than the target: 4 -> 2.8, two places
+        assert gate.stats()["limit"] == 2.8
+        gate.observe(0.2)  # within the same interval: no second cut for asks admitted under the old limit
+        assert gate.stats()["limit"] == 2.8
+        async with gate.place():
+            async with gate.place() as second:
+                with pytest.raises(Overloaded):  # a third is refused
+                    async with gate.place():
+                        pass
+                second.started()  # prompt, with the limit full: one more place, probed additively
+                second.started()  # reported once
+                assert gate.stats()["limit"] == pytest.approx(2.8 + 1 / 2.8, abs=0.01)
+                async with gate.place():  # the third place is open now
+                    pass
+        await asyncio.sleep(0.06)
+        for _ in range(20):
+            gate.observe(1.0)
+            await asyncio.sleep(0.051)
+        assert gate.stats()["limit"] == 1.0  # never below one place
+        gate.observe(0.0)  # the limit did not hold anyone back (nothing active): unchanged
+        return gate.stats()
+
+    assert asyncio.run(scenario())["limit"] == 1.0
+
+
+def test_without_a_target_the_limit_stays_at_max_active():
+    gate = AdmissionGate(max_active=3, max_waiting=0, wait_s=0, retry_after_s=1)
+    gate.observe(100.0)
+    assert gate.stats()["limit"] == 3.0

@@ -198,7 +198,8 @@ def serve_app(pg_server_url: str, tmp_dir: Path, max_new_tokens: int = 24, max_a
     trace_file = tmp_dir / "traces.jsonl"
     env = {"DATABASE_URL": url, "PRISM_IMAGE_ENCODER": str(encoder_dir), "PRISM_MAX_NEW_TOKENS": str(max_new_tokens),
            "PRISM_ASK_MAX_ACTIVE": str(max_active), "PRISM_ASK_MAX_WAITING": str(max_waiting), "PRISM_ASK_WAIT_S": "0.5",
-           "PRISM_TRACE_FILE": str(trace_file)}
+           # a fixed limit: the tests size the gate themselves (test_admission.py tests the adaptation)
+           "PRISM_ASK_TTFT_TARGET_S": "600", "PRISM_TRACE_FILE": str(trace_file)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reset_settings()
