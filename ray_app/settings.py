@@ -19,6 +19,12 @@ EMBED_DIM = 384
 EMBED_BACKENDS = ("onnx", "onnx-int8", "torch", "torch-bf16")  # see ray_app.models.text
 
 
+def default_fusion_threads(cores: int | None) -> int:
+    """Every core but one for the LLM's torch threads (at least one): on 2 cores, decoding on both made
+    search and the asks' own vision wait (docs/serving.md#fusion-threads)."""
+    return max(1, (cores or 1) - 1)
+
+
 class Settings(BaseSettings):
     """Runtime configuration, read from environment variables (prefix ``PRISM_``) or `.env`."""
 
@@ -132,8 +138,9 @@ class Settings(BaseSettings):
         default=512, ge=64, le=4096,
         description="Most tokens in an answer prompt: passages are cut (longest first) to fit; unset: no limit.")
     fusion_threads: int = Field(
-        default_factory=lambda: max(1, os.cpu_count() or 1), ge=1,
-        description="torch threads per fusion (LLM) replica; default: every core.")
+        default_factory=lambda: default_fusion_threads(os.cpu_count()), ge=1,
+        description="torch threads per fusion (LLM) replica; default: every core but one, which the rest of the "
+                    "graph (proxy, ingress, search, vision) keeps (docs/serving.md#fusion-threads).")
     fusion_nice: int = Field(
         default=0, ge=0, le=19,
         description="Nice value of every fusion replica thread (0: equal footing). Above 0, decoding takes only the "

@@ -5,8 +5,9 @@ the engine's own queue: rows decoding plus requests waiting for a batch slot, wh
 reports through ``FusionDeployment.record_autoscaling_stats`` as ``decode_rows`` and ``decode_waiting``.
 :class:`FusionQueuePolicy` asks for one replica per ``target_ongoing_requests`` wanted rows (the
 batch one replica should carry), and never for more replicas than the cluster has cores for: each
-replica runs ``PRISM_FUSION_THREADS`` torch threads, so on a 2-core machine with 2 threads per
-replica the count stays 1, and on a cluster it follows the CPUs of every node.
+replica runs ``PRISM_FUSION_THREADS`` torch threads, so replicas never share cores, and on a
+cluster the count follows the CPUs of every node. (On a 2-core machine, 1 thread per replica, Ray's
+CPU reservations in ``serving/config.yaml`` keep the count at 1.)
 
 Serve applies ``min_replicas``/``max_replicas``, ``upscale_delay_s`` and ``downscale_delay_s`` to
 the decision (the policy is wrapped by Serve's ``_apply_autoscaling_config``). The policy module is
@@ -30,13 +31,14 @@ class FusionQueuePolicy:
 
     Args:
         threads_per_replica: CPU threads one fusion replica computes with; None: ``PRISM_FUSION_THREADS`` as the
-            replicas read it (default: the node's cores, :class:`ray_app.settings.Settings`).
+            replicas read it (default: the node's cores but one, :class:`ray_app.settings.Settings`).
         cluster_cpus: the cluster's CPU count; None reads ``ray.cluster_resources()`` (every 30 s).
     """
 
     def __init__(self, threads_per_replica: int | None = None, cluster_cpus: float | None = None):
         if threads_per_replica is None:
-            threads_per_replica = int(os.environ.get("PRISM_FUSION_THREADS") or os.cpu_count() or 1)
+            # as ray_app.settings.default_fusion_threads (this module is pickled by value: no Prism imports)
+            threads_per_replica = int(os.environ.get("PRISM_FUSION_THREADS") or max(1, (os.cpu_count() or 1) - 1))
         if threads_per_replica < 1:
             raise ValueError(f"threads_per_replica must be at least 1, got {threads_per_replica}")
         self.threads_per_replica = threads_per_replica

@@ -75,3 +75,14 @@ def test_embedded_up_status_down(tmp_path, monkeypatch):
     finally:
         runner.invoke(app, ["db", "down"])
         reset_settings()
+
+
+def test_the_llm_leaves_one_core_to_the_rest_of_the_graph(monkeypatch):
+    from ray_app.settings import default_fusion_threads
+
+    assert [default_fusion_threads(c) for c in (None, 1, 2, 16)] == [1, 1, 1, 15]
+    monkeypatch.delenv("PRISM_FUSION_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings().fusion_threads == 7
+    monkeypatch.setenv("PRISM_FUSION_THREADS", "3")
+    assert Settings().fusion_threads == 3
