@@ -156,8 +156,9 @@ class Settings(BaseSettings):
 
     # Admission control (the ingress: ray_app/ask/admission.py)
     ask_max_active: int = Field(
-        default=4, ge=1, description="Most asks in flight per ingress replica. The gate lets in fewer while admitted "
-                                     "asks start later than PRISM_ASK_TTFT_TARGET_S (ray_app/ask/admission.py).")
+        default=2, ge=1, description="Most asks in flight per ingress replica (2 on 2 cores: a ceiling of 4 let bursts "
+                                     "of asks in that then started late, docs/serving.md). The gate lets in fewer while "
+                                     "admitted asks start later than PRISM_ASK_TTFT_TARGET_S (ray_app/ask/admission.py).")
     ask_ttft_target_s: float = Field(
         default=1.5, gt=0, description="Time to first token, from arrival at the ingress, that admitted asks should "
         "stay under: the 2 s SLO less the proxy and a margin for its p95. The gate cuts its limit when an ask starts "
