@@ -73,6 +73,8 @@ class ServeBenchConfig:
         steps: users of each capacity step, in order.
         step_duration: seconds of load per capacity step.
         bare_batches: answers in flight for the engine's bare throughput (capacity run).
+        warmup: seconds of unrecorded load at the first step's users before the capacity steps (0: none),
+            so the first step does not measure the app's first requests.
     """
 
     users: int = 100
@@ -88,6 +90,7 @@ class ServeBenchConfig:
     steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100, 150])
     step_duration: int = 60
     bare_batches: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
+    warmup: int = 30
 
     def __post_init__(self) -> None:
         if not 1 <= self.users <= 5000 or not 5 <= self.duration <= 3600:
@@ -97,6 +100,8 @@ class ServeBenchConfig:
         if not self.steps or not all(1 <= u <= 5000 for u in self.steps) or not 5 <= self.step_duration <= 3600:
             raise InputError(f"steps must be users in 1..5000 and step_duration in 5..3600 s, got {self.steps} "
                              f"and {self.step_duration}")
+        if not 0 <= self.warmup <= 600:
+            raise InputError(f"warmup must be 0..600 s, got {self.warmup}")
         if not self.bare_batches or min(self.bare_batches) < 1:
             raise InputError(f"bare_batches must be positive batch sizes, got {self.bare_batches}")
 
@@ -611,6 +616,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                           help="Seconds of load per step.")
     capacity.add_argument("--bare-batches", type=int_list(1, 256), default=d.bare_batches, metavar="B1,B2,...",
                           help="Answers in flight for the engine's bare throughput (its best is bare_answers_per_s).")
+    capacity.add_argument("--warmup", type=int_at_least(0, 600), default=d.warmup, metavar="0..600",
+                          help="Seconds of unrecorded load at the first step's users before the steps, so the first "
+                          "step does not measure the app's first requests (0: none).")
     return p
 
 

@@ -21,6 +21,7 @@ from ray_app.benchmarks.capacity import (
     summarise_step,
 )
 from ray_app.benchmarks.serve import ServeBenchConfig, build_parser, named_entries, run_locust, summarise
+from ray_app.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
@@ -139,7 +140,7 @@ def test_missed_targets_say_what_bounds_them():
     assert met["serve_efficiency"] is False  # 1.0 of 3.0 answers/s
     notes = " ".join(report["notes"])
     assert "loss is in serving" in notes  # the engine alone makes more than the target
-    assert "admission gate lets 8 asks in" in notes and "engine is fastest with 16 in flight" in notes
+    assert "admission gate lets at most 8 asks in" in notes and "engine is fastest with 16 in flight" in notes
     assert "waited 3,000 ms p95" in notes
     unsaturated = capacity_report([make_step(10, 0.5, 900.0)])
     assert unsaturated["targets_met"]["search_p95_ms"] is None  # no step at 100 users
@@ -164,12 +165,15 @@ def test_the_plain_report_adds_admitted_ttft_and_shed_share_and_keeps_sheds_out_
 
 def test_capacity_options_parse_into_the_config():
     args = vars(build_parser().parse_args(["--capacity", "--steps", "2,4", "--step-duration", "8", "--no-profile",
-                                           "--bare-batches", "1,2", "--client-timeout", "5"]))
+                                           "--bare-batches", "1,2", "--client-timeout", "5", "--warmup", "0"]))
     args.pop("json")
     config = ServeBenchConfig(**args)
     assert config.capacity and config.steps == [2, 4] and config.step_duration == 8 and not config.profile
-    assert config.bare_batches == [1, 2] and config.client_timeout == 5.0
+    assert config.bare_batches == [1, 2] and config.client_timeout == 5.0 and config.warmup == 0
     assert ServeBenchConfig().steps == [10, 25, 50, 100, 150] and ServeBenchConfig().step_duration == 60
+    assert ServeBenchConfig().warmup == 30
+    with pytest.raises(InputError, match="warmup"):
+        ServeBenchConfig(warmup=601)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--steps", "0,4"])
 

@@ -94,7 +94,7 @@ def test_bench_serve_capacity_at_a_tiny_size_counts_sheds_as_sheds(prism_app, tm
     out = tmp_path / "serve-capacity"
     result = CliRunner().invoke(app, ["bench", "serve", "--capacity", "--steps", "2,12", "--step-duration", "8",
                                       "--url", prism_app.url, "--no-profile", "--bare-batches", "1,2",
-                                      "--client-timeout", "60", "--out", str(out), "--json"])
+                                      "--client-timeout", "60", "--warmup", "0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     refused = httpx.get(f"{prism_app.url}/healthz", timeout=30).json()["admission"]["refused"] - refused_before
