@@ -57,6 +57,9 @@ class ImageEncoderEvalConfig:
         write_calibration: save the fitted label temperature and threshold as ``calibration.json`` in the checkpoint.
         vocabulary: label vocabulary for calibration: ``demo`` (stamps, photos and wiki titles, as served) or
             ``stamps`` (stamps and photos only; quicker).
+        views: test-time views a user's picture is embedded with (``ray_app.vision.tta``): ``auto`` picks among
+            :data:`~ray_app.vision.tta.TTA_CANDIDATES` by zero-shot accuracy on the *training* stamps' transformed
+            views, or a comma-separated list (``identity``: none). Saved in ``calibration.json``; the vision step uses them.
     """
 
     checkpoint: Path | None = None
@@ -64,6 +67,7 @@ class ImageEncoderEvalConfig:
     curve: list[Path] = field(default_factory=list)
     write_calibration: bool = True
     vocabulary: str = "demo"
+    views: str = "auto"
 
 
 def recall_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
@@ -148,12 +152,14 @@ def caption_zero_shot(stamps, embed_text, label_vecs: np.ndarray) -> float:
 
 
 def embed_views(encoder, bank_images: np.ndarray, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Embed one transformed view of each kind (:data:`VIEW_KINDS`) per bank image, deterministically.
+    """Embed one transformed view of each kind (:data:`VIEW_KINDS`) per bank image, deterministically, with every
+    test-time view of each (:data:`ray_app.vision.tta.TTA_VIEWS`; combine them with :func:`ray_app.vision.tta.mean_vector`).
 
     Returns:
-        ``(vectors (n * kinds, d), kinds, image index per view)``.
+        ``(vectors (n * kinds, test-time views, d), kinds, image index per view)``.
     """
     from ray_app.vision.data import VIEW_KINDS, transformed_view
+    from ray_app.vision.tta import TTA_VIEWS, embed_each_view
 
     views, kinds, owners = [], [], []
     for i, rgba in enumerate(bank_images):
@@ -161,7 +167,35 @@ def embed_views(encoder, bank_images: np.ndarray, seed: int) -> tuple[np.ndarray
             views.append(transformed_view(rgba, kind, np.random.default_rng([seed, i, j])))
             kinds.append(kind)
             owners.append(i)
-    return encoder.embed(views), kinds, np.array(owners, dtype=np.int64)
+    return embed_each_view(encoder, views, TTA_VIEWS), kinds, np.array(owners, dtype=np.int64)
+
+
+def choose_views(per_view: np.ndarray, kinds: list[str], truth_gallery: np.ndarray, gallery: np.ndarray,
+                 truth_category: np.ndarray, label_vecs: np.ndarray, views: str = "auto") -> tuple[tuple[str, ...], dict]:
+    """The test-time views to serve: ``views`` as given, or (``auto``) the candidate with the best zero-shot accuracy
+    on these transformed views (the *training* stamps': never the held-out ones); ties keep the fewer views.
+
+    Args:
+        per_view: ``(v, len(TTA_VIEWS), d)`` vectors of every test-time view (:func:`embed_views`).
+
+    Returns:
+        ``(views, {"chosen", "chosen_by", "candidates": [{"views", "zero_shot_acc", "original_in_top5"}]})``.
+
+    Raises:
+        ValueError: ``views`` names an unknown view.
+    """
+    from ray_app.vision.tta import TTA_CANDIDATES, TTA_VIEWS, check_views, mean_vector
+
+    candidates = TTA_CANDIDATES if views == "auto" else (check_views(views.split(",")),)
+    rows = []
+    for candidate in candidates:
+        vecs = mean_vector(per_view[:, [TTA_VIEWS.index(v) for v in candidate]])
+        m = transformed_metrics(vecs, kinds, truth_gallery, gallery, truth_category, label_vecs)
+        rows.append({"views": list(candidate), "zero_shot_acc": m["zero_shot_acc"], "original_in_top5": m["original_in_top5"]})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["zero_shot_acc"], -len(candidates[i])))
+    chosen_by = ("given (--views)" if views != "auto" else
+                 "the best zero-shot category accuracy on the training stamps' transformed views (ties: fewer views)")
+    return tuple(candidates[best]), {"chosen": list(candidates[best]), "chosen_by": chosen_by, "candidates": rows}
 
 
 def transformed_metrics(view_vecs: np.ndarray, kinds: list[str], truth_gallery: np.ndarray, gallery_vecs: np.ndarray,
@@ -296,6 +330,7 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
         ``(report section, LabelCalibration)``.
     """
     from ray_app.vision.labels import (
+        MAX_NOVEL_WRONG_SURE,
         MAX_UNRELATED_SURE,
         TARGET_PRECISION,
         LabelCalibration,
@@ -323,7 +358,7 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
 
     all_conf, all_correct = _label_stats(probs, rows, np.ones(len(rows.targets), dtype=bool))
     calibration.min_neighbourhood, calibration.threshold, candidates = fit_sure_rule(
-        all_conf[fit], all_correct[fit], rows.nn_sims[fit], unrelated[fit])
+        all_conf[fit], all_correct[fit], rows.nn_sims[fit], unrelated[fit], novel=(rows.group == "novel")[fit])
     all_sure = sure_score(all_conf, rows.nn_sims, calibration.min_neighbourhood) >= calibration.threshold
     conf, correct, sure = all_conf[report_named], all_correct[report_named], all_sure[report_named]
     text_conf, text_correct = _label_stats(lambda part: softmax(sims[part], temperature), rows, report_named)
@@ -339,12 +374,14 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
         f"{rows.nn_sims.shape[1]} nearest stored images (their temperature and 'none of them' floor by NLL), fitted on "
         f"one half of the named pictures; sure = top score >= threshold, {gate}: the gate and threshold that make the "
         f"most named pictures sure on that half while sure labels stay right >= {TARGET_PRECISION:.0%} of the time, "
-        f"counting unrelated pictures (noise, gradients, stripes, shapes) as wrong, and at most "
-        f"{MAX_UNRELATED_SURE:.0%} of the unrelated pictures are sure")
+        f"counting unrelated pictures (noise, gradients, stripes, shapes) as wrong, at most "
+        f"{MAX_UNRELATED_SURE:.0%} of the unrelated pictures are sure, and at most {MAX_NOVEL_WRONG_SURE:.0%} of the novel "
+        "pictures (nothing stored shows that very object) get a sure wrong label")
 
     def sure_figures(mask):
-        s, ok, u = all_sure[mask], all_correct[mask], unrelated[mask]
+        s, ok, u, n = all_sure[mask], all_correct[mask], unrelated[mask], rows.group[mask] == "novel"
         return {"named_sure_rate": float(s[~u].mean()), "unrelated_sure_rate": float(s[u].mean()) if u.any() else None,
+                "novel_wrong_sure_rate": float((s & ~ok)[n].mean()) if n.any() else None,
                 "sure_precision_counting_unrelated": float(ok[s].mean()) if s.any() else None}
 
     section = {
@@ -362,6 +399,7 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
         "min_neighbourhood": calibration.min_neighbourhood,
         "confidence_choice": confidence_choice(all_conf, all_correct, rows, candidates, sims),
         "threshold_rule": {"target_precision": TARGET_PRECISION, "max_unrelated_sure": MAX_UNRELATED_SURE,
+                           "max_novel_wrong_sure": MAX_NOVEL_WRONG_SURE,
                            "fit_half": sure_figures(fit), "reported_half": sure_figures(report)},
         "zero_shot_only": {"label_top1_acc": float(text_correct.mean()),
                            "ece": expected_calibration_error(text_conf, text_correct)["ece"]},
@@ -374,7 +412,8 @@ def calibrate_labels(rows: CalibrationRows, index) -> tuple[dict, object]:
 
 
 def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: np.ndarray, gallery: np.ndarray,
-                     stamps, index, k: int = 10, unrelated: tuple[np.ndarray, list[str]] | None = None) -> CalibrationRows:
+                     stamps, index, k: int = 10, unrelated: tuple[np.ndarray, list[str]] | None = None,
+                     originals: np.ndarray | None = None) -> CalibrationRows:
     """Calibration images in three groups, as a user's pictures come:
 
     * ``stored``: transformed views of stamps whose original is in the gallery (a picture of something in the corpus);
@@ -388,6 +427,8 @@ def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: 
         heldout_idx: gallery indices of the held-out stamps.
         gallery: (n, d) every stamp centred on white; ``stamps`` names them (their captions are the titles).
         unrelated: ``(vectors, names)`` of the unrelated pictures (their names pick their half).
+        originals: the held-out stamps' vectors as a user's picture of them is embedded (with the test-time views);
+            None: their stored vectors ``gallery[heldout_idx]``.
     """
     from ray_app.vision.labels import concrete_name
 
@@ -396,7 +437,8 @@ def calibration_rows(samples: list[tuple[np.ndarray, np.ndarray]], heldout_idx: 
     for vecs, owners in samples:
         parts.append((vecs, owners, None, "stored"))
     held_views = samples[0]
-    parts.append((np.concatenate([gallery[heldout_idx], held_views[0]]), np.concatenate([heldout_idx, held_views[1]]),
+    originals = gallery[heldout_idx] if originals is None else originals
+    parts.append((np.concatenate([originals, held_views[0]]), np.concatenate([heldout_idx, held_views[1]]),
                   True, "novel"))
     vectors, targets, nn_sims, nn_labels, group, fit, kind = [], [], [], [], [], [], []
     for vecs, owners, hide, name in parts:
@@ -440,12 +482,13 @@ def frog_probe(encoder, gallery: np.ndarray, stamps, index, calibration) -> dict
     from PIL import Image
 
     from ray_app.vision.labels import concrete_name, label_probabilities, sure_score
+    from ray_app.vision.tta import embed_pictures
 
     stamp = next((s for s in stamps if s.name == PROBE_STAMP), None)
     right = None if stamp is None else index.index_of(concrete_name(stamp.caption))
     if right is None:
         return None
-    vector = encoder.embed([mirrored_and_scaled(Image.open(stamp.path).convert("RGBA"))])[0]
+    vector = embed_pictures(encoder, [mirrored_and_scaled(Image.open(stamp.path).convert("RGBA"))], calibration.views)[0]
     text = index.vectors @ vector
     nn_sims, top = nearest_stored(vector[None], gallery, None, calibration.neighbours)
     nn_labels = np.array([[-1 if (i := index.index_of(concrete_name(stamps[j].caption))) is None else i for j in top[0]]])
@@ -464,14 +507,17 @@ def is_fit_half(name: str) -> bool:
 
 
 def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarray, seed: int = 0,
-                         vocabulary: str = "demo") -> tuple[dict, object]:
+                         vocabulary: str = "demo", views: str = "auto") -> tuple[dict, object]:
     """Transformed views of held-out (and a sample of training) stamps: retrieval, zero-shot, and label calibration.
 
-    The gallery is every stamp (training and held-out) centred on white, as the corpus stores them;
-    calibration uses originals and views of both samples, fitted on one half of the stamps and reported on the other.
+    The gallery is every stamp (training and held-out) centred on white, as the corpus stores them; a view is
+    embedded as the vision step embeds a user's picture, with the test-time views (:func:`choose_views`, picked on
+    the training sample's views). Calibration uses originals and views of both samples, fitted on one half of the
+    stamps and reported on the other.
 
     Returns:
-        ``(report sections {"transformed", "transformed_train_sample", "calibration", "mirrored_frog"}, LabelCalibration)``.
+        ``(report sections {"transformed", "transformed_train_sample", "test_time_views", "calibration",
+        "mirrored_frog"}, LabelCalibration)``.
     """
     from ray_app.vision.analyzer import LabelIndex
     from ray_app.vision.data import (
@@ -482,6 +528,7 @@ def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarr
         unrelated_pictures,
     )
     from ray_app.vision.labels import label_entries
+    from ray_app.vision.tta import NO_VIEWS, TTA_VIEWS, embed_pictures, mean_vector
 
     size = encoder.config.image_size
     everything = sorted(train + heldout, key=lambda s: s.name)
@@ -489,25 +536,38 @@ def evaluate_transformed(encoder, train, heldout, embedder, label_vecs: np.ndarr
     position = {s.name: i for i, s in enumerate(bank.stamps)}
     gallery = encoder.embed([composite_on_white(im) for im in bank.images])
     cats = np.array([CATEGORIES.index(s.category) for s in bank.stamps])
-    sections, samples = {}, []
-    for key, sample in (("transformed", heldout), ("transformed_train_sample", subsample(train, len(heldout)))):
+    embedded = {}
+    for key, sample in (("transformed_train_sample", subsample(train, len(heldout))), ("transformed", heldout)):
         idx = np.array([position[s.name] for s in sample if s.name in position])
-        vecs, kinds, owners = embed_views(encoder, bank.images[idx], seed)
-        sections[key] = transformed_metrics(vecs, kinds, idx[owners], gallery, cats[idx[owners]], label_vecs)
-        samples.append((vecs, idx[owners]))
+        per_view, kinds, owners = embed_views(encoder, bank.images[idx], seed)
+        embedded[key] = (per_view, kinds, idx[owners])
+    per_view, kinds, truth = embedded["transformed_train_sample"]
+    chosen, choice = choose_views(per_view, kinds, truth, gallery, cats[truth], label_vecs, views)
+    sections, samples = {"test_time_views": choice}, []
+    for key in ("transformed", "transformed_train_sample"):
+        per_view, kinds, truth = embedded[key]
+        vecs = mean_vector(per_view[:, [TTA_VIEWS.index(v) for v in chosen]])
+        sections[key] = transformed_metrics(vecs, kinds, truth, gallery, cats[truth], label_vecs)
+        samples.append((vecs, truth))
+    without = transformed_metrics(mean_vector(embedded["transformed"][0][:, [0]]), embedded["transformed"][1],
+                                  embedded["transformed"][2], gallery, cats[embedded["transformed"][2]], label_vecs)
+    choice["heldout_without"] = {k: without[k] for k in ("original_in_top5", "zero_shot_acc")}
     label_names, label_cats = label_entries(demo_label_rows(bank.stamps, vocabulary))
     index = LabelIndex(label_names, embedder, categories=label_cats)
     heldout_idx = np.array([position[s.name] for s in heldout if s.name in position])
     names, pictures = zip(*unrelated_pictures(UNRELATED_PER_KIND, seed), strict=True)
+    originals = None if chosen == NO_VIEWS else embed_pictures(
+        encoder, [composite_on_white(bank.images[i]) for i in heldout_idx], chosen)
     rows = calibration_rows(samples, heldout_idx, gallery, bank.stamps, index,
-                            unrelated=(encoder.embed(list(pictures)), list(names)))
+                            unrelated=(embed_pictures(encoder, list(pictures), chosen), list(names)), originals=originals)
     sections["calibration"], calibration = calibrate_labels(rows, index)
     sections["calibration"]["vocabulary"] = vocabulary
+    calibration.views = chosen
     sections["mirrored_frog"] = frog_probe(encoder, gallery, bank.stamps, index, calibration)
     return sections, calibration
 
 
-def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True, vocabulary: str = "demo") -> dict:
+def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True, vocabulary: str = "demo", views: str = "auto") -> dict:
     """Held-out metrics for the untrained baseline and the trained checkpoint, plus its training summary.
 
     Raises:
@@ -533,7 +593,8 @@ def evaluate_checkpoint(checkpoint: Path, train_sample: bool = True, vocabulary:
     report["heldout"]["text_ceiling_zero_shot_acc"] = caption_zero_shot(heldout, embedder.embed, labels)
     if train_sample:
         report["train_sample"] = {"trained": evaluate_split(trained, subsample(train, len(heldout)), embedder.embed, labels)}
-    sections, calibration = evaluate_transformed(trained, train, heldout, embedder, labels, vocabulary=vocabulary)
+    sections, calibration = evaluate_transformed(trained, train, heldout, embedder, labels, vocabulary=vocabulary,
+                                                 views=views)
     report |= sections
     report["_calibration"] = calibration
     summary_path = Path(checkpoint) / "train_summary.json"
@@ -721,6 +782,22 @@ def render_transformed(report: dict) -> list[str]:
                      f"{f['zero_shot_acc']:.3f} |")
     lines.append(f"| **all** | **{held['original_in_top5']:.3f}** | **{held['zero_shot_acc']:.3f}** | "
                  f"{fit['original_in_top5']:.3f} | {fit['zero_shot_acc']:.3f} |")
+    return lines + render_test_time_views(report.get("test_time_views"))
+
+
+def render_test_time_views(choice: dict | None) -> list[str]:
+    """Markdown for the test-time views: the chosen set, how, every candidate, and the held-out views without them."""
+    if not choice:
+        return []
+    without = choice.get("heldout_without") or {}
+    lines = ["", f"Test-time views: a picture (each view above, and in the calibration below) is embedded as the mean of "
+             f"its {' + '.join(choice['chosen'])} views (`ray_app/vision/tta.py`; the vision step does the same), chosen "
+             f"by {choice['chosen_by']}; stored images keep their single vector."
+             + (f" Without test-time views the held-out views score original_in_top5 {without['original_in_top5']:.3f}, "
+                f"zero_shot_acc {without['zero_shot_acc']:.3f}." if without else ""),
+             "", "| test-time views | training-stamps zero_shot_acc | training-stamps original_in_top5 |", "|---|---|---|"]
+    lines += [f"| {' + '.join(c['views'])} | {c['zero_shot_acc']:.3f} | {c['original_in_top5']:.3f} |"
+              for c in choice["candidates"]]
     return lines
 
 
@@ -758,9 +835,13 @@ def render_calibration(cal: dict) -> list[str]:
         fit, rep = rule["fit_half"], rule["reported_half"]
         lines.append(
             f"- threshold rule (fit half): sure labels right >= {rule['target_precision']:.0%} counting unrelated pictures "
-            f"as wrong (got {_fmt(fit['sure_precision_counting_unrelated'])}) and <= {rule['max_unrelated_sure']:.0%} of "
-            f"unrelated pictures sure (got {_fmt(fit['unrelated_sure_rate'])}); on the reported half: "
-            f"{_fmt(rep['sure_precision_counting_unrelated'])} and {_fmt(rep['unrelated_sure_rate'])}")
+            f"as wrong (got {_fmt(fit['sure_precision_counting_unrelated'])}), <= {rule['max_unrelated_sure']:.0%} of "
+            f"unrelated pictures sure (got {_fmt(fit['unrelated_sure_rate'])})"
+            + (f" and <= {rule['max_novel_wrong_sure']:.0%} of novel pictures sure and wrong "
+               f"(got {_fmt(fit.get('novel_wrong_sure_rate'))})" if "max_novel_wrong_sure" in rule else "")
+            + f"; on the reported half: {_fmt(rep['sure_precision_counting_unrelated'])}, "
+            f"{_fmt(rep['unrelated_sure_rate'])}"
+            + (f" and {_fmt(rep.get('novel_wrong_sure_rate'))}" if "max_novel_wrong_sure" in rule else ""))
     if unrelated:
         kinds = ", ".join(f"{k} {r['sure_rate']:.3f}" for k, r in unrelated["by_kind"].items())
         lines.append(f"- unrelated pictures (reported half, {unrelated['n']}): sure **{unrelated['sure_rate']:.3f}**, "
@@ -791,12 +872,16 @@ def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:
 
     Raises:
         ModelNotAvailable: no checkpoint at ``config.checkpoint``.
+        InputError: ``config.views`` names an unknown test-time view.
     """
     from ray_app.models.image_default import default_image_encoder_dir
     from ray_app.vision.labels import write_calibration
+    from ray_app.vision.tta import check_views
 
+    if config.views != "auto":
+        check_views(config.views.split(","))  # a bad --views fails before any work
     checkpoint = config.checkpoint or default_image_encoder_dir()
-    report = evaluate_checkpoint(checkpoint, vocabulary=config.vocabulary)
+    report = evaluate_checkpoint(checkpoint, vocabulary=config.vocabulary, views=config.views)
     calibration = report.pop("_calibration")
     if config.write_calibration:
         report["calibration"]["written_to"] = str(write_calibration(checkpoint, calibration))
@@ -808,7 +893,7 @@ def eval_image_encoder(config: ImageEncoderEvalConfig) -> dict:
         report["notes"] = diagnose(report)
     report["load_average"] = load_average()
     command = " ".join(["prism eval image-encoder", f"--checkpoint {checkpoint}", f"--out {config.out}",
-                        f"--vocabulary {config.vocabulary}", *(f"--curve {c}" for c in config.curve),
+                        f"--vocabulary {config.vocabulary}", f"--views {config.views}", *(f"--curve {c}" for c in config.curve),
                         *([] if config.write_calibration else ["--no-write-calibration"]), "--json"])
     write_report(config.out, REPORT_NAME, report, render_markdown, command=command)
     return {**report, "command": command}
@@ -824,6 +909,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="An earlier checkpoint of the run, for a learning curve (repeatable).")
     p.add_argument("--vocabulary", choices=["demo", "stamps"], default=ImageEncoderEvalConfig.vocabulary,
                    help="Label vocabulary for calibration: demo (stamps, photos, wiki titles, as served) or stamps (quicker).")
+    p.add_argument("--views", default=ImageEncoderEvalConfig.views, metavar="auto|VIEW[,VIEW...]",
+                   help="Test-time views a picture is embedded with (identity, flip, crop90, crop80, flip_crop90, "
+                        "flip_crop80): auto picks them on the training stamps' transformed views; identity: none.")
     p.add_argument("--no-write-calibration", dest="write_calibration", action="store_false",
                    help="Do not save the fitted label calibration as calibration.json in the checkpoint folder.")
     return p

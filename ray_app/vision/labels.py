@@ -32,6 +32,7 @@ TARGET_PRECISION = 0.8  # the top label must be right this often above the thres
 MIN_SURE_SAMPLES = 10  # a threshold needs at least this many calibration views above it
 NEVER_SURE = 1.01  # a threshold no softmax score reaches: never sure from scores alone
 MAX_UNRELATED_SURE = 0.02  # at most this share of pictures of nothing (noise, stripes, shapes) may be "sure"
+MAX_NOVEL_WRONG_SURE = 0.05  # at most this share of pictures of things with no stored picture may get a sure wrong label
 _ARTICLE = re.compile(r"^(a|an|the|some)\s+", re.IGNORECASE)
 
 
@@ -92,13 +93,16 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float = TARGET_PRECISION,
                      min_samples: int = MIN_SURE_SAMPLES, unrelated: np.ndarray | None = None,
-                     max_unrelated_sure: float = MAX_UNRELATED_SURE) -> float:
+                     max_unrelated_sure: float = MAX_UNRELATED_SURE, novel: np.ndarray | None = None,
+                     max_novel_wrong_sure: float | None = None) -> float:
     """The lowest confidence above which the top label is right at least ``precision`` of the time.
 
     Pictures of nothing the vocabulary names (``unrelated``: True per row) count as wrong, and at most
-    ``max_unrelated_sure`` of them may reach the threshold. Only thresholds with at least ``min_samples`` views
-    at or above them count, and a threshold keeps every view of equal confidence on the same side. When none
-    qualifies the threshold is :data:`NEVER_SURE`.
+    ``max_unrelated_sure`` of them may reach the threshold. Pictures of things no stored image shows (``novel``:
+    True per row) are held to their own bound, whatever their share of the rows: at most ``max_novel_wrong_sure``
+    (default :data:`MAX_NOVEL_WRONG_SURE`) of them may reach the threshold with a wrong label. Only thresholds with
+    at least ``min_samples`` views at or above them count, and a threshold keeps every view of equal confidence on
+    the same side. When none qualifies the threshold is :data:`NEVER_SURE`.
     """
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
     unrelated = np.zeros(len(confidence), dtype=bool) if unrelated is None else np.asarray(unrelated, dtype=bool)
@@ -107,8 +111,12 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, precision: flo
     hits = np.cumsum(correct[order] & ~unrelated[order])
     counts = np.arange(1, len(order) + 1)
     unrelated_share = np.cumsum(unrelated[order]) / max(1, int(unrelated.sum()))
+    novel = np.zeros(len(confidence), dtype=bool) if novel is None else np.asarray(novel, dtype=bool)
+    novel_wrong_share = np.cumsum((novel & ~correct)[order]) / max(1, int(novel.sum()))
+    cap = MAX_NOVEL_WRONG_SURE if max_novel_wrong_sure is None else max_novel_wrong_sure
     last_of_tie = np.append(ranked[1:] < ranked[:-1], True)
-    ok = (hits / counts >= precision) & (counts >= min_samples) & (unrelated_share <= max_unrelated_sure) & last_of_tie
+    ok = ((hits / counts >= precision) & (counts >= min_samples) & (unrelated_share <= max_unrelated_sure)
+          & (novel_wrong_share <= cap) & last_of_tie)
     if not ok.any():
         return NEVER_SURE
     return float(ranked[np.nonzero(ok)[0].max()])
@@ -134,8 +142,9 @@ def sure_score(top_score: np.ndarray, nn_sims: np.ndarray, min_neighbourhood: fl
 
 
 def fit_sure_rule(top_score: np.ndarray, correct: np.ndarray, nn_sims: np.ndarray, unrelated: np.ndarray,
-                  gates: int = 61) -> tuple[float | None, float, list[dict]]:
-    """The neighbourhood gate and threshold that make the most named pictures sure under :func:`choose_threshold`.
+                  gates: int = 61, novel: np.ndarray | None = None) -> tuple[float | None, float, list[dict]]:
+    """The neighbourhood gate and threshold that make the most named pictures sure under :func:`choose_threshold`
+    (``novel``: rows held to its bound on sure wrong labels).
 
     Candidate gates: none, and the 0-60 % quantiles of the named pictures' :func:`neighbourhood`. Returns
     ``(min_neighbourhood, threshold, candidates)``, each candidate ``{"min_neighbourhood", "threshold",
@@ -146,7 +155,7 @@ def fit_sure_rule(top_score: np.ndarray, correct: np.ndarray, nn_sims: np.ndarra
     candidates = []
     for gate in [None, *sorted({round(float(q), 4) for q in quantiles})]:
         score = sure_score(top_score, nn_sims, gate)
-        threshold = choose_threshold(score, correct, unrelated=unrelated)
+        threshold = choose_threshold(score, correct, unrelated=unrelated, novel=novel)
         sure = score >= threshold
         candidates.append({"min_neighbourhood": gate, "threshold": threshold, "named_sure_rate": float(sure[~unrelated].mean()),
                            "unrelated_sure_rate": float(sure[unrelated].mean()) if unrelated.any() else None})
@@ -170,6 +179,7 @@ class LabelCalibration:
     neighbour_floor: float | None = None
     neighbours: int = 10
     min_neighbourhood: float | None = None  # sure needs the mean cosine of the nearest stored images >= this
+    views: tuple[str, ...] = ("identity",)  # the test-time views a picture's vector averages (ray_app.vision.tta)
 
 
 def neighbour_weights(nn_sims: np.ndarray, temperature: float, floor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -238,13 +248,24 @@ def write_calibration(folder: Path, calibration: LabelCalibration) -> Path:
 
 
 def read_calibration(folder: Path | None) -> LabelCalibration:
-    """The checkpoint's calibration, or the defaults (``fitted: false``) when it has none."""
+    """The checkpoint's calibration, or the defaults (``fitted: false``) when it has none.
+
+    Raises:
+        ValueError: the file names a test-time view that does not exist.
+    """
     path = Path(folder) / CALIBRATION_NAME if folder is not None else None
     if path is None or not path.is_file():
         return LabelCalibration()
+    from ray_app.vision.tta import check_views
+
     data = json.loads(path.read_text())
     known = LabelCalibration.__dataclass_fields__
-    return LabelCalibration(**{k: v for k, v in data.items() if k in known})
+    calibration = LabelCalibration(**{k: v for k, v in data.items() if k in known})
+    try:
+        calibration.views = check_views(calibration.views)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return calibration
 
 
 def label_entries(rows) -> tuple[list[str], list[str | None]]:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from ray_app.evaluation.image_encoder import recall_at, retrieval_metrics, transformed_metrics
+from ray_app.evaluation.image_encoder import choose_views, recall_at, retrieval_metrics, transformed_metrics
 from ray_app.models.image import WEIGHTS_NAME, build_vision_tower, write_config
 from ray_app.vision.data import CATEGORIES, VIEW_KINDS
 
@@ -87,6 +87,11 @@ def test_command_writes_report_with_the_issue_keys(tmp_path):
     assert "| **all** |" in markdown and "expected calibration error" in markdown
     assert set(report["aim_status"]) == {"zero_shot_acc", "caption_to_image_r10", "transformed_original_in_top5",
                                          "transformed_zero_shot_acc", "calibration_ece"}
+    # Test-time views are chosen on the training stamps' views and saved for the vision step.
+    tta = report["test_time_views"]
+    assert tta["chosen"] in [c["views"] for c in tta["candidates"]] and "training stamps" in tta["chosen_by"]
+    assert json.loads((checkpoint / "calibration.json").read_text())["views"] == tta["chosen"]
+    assert "Test-time views" in markdown and "--views auto" in report["command"]
 
 
 def test_transformed_metrics_count_the_original_in_the_top_k():
@@ -100,6 +105,53 @@ def test_transformed_metrics_count_the_original_in_the_top_k():
     assert metrics["original_in_top5"] == pytest.approx(2 / 3) and metrics["original_r1"] == pytest.approx(2 / 3)
     assert metrics["by_kind"]["mirror"]["original_in_top5"] == 0.5 and metrics["by_kind"]["scale"]["n"] == 1
     assert metrics["zero_shot_acc"] == pytest.approx(2 / 3)  # views 0 and 2 get their category, view 1 does not
+
+
+def test_views_are_chosen_by_zero_shot_accuracy_with_ties_to_the_fewest():
+    from ray_app.vision.tta import TTA_VIEWS
+
+    labels = np.eye(4)[:2]  # categories 0 and 1
+    # Every view's category is 1; the plain picture looks like category 0, every other test-time view like 1.
+    per_view = np.repeat(labels[[1]][None], 3, axis=0).repeat(len(TTA_VIEWS), axis=1)
+    per_view[:, TTA_VIEWS.index("identity")] = labels[0]
+    gallery, truth = np.eye(4)[:3], np.arange(3)
+    chosen, choice = choose_views(per_view, ["mirror"] * 3, truth, gallery, np.ones(3, int), labels)
+    # One plain view against one other ties (the first category wins the tie): wrong; two others outvote it.
+    assert chosen == ("identity", "crop90", "crop80")
+    accs = {tuple(c["views"]): c["zero_shot_acc"] for c in choice["candidates"]}
+    assert accs[("identity",)] == 0.0 and accs[("identity", "flip")] == 0.0 and accs[TTA_VIEWS] == 1.0
+    given, _ = choose_views(per_view, ["mirror"] * 3, truth, gallery, np.ones(3, int), labels, "identity,flip")
+    assert given == ("identity", "flip")
+
+
+def test_flip_averaged_vectors_ignore_a_mirror_and_views_are_checked(tmp_path):
+    from PIL import Image, ImageOps
+
+    from ray_app.errors import InputError
+    from ray_app.models.image import ImageEncoder
+    from ray_app.vision.tta import embed_pictures, picture_view
+
+    encoder = ImageEncoder(_untrained_checkpoint(tmp_path / "ckpt"))
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    plain = embed_pictures(encoder, [picture])
+    assert np.array_equal(plain, encoder.embed([picture]))  # no test-time views: the encoder's own vector
+    both = embed_pictures(encoder, [picture, ImageOps.mirror(picture)], ("identity", "flip"))
+    assert np.allclose(both[0], both[1], atol=1e-5) and np.linalg.norm(both, axis=1) == pytest.approx([1.0, 1.0])
+    assert not np.allclose(plain[0], both[0], atol=1e-3)
+    assert picture_view(picture, "crop90").size == (45, 36) and picture_view(picture, "flip_crop80").size == (40, 32)
+    for bad in ((), ("identity", "sideways")):
+        with pytest.raises(InputError, match="test-time views"):
+            embed_pictures(encoder, [picture], bad)
+
+
+def test_bad_views_option_is_one_line_error(tmp_path, capsys):
+    from ray_app.evaluation.image_encoder import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path), "--views", "identity,upside", "--json"])
+    assert exited.value.code == 2 and "test-time views" in capsys.readouterr().err
+    assert not (tmp_path / "image-encoder.json").exists()
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path):

@@ -80,6 +80,24 @@ def test_threshold_counts_unrelated_pictures_as_wrong_and_caps_their_share():
                             unrelated=unrelated, max_unrelated_sure=0.0) == NEVER_SURE
 
 
+def test_threshold_holds_novel_pictures_to_their_own_bound_on_sure_wrong_labels():
+    stored = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35])  # near copies of stored pictures: named right
+    novel = np.array([0.62, 0.3, 0.2, 0.1])  # nothing stored shows them: a neighbour's name, wrong
+    confidence = np.concatenate([stored, novel])
+    correct = np.concatenate([np.ones(8, bool), np.zeros(4, bool)])
+    is_novel = np.concatenate([np.zeros(8, bool), np.ones(4, bool)])
+
+    def threshold(right, cap, groups=is_novel):
+        return choose_threshold(confidence, right, precision=0.85, min_samples=2, novel=groups, max_novel_wrong_sure=cap)
+
+    # Pooled, 8 right of 9 at 0.35 meets 85 % although a novel picture (1 in 4) is sure and wrong.
+    assert threshold(correct, 1.0, groups=None) == 0.35 and threshold(correct, 0.25) == 0.35
+    # Held to none sure and wrong, the 0.62 novel picture must stay below: only 0.7 and up.
+    assert threshold(correct, 0.0) == 0.7
+    # A novel picture that is named right (a stored picture of the same name) is no breach.
+    assert threshold(np.ones(12, bool), 0.0) == 0.1
+
+
 def test_threshold_keeps_tied_scores_on_one_side():
     confidence = np.array([0.9, 0.5, 0.5, 0.5])
     correct = np.array([True, True, False, False])
@@ -93,6 +111,12 @@ def test_calibration_file_round_trip(tmp_path):
     write_calibration(tmp_path, LabelCalibration(temperature=0.02, threshold=0.4, fitted=True, ece=0.03))
     got = read_calibration(tmp_path)
     assert (got.temperature, got.threshold, got.fitted, got.ece) == (0.02, 0.4, True, 0.03)
+    assert got.views == ("identity",)  # files written before test-time views read as none
+    write_calibration(tmp_path, LabelCalibration(views=("identity", "flip")))
+    assert read_calibration(tmp_path).views == ("identity", "flip")
+    write_calibration(tmp_path, LabelCalibration(views=("identity", "sideways")))
+    with pytest.raises(ValueError, match="calibration.json.*sideways"):
+        read_calibration(tmp_path)
 
 
 UNSURE = {"sure": False, "candidates": ["frog", "toad", "lizard"],
