@@ -244,15 +244,19 @@ class VisionAnalyzer:
         embedder: the MiniLM text embedder (label vectors).
         encoder: an :class:`ray_app.models.image.ImageEncoder`; None loads the default one, and
             when none is trained the analyzer still validates and OCRs, with a note.
+        labels, calibration: an already embedded vocabulary and its calibration (the edge runtime's, from its
+            bundle); None: the store's titles embedded here, and ``calibration.json`` beside the encoder.
     """
 
-    def __init__(self, store, embedder, encoder=None, settings: Settings | None = None):
+    def __init__(self, store, embedder, encoder=None, settings: Settings | None = None,
+                 labels: LabelIndex | None = None, calibration: LabelCalibration | None = None):
         self.settings = settings or get_settings()
         self.store, self.embedder = store, embedder
         self.encoder = encoder if encoder is not None else _try_default_encoder()
-        self.labels = None
-        self.calibration = read_calibration(self.encoder.folder if self.encoder is not None else None)
-        if self.encoder is not None:
+        self.labels = labels
+        self.calibration = calibration if calibration is not None else read_calibration(
+            self.encoder.folder if self.encoder is not None else None)
+        if self.encoder is not None and labels is None:
             names, categories = label_entries(corpus_titles(store))
             self.labels = LabelIndex(names, embedder, categories=categories)
 
