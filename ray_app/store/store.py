@@ -209,6 +209,9 @@ class Store:
 
         A document's chunks with ``ord >= n_chunks`` are deleted (a shorter new version replaces
         the old one). Rows are validated first; a bad row raises before anything is written.
+        A batch of documents none of which is stored yet (a bulk load) is copied straight into the
+        tables (:func:`_copy_new_documents`); any other batch goes through staging tables and
+        ``INSERT ... ON CONFLICT``.
 
         Returns:
             Rows inserted or changed per table (0 when the same batch is written again).
@@ -220,6 +223,8 @@ class Store:
         validate_rows(documents, chunks, images)
         stats = WriteStats()
         with self.pool.connection() as conn, conn.transaction():
+            if _copy_new_documents(conn, documents, chunks, images, stats):
+                return stats
             if documents:
                 stats.documents = _upsert_documents(conn, documents)
                 stats.deleted_chunks = conn.execute(
@@ -453,23 +458,68 @@ def _copy_rows(conn: psycopg.Connection, table: str, columns: Sequence[str], typ
             copy.write_row(row)
 
 
+DOCUMENT_COLUMNS = ("id", "source", "title", "url", "license", "category", "content_hash", "n_chunks", "metadata")
+DOCUMENT_TYPES = ("text",) * 7 + ("int4", "jsonb")
+CHUNK_COLUMNS = ("id", "doc_id", "ord", "text", "embedding")
+CHUNK_TYPES = ("text", "text", "int4", "text", "vector")
+IMAGE_COLUMNS = ("id", "doc_id", "caption", "path", "sha256", "width", "height", "embedding")
+IMAGE_TYPES = ("text",) * 5 + ("int4", "int4", "vector")
+
+
+def _document_tuple(d: DocumentRow) -> tuple:
+    return d.id, d.source, d.title, d.url, d.license, d.category, d.content_hash, d.n_chunks, Jsonb(d.metadata)
+
+
+def _chunk_tuple(c: ChunkRow) -> tuple:
+    return c.id, c.doc_id, c.ord, c.text, c.embedding
+
+
+def _image_tuple(i: ImageRow) -> tuple:
+    return i.id, i.doc_id, i.caption, i.path, i.sha256, i.width, i.height, i.embedding
+
+
+def _copy_new_documents(conn: psycopg.Connection, documents: list[DocumentRow], chunks: list[ChunkRow],
+                        images: list[ImageRow], stats: WriteStats) -> bool:
+    """Binary ``COPY`` straight into ``documents``, ``chunks`` and ``images`` when the batch only adds
+    rows: distinct ids, every chunk and image belonging to a document of the batch, and none of those
+    documents or images stored yet. Returns False (nothing written) for any other batch.
+
+    It runs inside the caller's transaction, under a savepoint: a writer that stores one of the
+    same documents meanwhile makes the COPY fail on the primary key, the savepoint rolls it back and
+    the caller upserts the batch instead. No staging table, no sort, no ``ON CONFLICT`` arbiter.
+    """
+    doc_ids = {d.id for d in documents}
+    if (not documents or len(doc_ids) < len(documents) or len({c.id for c in chunks}) < len(chunks)
+            or len({i.id for i in images}) < len(images)
+            or any(c.doc_id not in doc_ids for c in chunks) or any(i.doc_id not in doc_ids for i in images)):
+        return False
+    stored = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM documents WHERE id = ANY(%s)) OR EXISTS (SELECT 1 FROM images WHERE id = ANY(%s))",
+        (list(doc_ids), [i.id for i in images]),
+    ).fetchone()[0]
+    if stored:
+        return False
+    try:
+        with conn.transaction():
+            _copy_rows(conn, "documents", DOCUMENT_COLUMNS, DOCUMENT_TYPES, map(_document_tuple, documents))
+            if chunks:
+                _copy_rows(conn, "chunks", CHUNK_COLUMNS, CHUNK_TYPES, map(_chunk_tuple, chunks))
+            if images:
+                _copy_rows(conn, "images", IMAGE_COLUMNS, IMAGE_TYPES, map(_image_tuple, images))
+    except psycopg.errors.UniqueViolation:
+        log.info("a concurrent writer stored some of these %d documents first; upserting instead", len(documents))
+        return False
+    stats.documents, stats.chunks, stats.images = len(documents), len(chunks), len(images)
+    return True
+
+
 def _upsert_documents(conn: psycopg.Connection, documents: list[DocumentRow]) -> int:
     conn.execute(
         "CREATE TEMP TABLE _stage_documents (id text, source text, title text, url text, license text,"
         " category text, content_hash text, n_chunks integer, metadata jsonb) ON COMMIT DROP"
     )
-    cols = ("id", "source", "title", "url", "license", "category", "content_hash", "n_chunks", "metadata")
-    types = ("text",) * 7 + ("int4", "jsonb")
-    _copy_rows(
-        conn,
-        "_stage_documents",
-        cols,
-        types,
-        (
-            (d.id, d.source, d.title, d.url, d.license, d.category, d.content_hash, d.n_chunks, Jsonb(d.metadata))
-            for d in documents
-        ),
-    )
+    cols = DOCUMENT_COLUMNS
+    _copy_rows(conn, "_stage_documents", cols, DOCUMENT_TYPES, map(_document_tuple, documents))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[1:])
     return conn.execute(
         f"INSERT INTO documents ({', '.join(cols)}) SELECT DISTINCT ON (id) {', '.join(cols)} FROM _stage_documents"
@@ -485,13 +535,7 @@ def _upsert_chunks(conn: psycopg.Connection, chunks: list[ChunkRow]) -> int:
         "CREATE TEMP TABLE _stage_chunks (id text, doc_id text, ord integer, text text, embedding vector(384))"
         " ON COMMIT DROP"
     )
-    _copy_rows(
-        conn,
-        "_stage_chunks",
-        ("id", "doc_id", "ord", "text", "embedding"),
-        ("text", "text", "int4", "text", "vector"),
-        ((c.id, c.doc_id, c.ord, c.text, c.embedding) for c in chunks),
-    )
+    _copy_rows(conn, "_stage_chunks", CHUNK_COLUMNS, CHUNK_TYPES, map(_chunk_tuple, chunks))
     return conn.execute(
         "INSERT INTO chunks (id, doc_id, ord, text, embedding)"
         " SELECT DISTINCT ON (id) id, doc_id, ord, text, embedding FROM _stage_chunks ORDER BY id"
@@ -506,14 +550,8 @@ def _upsert_images(conn: psycopg.Connection, images: list[ImageRow]) -> int:
         "CREATE TEMP TABLE _stage_images (id text, doc_id text, caption text, path text, sha256 text,"
         " width integer, height integer, embedding vector(384)) ON COMMIT DROP"
     )
-    cols = ("id", "doc_id", "caption", "path", "sha256", "width", "height", "embedding")
-    _copy_rows(
-        conn,
-        "_stage_images",
-        cols,
-        ("text", "text", "text", "text", "text", "int4", "int4", "vector"),
-        ((i.id, i.doc_id, i.caption, i.path, i.sha256, i.width, i.height, i.embedding) for i in images),
-    )
+    cols = IMAGE_COLUMNS
+    _copy_rows(conn, "_stage_images", cols, IMAGE_TYPES, map(_image_tuple, images))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[1:])
     return conn.execute(
         f"INSERT INTO images ({', '.join(cols)}) SELECT DISTINCT ON (id) {', '.join(cols)} FROM _stage_images"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import psycopg
 import pytest
@@ -156,3 +158,77 @@ def test_document_metadata_is_stored_as_a_json_object(store):
         ).fetchone()
     assert (kind, description) == ("object", "a frog")
     assert store.get_document("m1")["metadata"] == {"description": "a frog", "tags": [1, 2]}
+
+
+def table_rows(store) -> dict[str, list]:
+    """Every stored row of the three tables (with the generated tsvector), for comparing two writes."""
+    with store.pool.connection() as conn:
+        return {
+            "documents": conn.execute("SELECT id, source, title, url, license, category, content_hash, n_chunks,"
+                                      " metadata FROM documents ORDER BY id").fetchall(),
+            "chunks": conn.execute("SELECT id, doc_id, ord, text, tsv::text, embedding::text FROM chunks ORDER BY id").fetchall(),
+            "images": conn.execute("SELECT id, doc_id, caption, path, sha256, width, height, embedding::text FROM images"
+                                   " ORDER BY id").fetchall(),
+        }
+
+
+def chunk_change_ops(store) -> list[tuple]:
+    with store.pool.connection() as conn:
+        return conn.execute("SELECT tbl, op, n_rows FROM chunk_changes ORDER BY id").fetchall()
+
+
+def test_new_documents_are_copied_straight_in_and_give_the_rows_of_the_upsert(store, database_url):
+    rng = np.random.default_rng(5)
+    docs, chunks = make_docs(40, 3, unit(rng.normal(size=(120, 384))))
+    images = [ImageRow(f"img{i}", f"doc{i}", f"caption {i}", f"/p/{i}.png", unit(rng.normal(size=384)), "ab", 4, 5)
+              for i in range(0, 40, 4)]
+    stats = store.write(docs, chunks, images)
+    assert (stats.documents, stats.chunks, stats.images, stats.deleted_chunks) == (40, 120, 10, 0)
+    # one COPY per table: the chunks' statement-level trigger saw all 120 rows at once (the BM25 index moves on)
+    assert chunk_change_ops(store) == [("chunks", "INSERT", 120)]
+    copied = table_rows(store)
+    # the same rows through the upsert: one document of the batch is stored already, so the batch is staged
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE documents CASCADE")
+    with Store(database_url) as other:
+        other.write(docs[:1], chunks[:3])
+        again = other.write(docs, chunks, images)
+    assert (again.documents, again.chunks, again.images) == (39, 117, 10)
+    assert table_rows(store) == copied
+    assert store.write(docs, chunks, images) == type(stats)()  # and a third write changes nothing
+
+
+def test_a_failing_copy_leaves_no_half_written_batch(store):
+    rng = np.random.default_rng(6)
+    docs, chunks = make_docs(5, 2, unit(rng.normal(size=(10, 384))))
+    chunks[7].text = "a NUL \x00 byte PostgreSQL text cannot hold"  # passes validation, fails in the chunks' COPY
+    with pytest.raises(psycopg.Error):
+        store.write(docs, chunks)  # the documents' COPY had succeeded in the same transaction
+    assert store.counts() == {"documents": 0, "chunks": 0, "images": 0}
+    assert chunk_change_ops(store) == []
+
+
+def test_a_concurrent_writer_of_the_same_new_document_makes_the_copy_fall_back_to_the_upsert(store, database_url):
+    import threading
+
+    rng = np.random.default_rng(7)
+    docs, chunks = make_docs(3, 2, unit(rng.normal(size=(6, 384))))
+    result = {}
+    with psycopg.connect(database_url) as other:  # holds doc1, uncommitted: invisible to the writer's check
+        other.execute("INSERT INTO documents (id, source, title, content_hash, n_chunks) VALUES ('doc1', 'x', 'Old', 'old', 0)")
+        writer = threading.Thread(target=lambda: result.update(stats=store.write(docs, chunks)))
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not waiting_on_a_lock(database_url):  # the writer's COPY waits on doc1's primary key
+            assert time.monotonic() < deadline and writer.is_alive(), "the writer never waited for the other one"
+            time.sleep(0.05)
+        other.commit()
+    writer.join(30)
+    assert (result["stats"].documents, result["stats"].chunks) == (3, 6)  # doc1 updated, two inserted
+    assert store.counts() == {"documents": 3, "chunks": 6, "images": 0}
+    assert store.document_hashes(["doc0", "doc1", "doc2"]) == {"doc0": "h0", "doc1": "h1", "doc2": "h2"}
+
+
+def waiting_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0
