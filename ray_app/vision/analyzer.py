@@ -13,7 +13,8 @@ aligned to MiniLM's text space). Its temperatures come from ``prism eval image-e
 held-out images (``calibration.json`` beside the checkpoint), so a score reads as the chance that
 the label is right. Below the calibrated threshold, or where few stored images lie near the picture
 (the calibrated neighbourhood gate: noise, plain colours, stripes), the result says ``sure: false`` and
-offers its nearest ``candidates`` instead of one name. Used by
+offers its nearest ``candidates`` instead of one name. The picture's vector is the mean of the
+test-time views its calibration names (``ray_app.vision.tta``: e.g. mirrored and centre-cropped). Used by
 the Serve ``vision`` deployment and by ``prism ask --image``.
 """
 
@@ -39,6 +40,7 @@ from ray_app.vision.labels import (
     read_calibration,
     sure_score,
 )
+from ray_app.vision.tta import embed_pictures
 
 log = logging.getLogger(__name__)
 MAGIC_BYTES: dict[bytes, str] = {
@@ -274,7 +276,7 @@ class VisionAnalyzer:
         width, height = image.info.get("original_size", image.size)
         result = VisionResult(hashlib.sha256(data).hexdigest(), width, height)
         if self.encoder is not None:
-            vector = self.encoder.embed([image])[0]
+            vector = embed_pictures(self.encoder, [image], self.calibration.views)[0]  # the views it was calibrated with
             result.embedding = vector.tolist()
             hits = self.store.search_vector(vector, max(k_similar, self.calibration.neighbours), "image")
             result.similar_images = [_similar(h) for h in hits[:k_similar]]

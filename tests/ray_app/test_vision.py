@@ -97,6 +97,28 @@ def test_below_the_calibrated_threshold_the_analyzer_is_not_sure(store, text_emb
     assert analyzer.analyze(FROG_PNG.read_bytes(), ocr=False).sure is True
 
 
+def test_the_analyzer_embeds_a_picture_with_its_calibrated_test_time_views(store, text_embedder, tmp_path):
+    """calibration.json's ``views`` (chosen by prism eval image-encoder) are how the vision step embeds an upload:
+    with identity + flip, a mirrored picture gets the very vector of the unmirrored one."""
+    from PIL import ImageOps
+
+    from ray_app.models.image import ImageEncoder
+    from ray_app.vision.labels import LabelCalibration, write_calibration
+
+    folder = build_random_encoder(tmp_path / "enc")
+    encoder = ImageEncoder(folder)
+    write_corpus(store, text_embedder, encoder)
+    frog = Image.open(FROG_PNG).convert("RGB")
+    plain = VisionAnalyzer(store, text_embedder, encoder).analyze(png_bytes_of(frog), ocr=False)
+    assert np.allclose(plain.embedding, encoder.embed([frog])[0], atol=1e-6)  # no views in the file: one vector
+    write_calibration(folder, LabelCalibration(views=("identity", "flip")))
+    analyzer = VisionAnalyzer(store, text_embedder, encoder)
+    assert analyzer.calibration.views == ("identity", "flip")
+    mirrored = analyzer.analyze(png_bytes_of(ImageOps.mirror(frog)), ocr=False)
+    assert np.allclose(mirrored.embedding, analyzer.analyze(png_bytes_of(frog), ocr=False).embedding, atol=1e-5)
+    assert not np.allclose(mirrored.embedding, plain.embedding, atol=1e-3)
+
+
 def png_bytes_of(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
