@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     embed_backend: str = Field(
         default="onnx",
         description="Text-embedding backend: 'onnx', 'onnx-int8' (about 2x faster on CPU, vectors within a cosine "
-        "of ~0.99; use it for ingest and queries alike) or 'torch'.",
+        "of ~0.99; use it for ingest and queries alike), 'torch' or 'torch-bf16' (fp32's vectors within a cosine of "
+        "~0.9999). The ingest runs fp32 ('onnx', 'torch') as 'torch-bf16' where the CPU multiplies bf16 natively.",
     )
     embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedding forward pass.")
     embed_max_tokens: int = Field(default=256, ge=8, le=512, description="Token limit per text for the embedder.")

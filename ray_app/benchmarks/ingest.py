@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_app.benchmarks.embed import bare_embed, int8_speedup
+from ray_app.benchmarks.embed import bare_embed, bf16_speedup, int8_speedup
 from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import NotFound
 from ray_app.jsonl import append_jsonl, read_jsonl
@@ -40,7 +40,7 @@ from ray_app.settings import EMBED_BACKENDS
 
 PROG = "python -m ray_app.benchmarks.ingest"
 HELD_OUT = 1000
-INT8_SAMPLE = 2000  # texts for the fp32-vs-INT8 comparison of an onnx-int8 run
+INT8_SAMPLE = 2000  # texts for the fp32-vs-INT8 (or bf16) comparison of an onnx-int8 (torch-bf16) run
 TARGETS = {"embed_ratio": 0.8, "copy_ratio": 0.8, "recall_at_10": 0.95, "search_p95_ms": 50.0}
 
 
@@ -419,12 +419,11 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
                   resume: bool = False) -> dict:
     """Build, ingest and measure; returns the report dict (see module docstring)."""
     from ray_app.ingest.job import run_ingest
-    from ray_app.models.text import check_backend
-    from ray_app.settings import get_settings
+    from ray_app.models.text import ingest_backend
     from ray_app.store import Store, resolve_url
 
     started = time.perf_counter()
-    backend = check_backend(backend or get_settings().embed_backend)
+    backend = ingest_backend(backend)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="prism-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     progress = workdir / "progress.jsonl"
@@ -449,7 +448,8 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
     with Store(url) as store:
         texts = sample_chunk_texts(store, bare_sample)
         bare_embed_per_s, bare_cpu_ms, _ = bare_embed(texts, backend, threads)
-        int8 = int8_speedup(texts[:INT8_SAMPLE], threads) if backend == "onnx-int8" else {}
+        int8 = ({"onnx-int8": int8_speedup, "torch-bf16": bf16_speedup}[backend](texts[:INT8_SAMPLE], threads)
+                if backend in ("onnx-int8", "torch-bf16") else {})
         bare_copy_per_s, copied = bare_copy(store, bare_sample)
         bare_copy_tsv_per_s, _ = bare_copy(store, bare_sample, with_tsvector=True)
         quality = search_quality(store, held_out_queries(docs, seed, backend, queries))
@@ -485,6 +485,7 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "load_average": load_average(),
         "segments": runs,
     }
+    result["scale_model"] = scale_model(result)
     result["targets"] = TARGETS
     result["met"] = {
         "embed_ratio": result["embed_ratio"] >= TARGETS["embed_ratio"],
@@ -493,6 +494,82 @@ def run_benchmark(docs: int, seed: int = 0, workdir: Path | None = None, bare_sa
         "search_p95_ms": result["search_p95_ms"] <= TARGETS["search_p95_ms"],
     }
     return result
+
+
+SCALE_NODES = (1, 4, 16, 64, 256)
+
+
+def scale_model(r: dict, target_docs: int = 1_000_000, writers: int = 1) -> dict:
+    """Predicted load times and rates from the stage rates this run measured.
+
+    Each stage's rate is chunks per second while it was busy, on one worker (one prepare actor, one
+    embed actor with ``threads`` threads, one ``Store.write`` at a time). On this machine the stages
+    share the cores, so a bigger load here runs at the pipeline's measured rate. On N nodes like this
+    one, preparing and embedding scale out (N times the node's pipeline rate) while every write goes
+    to one PostgreSQL server: ``writers`` concurrent writers at the measured per-writer rate (an
+    assumption past one writer: their scaling was not measured here) bound the load once the nodes
+    embed faster than that. The HNSW build is scaled as n log n from this run's, a lower bound (the
+    1M run's build grew faster: ``ingest-1m.md``).
+    """
+    seg = r.get("last_segment", {"documents": r["documents"], "chunks": r["chunks"]})
+    busy = r["stage_busy_s"]
+    rates = {stage: round(seg["chunks"] / busy[stage], 1) for stage in ("prepare", "embed", "write") if busy.get(stage)}
+    chunks_per_doc = r["chunks"] / max(r["documents"], 1)
+    target_chunks = target_docs * chunks_per_doc
+    node_rate = r["pipeline_embed_per_s"]  # chunks/s of the whole pipeline on one node like this one
+    write_capacity = writers * rates.get("write", float("inf"))
+    n0 = max(r["chunks"], 2)
+    hnsw_s = r["index_build_s"] * target_chunks * np.log(target_chunks) / (n0 * np.log(n0))
+    cpu = r.get("cpu_profile")
+    nodes = []
+    for n in SCALE_NODES:
+        rate = min(n * node_rate, write_capacity)
+        nodes.append({"nodes": n, "chunks_per_s": round(rate, 1), "load_s": round(target_chunks / rate, 1),
+                      "bound": "embedding" if n * node_rate <= write_capacity else "postgres writes"})
+    return {
+        "target_documents": target_docs,
+        "chunks_per_doc": round(chunks_per_doc, 3),
+        "stage_rates_chunks_per_s": rates,
+        "cpu_ms_per_chunk": ({g: round(1000 * v / max(seg["chunks"], 1), 2) for g, v in cpu["by_group_s"].items()}
+                             if cpu else None),
+        "this_machine": {"load_s": round(target_chunks / node_rate, 1), "hnsw_build_s_lower_bound": round(float(hnsw_s), 1),
+                         "bound": "embedding" if node_rate < rates.get("write", float("inf")) else "postgres writes"},
+        "writers": writers,
+        "write_capacity_chunks_per_s": round(write_capacity, 1),
+        "nodes_where_writes_bound": round(write_capacity / node_rate, 1),
+        "cpu_nodes": nodes,
+    }
+
+
+def render_scale_model(m: dict) -> list[str]:
+    """The scale model's section of the Markdown page."""
+    rates = m["stage_rates_chunks_per_s"]
+    lines = [
+        "", "## Scale model (from this run's stage rates)", "",
+        "Chunks per second each stage reached while busy, one worker each: "
+        + ", ".join(f"{stage} {rate:,.0f}" for stage, rate in rates.items())
+        + f" ({m['chunks_per_doc']:.2f} chunks per document). On this machine the stages share the cores and "
+        f"embedding bounds the load: {m['target_documents']:,} documents would load in "
+        f"{m['this_machine']['load_s'] / 3600:.1f} h at this run's pipeline rate, then the HNSW build (at least "
+        f"{m['this_machine']['hnsw_build_s_lower_bound']:,.0f} s, scaled as n log n).",
+        "",
+        f"On N nodes like this one, preparing and embedding scale out; the writes go to one PostgreSQL server, "
+        f"{m['write_capacity_chunks_per_s']:,.0f} chunks/s with {m['writers']} writer(s) at the measured rate. "
+        f"Writes become the bound past about {m['nodes_where_writes_bound']:,.0f} nodes, or with as many GPUs as "
+        f"embed {m['write_capacity_chunks_per_s']:,.0f} chunks/s between them (no GPU embed rate was measured "
+        "here; `docs/reports/gpu-check.md` is where one goes):",
+        "",
+        "| nodes | chunks/s | load of the target | bound |", "|---|---|---|---|",
+    ]
+    lines += [f"| {n['nodes']} | {n['chunks_per_s']:,.0f} | {n['load_s'] / 3600:.2f} h | {n['bound']} |"
+              for n in m["cpu_nodes"]]
+    lines += ["", "Past one writer the model assumes writers scale with the server's cores (not measured here). At "
+              "10M and 100M documents: partition `chunks` by source or hash of `doc_id` so each partition's HNSW "
+              "graph fits in memory and builds in parallel; build HNSW on a replica (or a standby restored from "
+              "the bulk load) and switch over, rather than on the primary that takes the writes; on an external "
+              "server with pgvector >= 0.7, store `halfvec(384)` (half the bytes per vector, HNSW on halfvec) — the "
+              "embedded pgvector 0.6.2 has no halfvec."]
+    return lines
 
 
 def render_markdown(r: dict, command: str | None = None) -> str:
@@ -522,6 +599,9 @@ def render_markdown(r: dict, command: str | None = None) -> str:
         *([f"| bare loop on {r['int8_sample_texts']:,} of those texts: fp32 / INT8 graph texts/s | "
            f"{r['bare_embed_fp32_per_s']:.1f} / {r['bare_embed_int8_per_s']:.1f} ({r['int8_speedup']:.2f}x) | |"]
           if "int8_speedup" in r else []),
+        *([f"| bare loop on {r['bf16_sample_texts']:,} of those texts: fp32 graph / torch bf16 texts/s | "
+           f"{r['bare_embed_fp32_per_s']:.1f} / {r['bare_embed_bf16_per_s']:.1f} ({r['bf16_speedup']:.2f}x) | |"]
+          if "bf16_speedup" in r else []),
         f"| pipeline chunk rows/s in Store.write | {r['pipeline_write_chunks_per_s']:.1f} | |",
         f"| bare binary COPY rows/s | {r['bare_copy_rows_per_s']:.1f} | |",
         f"| copy_ratio | {r['copy_ratio']:.3f} | >= 0.8 |",
@@ -588,11 +668,13 @@ def render_markdown(r: dict, command: str | None = None) -> str:
         tsv = r.get("bare_copy_tsvector_rows_per_s")
         lines.append(
             f"- copy_ratio: `Store.write` was busy {busy['write']:.1f} s for {seg['chunks']:,} chunk rows plus "
-            f"{seg['documents']:,} document rows; per block it also creates staging tables, runs "
-            "`INSERT ... ON CONFLICT` (checking the primary key, the `(doc_id, ord)` key and the foreign key to "
-            "`documents`) and fills the generated `tsvector` column, in one transaction per block of a few hundred "
-            "rows, where the bare COPY streams plain rows into an unindexed table. (The HNSW and GIN indexes are "
-            "dropped for this bulk load and built after it, in `index_build_s`.)")
+            f"{seg['documents']:,} document rows; per block it also checks that the block's documents are new, "
+            "then copies them into the tables themselves, which check the primary key, the `(doc_id, ord)` key and "
+            "the foreign key to `documents` and fill the generated `tsvector` column (a block holding stored "
+            "documents goes through staging tables and `INSERT ... ON CONFLICT`), in one transaction per block of "
+            "a few hundred rows and on cores the embed actor is using, where the bare COPY streams plain rows into "
+            "an unindexed table after the load, the cores free. (The HNSW and GIN indexes are dropped for this bulk load and "
+            "built after it, in `index_build_s`.)")
         if tsv:
             lines.append(
                 f"  Measured in the same run: the same bare COPY into a table that only adds the generated "
@@ -600,6 +682,8 @@ def render_markdown(r: dict, command: str | None = None) -> str:
                 "PostgreSQL's `to_tsvector('english', ...)` per row, which full-text and hybrid search need, bounds "
                 f"copy_ratio near {tsv / r['bare_copy_rows_per_s']:.2f}; against that baseline the pipeline's write "
                 f"reaches {r['copy_ratio_vs_tsvector_copy']:.2f}.")
+    if "scale_model" in r:
+        lines += render_scale_model(r["scale_model"])
     if r["documents"] < 1_000_000:
         lines += ["", "This report is a smaller run of the same command. The 1,000,000-document run "
                   "(`ingest-1m.{json,md}`; hours on 2 cores: run it in the background, and run it again to continue "
@@ -639,7 +723,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int_at_least(1), default=d.threads, metavar="N",
                    help="Embedding threads, pipeline and bare loop (default: all CPUs).")
     p.add_argument("--backend", choices=EMBED_BACKENDS, default=d.backend,
-                   help="Embedding backend of the pipeline, the bare loop and the queries (default: PRISM_EMBED_BACKEND).")
+                   help="Embedding backend of the pipeline, the bare loop and the queries (default: the ingest's, "
+                   "PRISM_EMBED_BACKEND with fp32 run as torch-bf16 where the CPU multiplies bf16 natively).")
     p.add_argument("--bare-sample", type=int_at_least(100), default=d.bare_sample, metavar="N",
                    help="Texts/rows for the bare baselines.")
     p.add_argument("--queries", type=int_at_least(10, 2000), default=d.queries, metavar="10..2000",

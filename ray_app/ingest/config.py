@@ -22,7 +22,8 @@ class IngestConfig:
         embed_threads: intra-op threads per actor (None: the node's CPU count / actors).
         embed_cpus: logical CPUs Ray reserves per embedding actor; threads are set separately, and
             leaving headroom lets Ray's file listing and read/write tasks schedule beside the actors.
-        backend: 'onnx', 'onnx-int8' or 'torch' (None: settings).
+        backend: 'onnx', 'onnx-int8', 'torch' or 'torch-bf16' (None: settings, fp32 run as bf16 where the
+            CPU multiplies bf16 natively: :func:`ray_app.models.text.ingest_backend`).
         batch_docs: documents per ``map_batches`` batch.
         embed_batch_docs: documents per batch of the text-embedding stage. Bigger batches pad less
             (the embedder sorts a batch's texts by length); their output is still cut into blocks

@@ -35,7 +35,7 @@ from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import InputError, NotFound
 from ray_app.ingest.chunking import ChunkConfig
 from ray_app.ingest.config import IngestConfig
-from ray_app.models.text import embedder_key
+from ray_app.models.text import embedder_key, ingest_backend
 from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_BACKENDS, EMBED_DIM, get_settings
 
@@ -262,7 +262,7 @@ class EmbedText:
 
     Args:
         home, database_url: the driver's PRISM_HOME and database.
-        backend: 'onnx', 'onnx-int8' or 'torch' (None: settings).
+        backend: 'onnx', 'onnx-int8', 'torch' or 'torch-bf16' (None: settings).
         threads: intra-op threads (None: this node's CPUs divided by ``actors``).
         actors: how many embed actors share a node (for the thread default).
     """
@@ -490,6 +490,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
     from ray_app.store import Store
 
     config = IngestConfig(input_dir=Path(input_dir), address=address, **options)
+    config.backend = ingest_backend(config.backend)  # bf16 where this machine multiplies it natively
     started = time.perf_counter()
     n_input, has_images = scan_input(config.input_dir)
     url, home, encoder = _resolve(config)
@@ -512,7 +513,7 @@ def run_ingest(input_dir: Path, address: str | None = None, **options: Any) -> d
         store.build_indexes()
         index_seconds = time.perf_counter() - index_started
         after = store.counts()
-    return summarise(totals, load_seconds, index_seconds, after, encoder)
+    return summarise(totals, load_seconds, index_seconds, after, encoder) | {"backend": config.backend}
 
 
 def summarise(totals: Counter, load_seconds: float, index_seconds: float, store_counts: dict,
@@ -570,8 +571,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--threads", dest="embed_threads", type=int_at_least(1), default=d.embed_threads, metavar="N",
                    help="Threads per embedding actor (default: the node's CPUs / actors).")
     p.add_argument("--backend", choices=EMBED_BACKENDS, default=d.backend,
-                   help="Embedding backend: onnx (default), onnx-int8 (about 2x faster on CPU; query with the same "
-                   "PRISM_EMBED_BACKEND) or torch.")
+                   help="Embedding backend: onnx, onnx-int8 (about 2x faster on CPU; query with the same "
+                   "PRISM_EMBED_BACKEND), torch or torch-bf16 (fp32's vectors within a cosine of 0.9999). Default: "
+                   "PRISM_EMBED_BACKEND, with fp32 run as torch-bf16 where the CPU multiplies bf16 natively.")
     p.add_argument("--batch-docs", type=int_at_least(1), default=d.batch_docs, metavar="N",
                    help="Documents per map_batches batch.")
     p.add_argument("--embed-batch-docs", type=int_at_least(1), default=d.embed_batch_docs, metavar="N",

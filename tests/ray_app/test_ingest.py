@@ -287,6 +287,27 @@ def test_bench_report_renders_a_saved_run_with_its_ef_search_sweep():
     assert "Recall and latency" not in render_markdown(before_sweep, saved["command"])  # reports from before the sweep
 
 
+def test_bench_scale_model_predicts_from_the_stage_rates_and_moves_the_bound_to_the_writes():
+    import json
+
+    from ray_app.benchmarks.ingest import render_markdown, scale_model
+
+    saved = json.loads((Path(__file__).parents[2] / "docs/reports/ingest-10k.json").read_text())
+    model = scale_model(saved)
+    seg, busy = saved["last_segment"], saved["stage_busy_s"]
+    assert model["stage_rates_chunks_per_s"]["write"] == pytest.approx(seg["chunks"] / busy["write"], abs=0.1)
+    target_chunks = 1_000_000 * saved["chunks"] / saved["documents"]
+    assert model["this_machine"]["load_s"] == pytest.approx(target_chunks / saved["pipeline_embed_per_s"], abs=0.1)
+    switch = model["nodes_where_writes_bound"]
+    for row in model["cpu_nodes"]:
+        assert row["bound"] == ("embedding" if row["nodes"] <= switch else "postgres writes")
+        assert row["chunks_per_s"] <= model["write_capacity_chunks_per_s"] + 0.1
+    four = scale_model(saved, writers=4)
+    assert four["nodes_where_writes_bound"] == pytest.approx(4 * switch, rel=1e-3)
+    text = render_markdown({**saved, "scale_model": model}, saved["command"])
+    assert "## Scale model" in text and "| 1 |" in text and "halfvec" in text
+
+
 def test_bench_embed_compares_int8_with_fp32_on_the_same_chunks_and_the_ingest_report_shows_it(tmp_path):
     import json
 
@@ -304,6 +325,10 @@ def test_bench_embed_compares_int8_with_fp32_on_the_same_chunks_and_the_ingest_r
     assert 0.95 < measured["cosine_fp32_int8"]["min"] <= measured["cosine_fp32_int8"]["mean"] < 1.0
     assert json.loads((tmp_path / "embed-int8.json").read_text())["command"].startswith("prism bench embed --docs 12")
     assert f"INT8 is {measured['int8_speedup']:.2f}x" in (tmp_path / "embed-int8.md").read_text()
+    assert measured["bf16_sample_texts"] == measured["int8_sample_texts"] and measured["bare_embed_bf16_per_s"] > 0
+    assert 0.999 < measured["cosine_fp32_bf16"]["min"] <= measured["cosine_fp32_bf16"]["mean"] <= 1.0
+    assert measured["fastest_backend"] in ("onnx", "onnx-int8", "torch-bf16")
+    assert f"bf16 is {measured['bf16_speedup']:.2f}x" in (tmp_path / "embed-int8.md").read_text()
     saved = json.loads((Path(__file__).parents[2] / "docs/reports/ingest-10k.json").read_text())
     text = render_markdown({**saved, **measured, "backend": "onnx-int8"}, saved["command"])
     assert "Backend onnx-int8" in text and f"({measured['int8_speedup']:.2f}x)" in text

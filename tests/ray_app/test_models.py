@@ -45,6 +45,28 @@ def test_int8_backend_is_a_cached_quantised_graph_close_to_fp32(text_embedder):
         TextEmbedder(backend="int4")
 
 
+def test_bf16_backend_keeps_fp32_vectors_identity_and_is_the_ingest_default_where_the_cpu_has_bf16(
+        text_embedder, monkeypatch):
+    from ray_app.models import llm, text
+    from ray_app.settings import get_settings
+
+    texts = SENTENCES + ["word " * 400]
+    bf16 = TextEmbedder(backend="torch-bf16")
+    fp32, half = text_embedder.embed(texts), bf16.embed(texts)
+    assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    assert (fp32 * half).sum(axis=1).min() > 0.999  # close enough to share fp32's identity
+    assert text.embedder_key("m", "torch-bf16") == text.embedder_key("m", "onnx") != text.embedder_key("m", "onnx-int8")
+    monkeypatch.setattr(text, "_cuda_available", lambda: False)
+    for kernels, configured, expected in [(True, "onnx", "torch-bf16"), (False, "onnx", "onnx"),
+                                          (True, "onnx-int8", "onnx-int8"), (True, "torch", "torch-bf16")]:
+        monkeypatch.setattr(llm, "cpu_has_bf16_kernels", lambda k=kernels: k)
+        monkeypatch.setenv("PRISM_EMBED_BACKEND", configured)
+        get_settings.cache_clear()
+        assert text.ingest_backend() == expected
+        assert text.ingest_backend("onnx") == "onnx"  # an explicit backend is kept
+    get_settings.cache_clear()
+
+
 def test_embed_of_nothing_and_of_a_bare_string():
     embedder = TextEmbedder(backend="onnx")
     assert embedder.embed([]).shape == (0, 384)
