@@ -141,7 +141,10 @@ def test_missed_targets_say_what_bounds_them():
     notes = " ".join(report["notes"])
     assert "loss is in serving" in notes  # the engine alone makes more than the target
     assert "admission gate lets at most 8 asks in" in notes and "engine is fastest with 16 in flight" in notes
-    assert "waited 3,000 ms p95" in notes
+    assert "waited 3,000 ms p95" in notes and "gate admits more asks than the fusion replica starts" in notes
+    at_floor = capacity_report([make_step(10, 0.5, 900.0), make_step(100, 1.0, 3000.0, shed=0.6)
+                                | {"admission_limit": 1.0}])
+    assert "gate down to 1 asks in flight (its floor is 1)" in " ".join(at_floor["notes"])
     unsaturated = capacity_report([make_step(10, 0.5, 900.0)])
     assert unsaturated["targets_met"]["search_p95_ms"] is None  # no step at 100 users
     assert "not saturated" in " ".join(unsaturated["notes"])
