@@ -9,7 +9,8 @@ and no Postgres::
     manifest.json         sha256 and size of every file, versions, sources, what was left out, memory budget
     llm/                  genai_config.json, model.onnx(.data), tokenizer.json, chat_template.jinja
     embedder/             model.onnx (MiniLM, INT8 weights), tokenizer.json, embedder.json
-    image/                image-tower.onnx, image.json, labels.json, label-vectors.npy (only with a trained encoder)
+    image/                image-tower.onnx, image.json, calibration.json, labels.json, label-categories.json,
+                          label-vectors.npy (only with a trained encoder; the server's vocabulary and calibration)
     index.sqlite          documents, chunks (text + vector, FTS5), images (caption, sha256, vector), licences
 
 It exports what exists and says what it left out: the LLM the server would serve (the adapter in
@@ -41,7 +42,6 @@ from ray_app.models.errors import ModelNotAvailable
 from ray_app.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-MAX_TITLE_LABELS = 20_000  # as the server's vision stage (ray_app.vision.analyzer)
 VARIANTS = ("int4", "int8", "fp32")
 BUNDLE_FORMAT = 1
 # How the int4 variant is quantized: onnxruntime-genai builder extra options per named recipe. The default was
@@ -151,7 +151,7 @@ def export_bundle(out: Path, variant: str = "int4", sources: list[str] | None = 
     llm = export_llm(tmp / "llm", variant, settings, llm_options)
     export_text_embedder(tmp / "embedder", settings)
     index = export_index(tmp / INDEX_NAME, settings, sources, max_docs, store, left_out)
-    image = export_image_tower(tmp / "image", settings, left_out, titles=index.pop("titles"))
+    image = export_image_tower(tmp / "image", settings, left_out, title_rows=index.pop("title_rows"))
     manifest = write_manifest(tmp, variant=variant, llm=llm, image=image, index=index, left_out=left_out,
                               settings=settings, prompt_budget=prompt_budget, max_new_tokens=max_new_tokens,
                               seconds=time.perf_counter() - started)
@@ -269,14 +269,21 @@ def export_text_embedder(out: Path, settings: Settings) -> dict:
     return info
 
 
-def export_image_tower(out: Path, settings: Settings, left_out: list[str], titles: list[str] = ()) -> dict | None:
-    """The trained image tower as fp32 ONNX with its preprocessing, and the zero-shot label vocabulary (the
-    encoder's labels and the corpus titles) embedded once here, as the server's vision stage embeds it; None (and
-    a note in ``left_out``) when no encoder has been trained."""
+def export_image_tower(out: Path, settings: Settings, left_out: list[str],
+                       title_rows: list[tuple[str, str | None]] = ()) -> dict | None:
+    """The trained image tower as fp32 ONNX with its preprocessing, its label calibration (``calibration.json``)
+    and the server's label vocabulary (the concrete names of the documents' titles, with their categories:
+    ``ray_app.vision.analyzer.VisionAnalyzer``) embedded once here; None (and a note in ``left_out``) when no
+    encoder has been trained.
+
+    Args:
+        title_rows: ``(title, category)`` of the bundle's documents (:func:`bundle_titles`).
+    """
     from ray_app.models.image import ImageEncoder
     from ray_app.models.image_default import default_image_encoder_dir
     from ray_app.models.text import TextEmbedder
-    from ray_app.vision.analyzer import LabelIndex, category_prompts, encoder_version
+    from ray_app.vision.analyzer import LabelIndex, encoder_version
+    from ray_app.vision.labels import CALIBRATION_NAME, label_entries, read_calibration
 
     folder = settings.image_encoder or default_image_encoder_dir()
     try:
@@ -291,9 +298,15 @@ def export_image_tower(out: Path, settings: Settings, left_out: list[str], title
             "mean": list(cfg.mean), "std": list(cfg.std), "labels": list(cfg.labels),
             "checkpoint": str(folder), "version": encoder_version(encoder), "precision": "fp32",
             "int8": "not exported: dynamic INT8 of the conv/attention tower is not checked for accuracy yet"}
-    labels = LabelIndex(list(cfg.labels) + list(titles), TextEmbedder(settings=settings), category_prompts())
+    names, categories = label_entries(title_rows)
+    labels = LabelIndex(names, TextEmbedder(settings=settings), categories=categories)
     np.save(out / "label-vectors.npy", labels.vectors.astype(np.float32))
     (out / "labels.json").write_text(json.dumps(labels.labels))
+    (out / "label-categories.json").write_text(json.dumps(labels.categories))
+    calibration = read_calibration(folder)
+    if (Path(folder) / CALIBRATION_NAME).is_file():
+        shutil.copy2(Path(folder) / CALIBRATION_NAME, out / CALIBRATION_NAME)
+    info["calibration"] = {"fitted": calibration.fitted, "method": calibration.method}
     (out / "image.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -341,7 +354,19 @@ def export_index(path: Path, settings: Settings, sources: list[str] | None, max_
         licences[d.get("license") or "unknown"] = licences.get(d.get("license") or "unknown", 0) + 1
     return {"file": INDEX_NAME, **counts, "sources": sorted({d["source"] for d in documents}), "licences": licences,
             "search": "exact cosine over the float32 vectors (numpy) + FTS5 BM25, fused as the server fuses (fusion.json)",
-            "titles": sorted({d["title"] for d in documents})[:MAX_TITLE_LABELS]}
+            "title_rows": bundle_titles(store, [d["id"] for d in documents])}
+
+
+def bundle_titles(store, doc_ids: list[str]) -> list[tuple[str, str | None]]:
+    """Distinct ``(title, category)`` pairs of these documents, read as the server reads its label vocabulary
+    (``ray_app.vision.analyzer.corpus_titles``: the smallest category per title, ordered by title, at most
+    ``MAX_TITLE_LABELS``)."""
+    from ray_app.vision.analyzer import MAX_TITLE_LABELS
+
+    with store.pool.connection() as conn:
+        rows = conn.execute("SELECT title, min(category) FROM documents WHERE id = ANY(%s) GROUP BY title"
+                            " ORDER BY title LIMIT %s", (doc_ids, MAX_TITLE_LABELS)).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def read_store(store, sources: list[str] | None, max_docs: int | None) -> tuple[list[dict], list[dict], list[dict]]:

@@ -32,7 +32,8 @@ from ray_app.ask.stages import CheckOnlyAudit
 from ray_app.errors import InputError, NotFound
 from ray_app.settings import Settings, get_settings
 from ray_app.store.rows import SearchHit
-from ray_app.vision.analyzer import LabelIndex, VisionResult, load_image, merge_labels, same_image_labels
+from ray_app.vision.analyzer import LabelIndex, VisionAnalyzer, VisionResult, load_image
+from ray_app.vision.labels import read_calibration
 
 
 class BundleNotFound(NotFound):
@@ -47,7 +48,9 @@ def read_manifest(bundle: Path) -> dict:
 
 
 class EdgeVision:
-    """The vision stage on the device: the image tower (when the bundle has one) and OCR.
+    """The vision stage on the device: the server's :class:`ray_app.vision.analyzer.VisionAnalyzer` over the
+    bundle's image tower (ONNX), index, label vocabulary and calibration, so labels, ``sure`` and similar
+    images come from the server's code; a text-only bundle validates and OCRs only.
 
     Args:
         bundle: the bundle folder.
@@ -60,25 +63,18 @@ class EdgeVision:
         self.index, self.settings = index, settings
         folder = Path(bundle) / "image"
         self.encoder = EdgeImageEncoder(folder, threads) if (folder / "image.json").exists() else None
-        self.labels = None
+        self.analyzer = None
         if self.encoder is not None:
-            self.labels = LabelIndex([], None)  # an empty vocabulary, filled with the exported vectors
-            self.labels.labels = json.loads((folder / "labels.json").read_text())
-            self.labels.vectors = np.load(folder / "label-vectors.npy")
+            self.analyzer = VisionAnalyzer(index, None, self.encoder, settings, labels=bundle_labels(folder),
+                                           calibration=read_calibration(folder))
 
     def analyze_sync(self, data: bytes, k_labels: int = 5, k_similar: int = 4) -> dict:
+        if self.analyzer is not None:
+            return self.analyzer.analyze(data, k_labels, k_similar).public()
         image = load_image(data, self.settings)
         width, height = image.info.get("original_size", image.size)
         result = VisionResult(hashlib.sha256(data).hexdigest(), width, height)
-        if self.encoder is not None:
-            vector = self.encoder.embed([image])[0]
-            hits = self.index.search_vector(vector, k_similar, "image")
-            result.similar_images = [{"id": h.id, "doc_id": h.doc_id, "caption": h.text, "title": h.title,
-                                      "score": round(h.score, 4), "url": f"/v1/images/{h.id}"} for h in hits]
-            copies = self.index.images_with_sha256(result.image_sha256)
-            result.labels = merge_labels(same_image_labels(copies), self.labels.top(vector, k_labels), k_labels)
-        else:
-            result.notes.append("text-only bundle (no image tower): labels and similar images are off")
+        result.notes.append("text-only bundle (no image tower): labels and similar images are off")
         result.ocr_text = read_text(image, result.notes)
         return result.public()
 
@@ -87,6 +83,17 @@ class EdgeVision:
 
     async def version(self) -> str | None:
         return None if self.encoder is None else self.encoder.version
+
+
+def bundle_labels(folder: Path) -> LabelIndex:
+    """The exported vocabulary (``labels.json``, ``label-vectors.npy`` and, since the server's vocabulary,
+    ``label-categories.json``) as a :class:`LabelIndex`, without embedding anything."""
+    labels = LabelIndex([], None)  # an empty vocabulary, filled with the exported vectors
+    labels.labels = json.loads((folder / "labels.json").read_text())
+    labels.vectors = np.load(folder / "label-vectors.npy")
+    categories = folder / "label-categories.json"
+    labels.categories = json.loads(categories.read_text()) if categories.exists() else [None] * len(labels.labels)
+    return labels
 
 
 def read_text(image, notes: list[str]) -> str:

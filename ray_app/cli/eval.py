@@ -1,4 +1,4 @@
-"""`prism eval retrieval|image-encoder|answers|injection`: the evaluation jobs, which write docs/reports/*.{json,md}.
+"""`prism eval retrieval|image-encoder|answers|injection|grounding|edge`: the evaluation jobs, which write docs/reports/*.{json,md}.
 
 Each command is its job's ``main(argv)`` (:mod:`ray_app.evaluation`): the job owns its options and
 ``--help``, and ``python -m ray_app.evaluation.<job>`` takes the same ones.
@@ -22,3 +22,5 @@ job_command(app, "injection", "ray_app.evaluation.injection",
             "Prompt-injection suite: attack success and false refusals per model x defences; trains the detector.")
 job_command(app, "grounding", "ray_app.evaluation.grounding",
             "Precision/recall of the audit's grounded: true against hand-labelled answers (datasets/grounding).")
+job_command(app, "edge", "edge.quality",
+            "The edge runtime against the server: answer metrics on the held-out questions, image-label agreement.")

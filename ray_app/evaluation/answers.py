@@ -251,17 +251,31 @@ def generate_answers(llm, examples: list[dict], max_new_tokens: int, batch_size:
 
 
 async def _answer_all(engine, examples: list[dict], max_new_tokens: int) -> list[str]:
+    from ray_app.ask.stages import BatchedGenerate
+    from ray_app.settings import get_settings
+
+    settings = eval_settings(get_settings(), max_new_tokens)
+    # as many asks at once as the batch decodes together
+    return await answer_examples(BatchedGenerate(engine, settings), examples, settings, engine.max_batch_size)
+
+
+def eval_settings(settings, max_new_tokens: int):
+    """``settings`` for answering evaluation questions: the answer limit, and no server time limit (an evaluation
+    waits for every answer; a day stands for "none")."""
+    return settings.model_copy(update={"max_new_tokens": max_new_tokens, "ask_timeout_s": 86_400.0})
+
+
+async def answer_examples(generate, examples: list[dict], settings, concurrency: int) -> list[str]:
+    """Answers to ``examples`` through the ask service with ``generate`` (any ``GenerateStage``: the served
+    engines', the edge runtime's), each with its own passages, ``concurrency`` at a time; checked, not logged."""
     import asyncio
 
     from ray_app.ask.service import AskOptions, AskService
-    from ray_app.ask.stages import BatchedGenerate, CheckOnlyAudit, FixedPassages
+    from ray_app.ask.stages import CheckOnlyAudit, FixedPassages
     from ray_app.llm.collate import record_passages
-    from ray_app.settings import get_settings
 
-    # No server time limit here: an evaluation waits for every answer (a day stands for "none").
-    settings = get_settings().model_copy(update={"max_new_tokens": max_new_tokens, "ask_timeout_s": 86_400.0})
-    generate, audit = BatchedGenerate(engine, settings), CheckOnlyAudit()
-    running = asyncio.Semaphore(engine.max_batch_size)  # as many asks as the batch decodes at once
+    audit = CheckOnlyAudit()
+    running = asyncio.Semaphore(concurrency)
 
     async def answer(example: dict) -> str:
         service = AskService(None, FixedPassages(record_passages(example)), generate, audit, settings)

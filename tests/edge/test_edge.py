@@ -124,7 +124,8 @@ TINY_VISION = {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "pa
 
 def test_image_tower_onnx_matches_torch_and_labels_agree(tmp_path, monkeypatch):
     """A trained-encoder-shaped checkpoint (a 1-layer ViT, random weights) exports to ONNX; the edge encoder
-    (PIL + numpy preprocessing, ONNX Runtime) gives the server encoder's vectors and top label."""
+    (PIL + numpy preprocessing, ONNX Runtime) gives the server encoder's vectors and top label; the vocabulary is the
+    server's (the titles' concrete names, with their categories)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -145,7 +146,8 @@ def test_image_tower_onnx_matches_torch_and_labels_agree(tmp_path, monkeypatch):
     get_settings.cache_clear()
     try:
         left_out: list[str] = []
-        info = export_image_tower(tmp_path / "image", get_settings(), left_out, titles=["Frog", "Moon"])
+        info = export_image_tower(tmp_path / "image", get_settings(), left_out,
+                                  title_rows=[("A frog.", "animals"), ("Frog", "animals"), ("Moon", "space")])
     finally:
         get_settings.cache_clear()
     assert info is not None and left_out == []
@@ -157,5 +159,7 @@ def test_image_tower_onnx_matches_torch_and_labels_agree(tmp_path, monkeypatch):
     assert np.min(np.sum(ours * theirs, axis=1)) > 0.999
     labels = json.loads((tmp_path / "image" / "labels.json").read_text())
     vectors = np.load(tmp_path / "image" / "label-vectors.npy")
-    assert labels[:3] == ["animals", "food", "space"] and vectors.shape == (5, 384)
+    categories = json.loads((tmp_path / "image" / "label-categories.json").read_text())
+    assert labels == ["frog", "Moon"] and categories == ["animals", "space"] and vectors.shape == (2, 384)
+    assert info["calibration"]["fitted"] is False  # no calibration.json beside this checkpoint: the defaults
     assert [int(np.argmax(vectors @ v)) for v in ours] == [int(np.argmax(vectors @ v)) for v in theirs]
