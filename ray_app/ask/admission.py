@@ -10,8 +10,9 @@ How many asks may run at once is not fixed: the gate measures each admitted ask'
 token (from its arrival, waits included) and keeps a ``limit`` between 1 and ``max_active`` by
 additive increase and multiplicative decrease against ``ttft_target_s`` (TCP's congestion window;
 Netflix's concurrency-limits do the same for services). When the CPU is shared with more work (search
-traffic, a second ingress replica with its own gate, the load generator) the asks let in still start
-within the SLO, and the rest are refused.
+traffic, a second ingress replica with its own gate, the load generator) the gate lets fewer asks in,
+down to one; what that one waits for beyond it is CPU the gate does not control
+(docs/reports/serve-capacity.md).
 """
 
 from __future__ import annotations
