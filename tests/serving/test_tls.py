@@ -89,11 +89,13 @@ def test_serve_speaks_https_with_a_configured_certificate(tmp_path):
         context = ssl.create_default_context(cafile=cert)
         deadline, response = time.monotonic() + 240, None
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
+            try:  # the proxy answers 404 until the app's route is registered: wait for the route, not just the port
                 response = httpx.get(f"https://127.0.0.1:{port}/noop", verify=context, timeout=10)
-                break
+                if response.status_code == 200:
+                    break
             except httpx.HTTPError:
-                time.sleep(1)
+                pass
+            time.sleep(1)
         assert response is not None, proc.stdout.read() if proc.poll() is not None else "no answer over https"
         assert response.status_code == 200 and response.json() == {"ok": True}
         served = ssl.get_server_certificate(("127.0.0.1", port))  # the certificate configured, over a TLS handshake
