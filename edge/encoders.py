@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_app.models.image import to_rgb
 from ray_app.models.text import mean_pool_normalise
 from ray_app.settings import EMBED_DIM
 
@@ -103,7 +104,7 @@ class EdgeImageEncoder:
         """open_clip's eval transform: bicubic resize of the short side to ``size``, centre crop, normalise."""
         from PIL import Image
 
-        image = image.convert("RGB")
+        image = to_rgb(image)  # transparency on white, as the server embeds it
         scale = self.size / min(image.size)
         width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
         image = image.resize((width, height), Image.Resampling.BICUBIC)

@@ -35,6 +35,7 @@ from ray_app.entrypoints import int_at_least, job_parser, run_job
 from ray_app.errors import InputError, NotFound
 from ray_app.ingest.chunking import ChunkConfig
 from ray_app.ingest.config import IngestConfig
+from ray_app.models.image import to_rgb
 from ray_app.models.text import embedder_key, ingest_backend
 from ray_app.raystart import init_ray
 from ray_app.settings import EMBED_BACKENDS, EMBED_DIM, get_settings
@@ -93,14 +94,20 @@ def pipeline_key(text_model: str, chunk: ChunkConfig, image_key: str) -> str:
     return f"{text_model}|{chunk.key()}|{image_key}"
 
 
+# How stored pictures are read before embedding; part of each image row's identity, so that an ingest after a change
+# re-embeds them. "on-white": transparency laid on white (ray_app.models.image.to_rgb); before, alpha was dropped.
+IMAGE_READING = "on-white"
+
+
 def image_encoder_key(folder: Path | None) -> str:
-    """Identity of an image-encoder checkpoint (changes when it is retrained); '' without one."""
+    """Identity of an image-encoder checkpoint (changes when it is retrained) and of how pictures are read for it
+    (:data:`IMAGE_READING`); '' without one."""
     if folder is None:
         return ""
     from ray_app.models.image import WEIGHTS_NAME
 
     stat = (folder / WEIGHTS_NAME).stat()
-    return f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{IMAGE_READING}"
 
 
 def check_document(row: dict, max_chars: int) -> tuple[dict, str | None]:
@@ -254,7 +261,7 @@ class EmbedImages:
         except Exception:  # missing file or bytes PIL cannot decode: the row is skipped and counted
             return None
         row.update(image_sha256=hashlib.sha256(data).hexdigest(), image_width=image.width, image_height=image.height)
-        return image.convert("RGB")
+        return to_rgb(image)  # transparency on white, as the encoder was trained and uploads are read
 
 
 class EmbedText:

@@ -17,6 +17,21 @@ import numpy as np
 
 from ray_app.models.errors import ModelNotAvailable
 
+
+def to_rgb(image, background: tuple[int, int, int] = (255, 255, 255)):
+    """A PIL image as RGB, its transparent parts laid on ``background`` (white, as training and the evaluation
+    compose stamps, clip art and emoji). ``convert("RGB")`` alone would show whatever colours the transparent pixels
+    happen to hold (the frog stamp's are olive), a background the encoder never saw."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
@@ -117,12 +132,12 @@ class ImageEncoder:
         return self.config.embed_dim
 
     def embed(self, images: list, batch_size: int = 32) -> np.ndarray:
-        """Return an (n, dim) float32 array of unit vectors for PIL images (converted to RGB)."""
+        """Return an (n, dim) float32 array of unit vectors for PIL images (:func:`to_rgb`: transparency on white)."""
         import torch
 
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + batch_size]])
+            batch = torch.stack([self.preprocess(to_rgb(im)) for im in images[start : start + batch_size]])
             with torch.inference_mode():
                 feats = torch.nn.functional.normalize(self.model(batch), dim=-1)
             out[start : start + len(batch)] = feats.numpy()

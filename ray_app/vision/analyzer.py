@@ -29,6 +29,7 @@ import numpy as np
 
 from ray_app.errors import InputError
 from ray_app.models.errors import ModelNotAvailable
+from ray_app.models.image import to_rgb
 from ray_app.settings import Settings, get_settings
 from ray_app.vision.labels import (
     DEFAULT_TEMPERATURE,
@@ -124,7 +125,7 @@ def load_image(data: bytes, settings: Settings | None = None):
         if max(size) > side:
             image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale instead of full size
         image.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        image = image.convert("RGB")
+        image = to_rgb(image)  # transparency on white, as the encoder was trained
         image.thumbnail((side, side))  # OCR and the encoder see at most side x side; the result keeps `size`
         image.info["original_size"] = size
         return image

@@ -17,6 +17,8 @@ import io
 
 import numpy as np
 
+from ray_app.models.image import to_rgb
+
 WINDOW_DIV = 4  # window side = input side / WINDOW_DIV
 STRIDE_DIV = 8  # stride = input side / STRIDE_DIV
 PER_EVAL = 25  # occluded copies per forward pass
@@ -45,7 +47,7 @@ def occlusion_map(encoder, image, text_vector: np.ndarray, window_div: int = WIN
     def cosine(batch: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(encoder.model(batch), dim=-1) @ target
 
-    x = encoder.preprocess(image.convert("RGB")).unsqueeze(0)
+    x = encoder.preprocess(to_rgb(image)).unsqueeze(0)
     side = x.shape[-1]
     baseline = background(x)
     window, stride = max(side // window_div, 1), max(side // stride_div, 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ray_app.errors import InputError
+from ray_app.models.image import to_rgb
 
 TTA_VIEWS: tuple[str, ...] = ("identity", "flip", "crop90", "crop80", "flip_crop90", "flip_crop80")
 NO_VIEWS: tuple[str, ...] = ("identity",)
@@ -50,7 +51,7 @@ def picture_view(image, view: str):
     from PIL import ImageOps
 
     check_views([view])
-    image = image.convert("RGB")
+    image = to_rgb(image)
     if view.startswith("flip"):
         image = ImageOps.mirror(image)
     if view.endswith(("crop90", "crop80")):

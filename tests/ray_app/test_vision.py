@@ -38,6 +38,26 @@ def test_limits_and_truncation():
     assert _rejected(b"").code == "empty_image"
 
 
+def test_transparent_pictures_are_read_on_white_as_the_encoder_was_trained():
+    """An upload's (and a stored stamp's) transparent pixels become white, whatever colour they hold underneath:
+    the frog stamp's hold olive, which ``convert("RGB")`` alone would show the encoder."""
+    from ray_app.models.image import to_rgb
+
+    frog = Image.open(FROG_PNG)
+    hidden = np.asarray(frog.convert("RGBA"))[..., 3] == 0
+    assert hidden.any() and (np.asarray(frog.convert("RGB"))[hidden] != 255).any()
+    for image in (to_rgb(frog), load_image(FROG_PNG.read_bytes())):
+        assert image.mode == "RGB" and (np.asarray(image)[hidden] == 255).all()
+    opaque = np.asarray(frog.convert("RGBA"))[..., 3] == 255
+    assert (np.asarray(to_rgb(frog))[opaque] == np.asarray(frog.convert("RGB"))[opaque]).all()
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([10, 20, 30, 200, 0, 0] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    palette.info["transparency"] = 0
+    assert np.asarray(to_rgb(palette))[1, 1].tolist() == [255, 255, 255]
+    assert np.asarray(to_rgb(palette))[0, 0].tolist() == [200, 0, 0]
+
+
 def test_label_index_ranks_by_text_space(text_embedder):
     index = LabelIndex(["frog", "Frog", "rocket", "coffee"], text_embedder)
     assert index.labels == ["frog", "rocket", "coffee"]
