@@ -75,6 +75,7 @@ class AdmissionGate:
         self.refused = 0
         self._last_cut = 0.0
         self._freed = asyncio.Condition()
+        self._wakers: set[asyncio.Task] = set()
 
     def stats(self) -> dict:
         return {"active": self.active, "waiting": self.waiting, "refused": self.refused,
@@ -95,7 +96,26 @@ class AdmissionGate:
                 self.limit = max(1.0, self.limit * self.decrease)
                 self._last_cut = now
         elif self.active >= int(self.limit):  # the limit was what held asks back: probe one more place
+            places = int(self.limit)
             self.limit = min(float(self.max_active), self.limit + 1.0 / self.limit)
+            if int(self.limit) > places and self.waiting:
+                self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """A place opened without one being freed (the limit grew): a waiting ask takes it now, not at the next
+        release. ``observe`` is synchronous (called at a first token), so the notification is a task on the loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop here: nobody can be waiting on this gate's condition
+            return
+
+        async def notify() -> None:
+            async with self._freed:
+                self._freed.notify(max(1, int(self.limit) - self.active))
+
+        task = loop.create_task(notify())
+        self._wakers.add(task)  # a reference until it ran (the loop keeps only weak ones)
+        task.add_done_callback(self._wakers.discard)
 
     @asynccontextmanager
     async def place(self) -> AsyncIterator[Place]:

@@ -99,6 +99,39 @@ def test_the_limit_follows_the_time_to_first_token():
     assert asyncio.run(scenario())["limit"] == 1.0
 
 
+def test_a_waiting_ask_takes_a_place_the_limit_opens():
+    """When a prompt first token raises the limit by a whole place, a waiting ask starts at once, not when some
+    other ask finishes."""
+    async def run():
+        gate = AdmissionGate(max_active=2, max_waiting=1, wait_s=5, retry_after_s=1, ttft_target_s=0.5)
+        gate.observe(1.0)  # late: 2 -> 1.4, one place
+        release, entered = asyncio.Event(), []
+        holder_in = asyncio.Event()
+
+        async def hold(name, place_started: bool):
+            async with gate.place() as place:
+                entered.append(name)
+                holder_in.set()
+                if place_started:
+                    await asyncio.sleep(0.05)
+                    place.started()  # its first token, within the target, with the limit full: 1.4 -> 2
+                await release.wait()
+
+        first = asyncio.create_task(hold("a", True))
+        await holder_in.wait()
+        waiter = asyncio.create_task(hold("b", False))
+        await asyncio.sleep(0.01)
+        assert entered == ["a"] and gate.stats()["waiting"] == 1
+        await asyncio.sleep(0.1)  # "a" reports its first token; nobody releases a place
+        assert entered == ["a", "b"] and gate.stats()["limit"] == 2.0  # 1.4 + 1/1.4, capped at max_active
+        release.set()
+        await asyncio.gather(first, waiter)
+        return gate.stats()
+
+    stats = asyncio.run(run())
+    assert stats["active"] == 0 and stats["waiting"] == 0 and stats["refused"] == 0
+
+
 def test_without_a_target_the_limit_stays_at_max_active():
     gate = AdmissionGate(max_active=3, max_waiting=0, wait_s=0, retry_after_s=1)
     gate.observe(100.0)
